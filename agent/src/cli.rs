@@ -1,0 +1,1 @@
+//! The `portwatch-agent` command line.

@@ -1,0 +1,16 @@
+//! The portwatch agent library: the probe engine (probers, scheduler, result
+//! model) that both the agent daemon and the collector's public prober run.
+//!
+//! - `check`: what to check (target and options), validated into a `CheckSpec`.
+//! - `probe`: one prober per check type behind one trait, and the `Engine`.
+//! - `resolve`: DNS with a real failure taxonomy.
+//! - `result`: what a check returns (status, reason, phases, details).
+//! - `scheduler`: runs thousands of monitors on their intervals.
+//! - `cli`: the `portwatch-agent` command line.
+
+pub mod check;
+pub mod cli;
+pub mod probe;
+pub mod resolve;
+pub mod result;
+pub mod scheduler;

@@ -1,0 +1,1 @@
+//! DNS query preset for UDP checks.

@@ -1,0 +1,1 @@
+//! NTP preset for UDP checks.

@@ -1,0 +1,1 @@
+//! Runs monitors on their intervals.
