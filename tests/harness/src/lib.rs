@@ -1,1 +1,257 @@
-//! Test harness.
+//! Test harness shared by the agent's prober tests and the end-to-end suite:
+//! a fresh temp dir per test, free loopback ports, real services (Redis,
+//! dnsmasq, chrony, PostgreSQL...) started in the foreground on those ports and
+//! killed on drop, and network namespaces removed on drop.
+//!
+//! Everything here sends traffic only to loopback or to namespaces it created.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod netns;
+
+/// A free TCP port on 127.0.0.1 (bound then released; the kernel will not hand it out again soon).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("bind udp 127.0.0.1:0")
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 (for DNS servers, which bind both).
+pub fn free_port_both() -> u16 {
+    for _ in 0..100 {
+        let p = free_udp_port();
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no port free for both tcp and udp after 100 tries");
+}
+
+/// A fresh temporary directory, removed on drop.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("portwatch-test-").tempdir().expect("create temp dir")
+}
+
+/// Finds an executable in PATH or the usual sbin/lib directories; `None` when the
+/// package is not installed.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"].map(PathBuf::from));
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        dirs.extend(versions.into_iter().rev());
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Like `find_binary`, but a missing binary fails the test with the package to install.
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    find_binary(name).unwrap_or_else(|| {
+        panic!("{name} not found: install the Debian package {package} (.ci/run does this)")
+    })
+}
+
+/// A foreground process owned by a test; killed (SIGKILL) and reaped on drop.
+pub struct Service {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Spawns `cmd` with stdout/stderr to a log file in `dir`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Service {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("create service log");
+        let err = out.try_clone().expect("clone log handle");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Service { name: name.to_owned(), child: Some(child), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// What the service printed so far (for failure messages).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Panics with the service's log if it exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("{} exited early ({status}):\n{}", self.name, self.log());
+            }
+        }
+    }
+
+    /// Waits until a TCP connect to `addr` succeeds (the service is listening).
+    pub fn wait_tcp(&mut self, addr: SocketAddr, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} not listening on {addr} after {within:?}:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            if self.log().contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} never logged {needle:?} within {within:?}:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis server on 127.0.0.1:`port`, no persistence.
+pub fn redis(dir: &Path, port: u16) -> Service {
+    redis_with(dir, port, &[])
+}
+
+/// A Redis server with extra arguments (e.g. `--maxclients 1`).
+pub fn redis_with(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    let bin = require_binary("redis-server", "redis-server");
+    let mut cmd = Command::new(bin);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--dir"])
+        .arg(dir)
+        .args(extra);
+    let mut s = Service::spawn(&format!("redis-{port}"), cmd, dir);
+    s.wait_tcp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10));
+    s
+}
+
+/// A dnsmasq on 127.0.0.1:`port` (UDP and TCP) with the given extra options
+/// (e.g. `--host-record=ok.test,192.0.2.10`, `--address=/nx.test/`). It never
+/// forwards to the machine's resolver (`--no-resolv`) and caches nothing.
+pub fn dnsmasq(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    let bin = require_binary("dnsmasq", "dnsmasq");
+    let mut cmd = Command::new(bin);
+    cmd.args(["-k", "-p", &port.to_string(), "--listen-address=127.0.0.1", "--bind-interfaces"])
+        .args(["--no-resolv", "--no-hosts", "--cache-size=0", "--conf-file=/dev/null", "--log-facility=-"])
+        .arg(format!("--pid-file={}", dir.join(format!("dnsmasq-{port}.pid")).display()))
+        .args(["--user=root", "--group=root"])
+        .args(extra);
+    let mut s = Service::spawn(&format!("dnsmasq-{port}"), cmd, dir);
+    s.wait_tcp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10));
+    s
+}
+
+/// A chronyd serving NTP on 127.0.0.1:`port` from its local clock (stratum 8).
+pub fn chrony(dir: &Path, port: u16) -> Service {
+    let bin = require_binary("chronyd", "chrony");
+    let conf = dir.join(format!("chrony-{port}.conf"));
+    let body = format!(
+        "port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\n\
+         driftfile {d}/chrony-{port}.drift\npidfile {d}/chrony-{port}.pid\n",
+        d = dir.display()
+    );
+    std::fs::write(&conf, body).expect("write chrony.conf");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-d").arg("-x").arg("-f").arg(&conf);
+    let mut s = Service::spawn(&format!("chrony-{port}"), cmd, dir);
+    wait_ntp(&mut s, SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10));
+    s
+}
+
+fn wait_ntp(s: &mut Service, addr: SocketAddr, within: Duration) {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let mut req = [0u8; 48];
+    req[0] = 0x23;
+    let deadline = Instant::now() + within;
+    loop {
+        s.assert_running();
+        let _ = sock.send_to(&req, addr);
+        let mut buf = [0u8; 128];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n >= 48 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} not answering NTP on {addr}:\n{}", s.name, s.log());
+    }
+}
+
+/// A PostgreSQL cluster initialised in `dir` and served on 127.0.0.1:`port`,
+/// running as the `postgres` user (initdb refuses root). `extra` are `-c` settings
+/// such as `max_connections=3`.
+pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    let initdb = require_binary("initdb", "postgresql");
+    let postgres = require_binary("postgres", "postgresql");
+    let data = dir.join(format!("pg-{port}"));
+    std::fs::create_dir_all(&data).expect("create pg dir");
+    let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
+    assert!(chown.success(), "chown {dir:?} to postgres failed");
+    // The temp dir's parents must be traversable by the postgres user.
+    let _ = Command::new("chmod").arg("755").arg(dir).status();
+    let init = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(&initdb)
+        .args(["-D"])
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+        .output()
+        .expect("run initdb");
+    assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(&postgres).arg("-D").arg(&data);
+    cmd.args(["-p", &port.to_string(), "-k"]).arg(&data).args(["-c", "listen_addresses=127.0.0.1"]);
+    cmd.args(["-c", "fsync=off"]);
+    for e in extra {
+        cmd.args(["-c", e]);
+    }
+    let mut s = Service::spawn(&format!("postgres-{port}"), cmd, dir);
+    s.wait_log("database system is ready to accept connections", Duration::from_secs(30));
+    s
+}
+
+/// Runs a command to completion and panics with its output if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

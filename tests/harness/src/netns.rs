@@ -1,0 +1,72 @@
+//! Network namespaces made and removed by a test: `Netns::new("site")` creates a
+//! uniquely named namespace with loopback up, deleted on drop with everything in it.
+//! Traffic in tests stays inside namespaces they made.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::run;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace owned by the test.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `pw-<tag>-<pid>-<n>` with `lo` up.
+    pub fn new(tag: &str) -> Netns {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("pw-{tag}-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> ARGS`, panicking on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs `cmd args` inside the namespace, panicking on failure.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", self.name.as_str(), cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// A `Command` that runs `cmd` inside the namespace (for long-running servers).
+    pub fn command(&self, cmd: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, cmd]);
+        c
+    }
+
+    /// Runs `cmd args` inside the namespace and returns its raw output, success or not.
+    pub fn output(&self, cmd: &str, args: &[&str]) -> Output {
+        self.command(cmd).args(args).output().unwrap_or_else(|e| panic!("ip netns exec {cmd}: {e}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+    }
+}
+
+/// Whether this process may create namespaces (root with iproute2).
+pub fn available() -> bool {
+    Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false)
+        && is_root()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
