@@ -301,9 +301,12 @@ pub enum UdpMode {
     Generic { payload: Vec<u8>, expect: Option<Regex> },
 }
 
+/// What a generic UDP check sends when the user gives no payload.
+pub const DEFAULT_UDP_PAYLOAD: &[u8] = b"portwatch\n";
+
 impl Default for UdpMode {
     fn default() -> Self {
-        UdpMode::Generic { payload: b"portwatch\n".to_vec(), expect: None }
+        UdpMode::Generic { payload: DEFAULT_UDP_PAYLOAD.to_vec(), expect: None }
     }
 }
 

@@ -1,1 +1,306 @@
-//! The `portwatch-agent` command line.
+//! The `portwatch-agent` command line: `check` runs one check and prints it the
+//! way a person (one line) or a program (`--json`) wants it, with Nagios plugin
+//! exit codes so existing Nagios/Icinga setups can call it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::check::{
+    CheckSpec, DEFAULT_CERT_EXPIRING_DAYS, DEFAULT_UDP_PAYLOAD, DEFAULT_NTP_MAX_OFFSET, Family, Host, Protocol, SpecError, TcpMode,
+    TcpPreset, TlsOptions, UDP_PRESETS, UdpMode, compile_regex, unescape,
+};
+use crate::probe::Engine;
+use crate::resolve::Resolver;
+use crate::result::{CheckResult, Status};
+
+/// Nagios "UNKNOWN": bad usage or a check that could not run.
+pub const EXIT_UNKNOWN: i32 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "portwatch-agent", version, about = "portwatch agent: TCP & UDP port checks from inside your network")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one check now and print the result (exit 0 up, 1 degraded, 2 down, 3 unknown)
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// What to check: tcp://host:port, udp://host:port or icmp://host
+    pub target: String,
+    /// Protocol preset: redis, postgres, mysql, smtp, ssh, imap, pop3, ftp, memcached, amqp, mqtt, kafka (tcp);
+    /// dns, ntp, syslog (udp)
+    #[arg(long, value_name = "PRESET")]
+    pub expect: Option<String>,
+    /// Bytes to send after connecting (escapes: \r \n \t \0 \\ \xNN); the UDP payload for udp targets
+    #[arg(long, value_name = "BYTES")]
+    pub send: Option<String>,
+    /// Regex the reply must match (against raw bytes)
+    #[arg(long, value_name = "REGEX")]
+    pub expect_regex: Option<String>,
+    /// Negotiate TLS (STARTTLS for the smtp, imap and pop3 presets) and check the certificate
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust only the CA certificates in this PEM file (instead of the system roots)
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name for SNI and certificate verification (default: the target host)
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_server_name: Option<String>,
+    /// Do not verify the certificate chain or name (expiry is still reported)
+    #[arg(long, requires = "tls")]
+    pub tls_no_verify: bool,
+    /// Degraded (cert_expiring) when the certificate has fewer days left
+    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_CERT_EXPIRING_DAYS, requires = "tls")]
+    pub cert_warn_days: u32,
+    /// Whole-check timeout, e.g. 3s, 500ms
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Degraded (slow) when the handshake takes longer than this many milliseconds
+    #[arg(long, value_name = "MS")]
+    pub degraded_ms: Option<u64>,
+    /// Resolve names with this DNS server only (ip:port) instead of /etc/resolv.conf
+    #[arg(long, value_name = "IP:PORT")]
+    pub nameserver: Option<SocketAddr>,
+    /// The port must be closed: up when refused or filtered, down (exposed) when it answers
+    #[arg(long)]
+    pub expect_closed: bool,
+    /// UDP: treat silence (no reply, no ICMP error) as up (open|filtered)
+    #[arg(long)]
+    pub no_reply_ok: bool,
+    /// DNS preset: the name to query
+    #[arg(long, value_name = "NAME", default_value = "localhost.")]
+    pub dns_name: String,
+    /// NTP preset: degraded when the clock offset exceeds this many milliseconds
+    #[arg(long, value_name = "MS")]
+    pub ntp_max_offset_ms: Option<u64>,
+    /// Only use IPv4 addresses of the host
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only use IPv6 addresses of the host
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Print one JSON object instead of a line
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s or 500ms: {e}"))
+}
+
+impl CheckArgs {
+    /// Turns the flags into a validated spec; the error names the flag and why.
+    pub fn to_spec(&self) -> Result<CheckSpec, SpecError> {
+        let target = self.target.parse()?;
+        let mut spec = CheckSpec::new(target);
+        spec.timeout = self.timeout;
+        spec.degraded_after = self.degraded_ms.map(Duration::from_millis);
+        spec.expect_closed = self.expect_closed;
+        spec.no_reply_is_up = self.no_reply_ok;
+        spec.family = if self.ipv4 {
+            Family::V4
+        } else if self.ipv6 {
+            Family::V6
+        } else {
+            Family::Any
+        };
+        let send = self.send.as_deref().map(unescape).transpose()?;
+        let expect_regex = self.expect_regex.as_deref().map(compile_regex).transpose()?;
+        let proto = spec.target.protocol;
+        if self.expect.is_some() && (send.is_some() || expect_regex.is_some()) {
+            return Err(SpecError::Invalid {
+                field: "--expect",
+                why: "a preset cannot be combined with --send/--expect-regex".into(),
+            });
+        }
+        match proto {
+            Protocol::Tcp => {
+                spec.tcp = match &self.expect {
+                    Some(name) => TcpMode::Preset(TcpPreset::parse(name).ok_or_else(|| SpecError::UnknownPreset {
+                        name: name.clone(),
+                        protocol: "tcp",
+                        known: TcpPreset::ALL.map(|p| p.as_str()).join(", "),
+                    })?),
+                    None if send.is_some() || expect_regex.is_some() => TcpMode::Expect { send, expect: expect_regex },
+                    None => TcpMode::Connect,
+                };
+            }
+            Protocol::Udp => {
+                spec.udp = match self.expect.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    Some("dns") => UdpMode::Dns { name: self.dns_name.clone() },
+                    Some("ntp") => UdpMode::Ntp {
+                        max_offset: self.ntp_max_offset_ms.map(Duration::from_millis).unwrap_or(DEFAULT_NTP_MAX_OFFSET),
+                    },
+                    Some("syslog") => UdpMode::Syslog,
+                    Some(other) => {
+                        return Err(SpecError::UnknownPreset {
+                            name: other.to_owned(),
+                            protocol: "udp",
+                            known: UDP_PRESETS.join(", "),
+                        });
+                    }
+                    None => UdpMode::Generic {
+                        payload: send.unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.to_vec()),
+                        expect: expect_regex,
+                    },
+                };
+            }
+            Protocol::Icmp => {
+                if self.expect.is_some() || send.is_some() || expect_regex.is_some() {
+                    return Err(SpecError::NotApplicable { option: "--expect/--send/--expect-regex", protocol: "icmp" });
+                }
+            }
+        }
+        if self.tls {
+            let ca = match &self.tls_ca {
+                Some(path) => Some(load_ca(path)?),
+                None => None,
+            };
+            let starttls = match spec.tcp {
+                TcpMode::Preset(p) => p.starttls(),
+                _ => None,
+            };
+            spec.tls = Some(TlsOptions {
+                server_name: self.tls_server_name.clone(),
+                ca,
+                verify: !self.tls_no_verify,
+                expiring_days: self.cert_warn_days,
+                starttls,
+            });
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+fn load_ca(path: &std::path::Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, SpecError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |why: String| SpecError::Invalid { field: "--tls-ca", why };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(bad(format!("{}: no PEM certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Runs `check` and returns the process exit code.
+pub async fn run_check(args: &CheckArgs) -> i32 {
+    let spec = match args.to_spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portwatch-agent check: {e}");
+            return EXIT_UNKNOWN;
+        }
+    };
+    let resolver = match (args.nameserver, &spec.target.host) {
+        (Some(ns), _) => Resolver::with_nameserver(ns, spec.timeout),
+        (None, Host::Name(_)) => Resolver::system(),
+        (None, Host::Ip(_)) => Ok(Resolver::literal_only()),
+    };
+    let resolver = match resolver {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portwatch-agent check: {e}");
+            return EXIT_UNKNOWN;
+        }
+    };
+    let engine = Engine::with_resolver(resolver);
+    let result = engine.run(&spec).await;
+    if args.json {
+        println!("{}", to_json(&spec, &result));
+    } else {
+        println!("{}", human_line(&spec, &result));
+    }
+    exit_code(&result)
+}
+
+/// Nagios convention: 0 up, 1 degraded, 2 down, 3 when the check could not run.
+pub fn exit_code(r: &CheckResult) -> i32 {
+    if r.reason == crate::result::Reason::Internal {
+        return EXIT_UNKNOWN;
+    }
+    r.status.nagios_code()
+}
+
+/// One line: status, reason, target, address, message and details, then Nagios
+/// perfdata with the phases that happened.
+pub fn human_line(spec: &CheckSpec, r: &CheckResult) -> String {
+    let mut line = format!("{} {} {}", r.status.as_str().to_uppercase(), r.reason, spec.target);
+    let addr = r.address_display();
+    if !addr.is_empty() {
+        line.push_str(&format!(" ({addr})"));
+    }
+    let mut facts: Vec<String> = Vec::new();
+    if !r.message.is_empty() {
+        facts.push(r.message.clone());
+    }
+    let d = &r.details;
+    if let Some(info) = &d.server_info {
+        facts.push(info.clone());
+    }
+    if let Some(days) = d.cert_days_left {
+        facts.push(format!("cert {days} days left"));
+    }
+    if let Some(v) = &d.tls_version {
+        facts.push(v.clone());
+    }
+    if let (Some(off), Some(st)) = (d.ntp_offset_us, d.ntp_stratum) {
+        facts.push(format!("ntp stratum {st} offset {:.3} ms", off as f64 / 1000.0));
+    }
+    if let Some(rc) = &d.dns_rcode {
+        facts.push(format!("dns {rc} answers={}", d.dns_answers.unwrap_or(0)));
+    }
+    if r.status != Status::Up || facts.is_empty() {
+        if let Some(b) = &d.banner {
+            facts.push(format!("banner \"{b}\""));
+        }
+    }
+    if !facts.is_empty() {
+        line.push_str(" - ");
+        line.push_str(&facts.join(", "));
+    }
+    let p = &r.phases;
+    let mut perf: Vec<String> = Vec::new();
+    for (name, v) in [("dns", p.dns), ("connect", p.connect), ("tls", p.tls), ("first_byte", p.first_byte)] {
+        if let Some(us) = v {
+            perf.push(format!("{name}={:.3}ms", us as f64 / 1000.0));
+        }
+    }
+    perf.push(format!("total={:.3}ms", p.total as f64 / 1000.0));
+    line.push_str(" | ");
+    line.push_str(&perf.join(" "));
+    line
+}
+
+/// One JSON object with every phase key present (null when it did not happen).
+pub fn to_json(spec: &CheckSpec, r: &CheckResult) -> String {
+    let addr = r.address_display();
+    let v = serde_json::json!({
+        "target": spec.target.to_string(),
+        "status": r.status,
+        "reason": r.reason,
+        "message": r.message,
+        "address": if addr.is_empty() { serde_json::Value::Null } else { addr.into() },
+        "phases_us": {
+            "dns": r.phases.dns,
+            "connect": r.phases.connect,
+            "tls": r.phases.tls,
+            "first_byte": r.phases.first_byte,
+            "total": r.phases.total,
+        },
+        "details": r.details,
+    });
+    v.to_string()
+}

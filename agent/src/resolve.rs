@@ -35,7 +35,8 @@ pub enum ResolverError {
 /// The resolver every check uses. Cheap to clone (shared cache and connections).
 #[derive(Clone)]
 pub struct Resolver {
-    inner: TokioResolver,
+    /// `None` for a resolver that only accepts IP literals (no configuration was available).
+    inner: Option<TokioResolver>,
 }
 
 impl Resolver {
@@ -45,7 +46,13 @@ impl Resolver {
             TokioResolver::builder_tokio().map_err(|e| ResolverError::System(e.to_string()))?;
         tune(builder.options_mut());
         let inner = builder.build().map_err(|e| ResolverError::Build(e.to_string()))?;
-        Ok(Resolver { inner })
+        Ok(Resolver { inner: Some(inner) })
+    }
+
+    /// A resolver for checks of IP literals only: every name lookup fails. For
+    /// hosts without a usable resolver configuration.
+    pub fn literal_only() -> Resolver {
+        Resolver { inner: None }
     }
 
     /// Asks only `nameserver` (UDP, TCP on truncation), never the hosts file nor the system's
@@ -63,12 +70,18 @@ impl Resolver {
         opts.use_hosts_file = ResolveHosts::Never;
         opts.timeout = timeout;
         let inner = builder.build().map_err(|e| ResolverError::Build(e.to_string()))?;
-        Ok(Resolver { inner })
+        Ok(Resolver { inner: Some(inner) })
     }
 
     /// Resolves `host` to the addresses of `family`, in the resolver's preference order.
     pub async fn resolve(&self, host: &str, family: Family) -> Result<Vec<IpAddr>, DnsFailure> {
-        let lookup = self.inner.lookup_ip(host).await.map_err(|e| classify(host, &e))?;
+        let Some(inner) = &self.inner else {
+            return Err(DnsFailure {
+                reason: Reason::DnsServfail,
+                message: format!("dns {host}: no resolver is configured on this host"),
+            });
+        };
+        let lookup = inner.lookup_ip(host).await.map_err(|e| classify(host, &e))?;
         let ips: Vec<IpAddr> = lookup
             .iter()
             .filter(|ip| match family {

@@ -133,6 +133,21 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// An I/O error as a short lowercase phrase ("connection refused"), without the
+/// "(os error N)" suffix std adds.
+pub fn io_phrase(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// Phase timings in microseconds. A phase that did not happen is `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Phases {
@@ -304,6 +319,12 @@ mod tests {
         assert_eq!(escape_excerpt(b"+PONG\r\n", 64), "+PONG\\r\\n");
         assert_eq!(escape_excerpt(&[0x1b, b'[', 0xff, b'\\'], 64), "\\x1b[\\xff\\\\");
         assert_eq!(escape_excerpt(b"abcdef", 3), "abc...");
+    }
+
+    #[test]
+    fn io_phrases_are_short_and_lowercase() {
+        let e = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(io_phrase(&e), "connection refused");
     }
 
     #[test]

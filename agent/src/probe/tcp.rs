@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::preset::{self, Conversation, Verdict};
 use super::{ProbeCtx, ProbeFuture, Prober, tls};
 use crate::check::{MAX_REPLY_BYTES, Protocol, TcpMode};
-use crate::result::{CheckResult, Reason, Status, escape_excerpt, micros};
+use crate::result::{CheckResult, Reason, Status, escape_excerpt, io_phrase, micros};
 
 /// How much of a reply is kept for display.
 pub const BANNER_EXCERPT: usize = 120;
@@ -41,7 +41,7 @@ pub struct ConnectFailure {
 /// Connects to `addr` without blocking a thread, giving up at `deadline`.
 /// Returns the stream and the handshake time (SYN to SYN-ACK as the kernel saw it).
 pub async fn connect(addr: SocketAddr, deadline: Instant) -> Result<(TcpStream, Duration), ConnectFailure> {
-    let fail = |e: io::Error| ConnectFailure { reason: Reason::from_io(&e), message: format!("connect {addr}: {e}") };
+    let fail = |e: io::Error| ConnectFailure { reason: Reason::from_io(&e), message: format!("connect {addr}: {}", io_phrase(&e)) };
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
     sock.set_nonblocking(true).map_err(fail)?;
     sock.set_tcp_nodelay(true).map_err(fail)?;
@@ -135,7 +135,7 @@ where
     if !request.is_empty() {
         match tokio::time::timeout_at(deadline, stream.write_all(&request)).await {
             Err(_) => return set(r, Status::Down, Reason::Timeout, "timed out sending the request".into()),
-            Ok(Err(e)) => return set(r, Status::Down, Reason::from_io(&e), format!("sending the request: {e}")),
+            Ok(Err(e)) => return set(r, Status::Down, Reason::from_io(&e), format!("sending the request: {}", io_phrase(&e))),
             Ok(Ok(())) => {}
         }
     }
@@ -153,7 +153,7 @@ where
                     message: "the reply was incomplete when the timeout came".into(),
                 };
             }
-            Ok(Err(e)) => break Verdict::Down { reason: Reason::from_io(&e), message: format!("reading the reply: {e}") },
+            Ok(Err(e)) => break Verdict::Down { reason: Reason::from_io(&e), message: format!("reading the reply: {}", io_phrase(&e)) },
             Ok(Ok(n)) => n,
         };
         if n == 0 {
