@@ -243,6 +243,18 @@ pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
     s
 }
 
+/// The path of a binary this workspace builds (`portwatch-agent`...), next to the
+/// running test executable in the target directory. `cargo test --workspace`
+/// builds every binary before the tests run.
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(bin.is_file(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
 /// Runs a command to completion and panics with its output if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"));

@@ -70,3 +70,17 @@ fn is_root() -> bool {
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
+
+/// Joins two namespaces with a veth pair: `up0` in `a` with `a_addr/prefix`,
+/// `dn0` in `b` with `b_addr/prefix`. Nothing is added to the root namespace,
+/// so traffic between them never reaches the host's network.
+pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, prefix: u8) {
+    run(
+        "ip",
+        &["link", "add", "up0", "netns", &a.name, "type", "veth", "peer", "name", "dn0", "netns", &b.name],
+    );
+    a.ip(&["addr", "add", &format!("{a_addr}/{prefix}"), "dev", "up0"]);
+    b.ip(&["addr", "add", &format!("{b_addr}/{prefix}"), "dev", "dn0"]);
+    a.ip(&["link", "set", "up0", "up"]);
+    b.ip(&["link", "set", "dn0", "up"]);
+}
