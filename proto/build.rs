@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(&["proto/portwatch/v1/portwatch.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/portwatch/v1/portwatch.proto"], &["proto"])?;
     Ok(())
 }

@@ -78,17 +78,27 @@ pub enum SpecError {
     #[error("target {target:?}: port {port:?} is not in 1-65535")]
     BadPort { target: String, port: String },
     #[error("target {target:?}: a port is required for {scheme}")]
-    MissingPort { target: String, scheme: &'static str },
+    MissingPort {
+        target: String,
+        scheme: &'static str,
+    },
     #[error("target {target:?}: icmp takes no port")]
     IcmpPort { target: String },
     #[error("target {target:?}: {why}")]
     BadHost { target: String, why: String },
     #[error("preset {name:?} is unknown for {protocol} (known: {known})")]
-    UnknownPreset { name: String, protocol: &'static str, known: String },
+    UnknownPreset {
+        name: String,
+        protocol: &'static str,
+        known: String,
+    },
     #[error("expect regex {pattern:?} is invalid: {why}")]
     BadRegex { pattern: String, why: String },
     #[error("option {option} does not apply to {protocol} checks")]
-    NotApplicable { option: &'static str, protocol: &'static str },
+    NotApplicable {
+        option: &'static str,
+        protocol: &'static str,
+    },
     #[error("{field}: {why}")]
     Invalid { field: &'static str, why: String },
 }
@@ -97,13 +107,18 @@ impl FromStr for Target {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| SpecError::BadTarget(s.to_owned()))?;
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| SpecError::BadTarget(s.to_owned()))?;
         let protocol = match scheme.to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             "icmp" => Protocol::Icmp,
             _ => {
-                return Err(SpecError::UnknownScheme { target: s.to_owned(), scheme: scheme.to_owned() });
+                return Err(SpecError::UnknownScheme {
+                    target: s.to_owned(),
+                    scheme: scheme.to_owned(),
+                });
             }
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -112,8 +127,10 @@ impl FromStr for Target {
         }
         // Split host and port, honouring [v6]:port and bare IPv6 literals for ICMP.
         let (host_str, port_str) = if let Some(inner) = rest.strip_prefix('[') {
-            let (h, after) =
-                inner.split_once(']').ok_or_else(|| SpecError::BadHost { target: s.to_owned(), why: "unclosed [".into() })?;
+            let (h, after) = inner.split_once(']').ok_or_else(|| SpecError::BadHost {
+                target: s.to_owned(),
+                why: "unclosed [".into(),
+            })?;
             match after {
                 "" => (h, None),
                 p if p.starts_with(':') => (h, Some(&p[1..])),
@@ -128,17 +145,38 @@ impl FromStr for Target {
                 None => (rest, None),
             }
         };
-        let host = parse_host(host_str).map_err(|why| SpecError::BadHost { target: s.to_owned(), why })?;
+        let host = parse_host(host_str).map_err(|why| SpecError::BadHost {
+            target: s.to_owned(),
+            why,
+        })?;
         let port = match (protocol, port_str) {
             (Protocol::Icmp, None) => 0,
-            (Protocol::Icmp, Some(_)) => return Err(SpecError::IcmpPort { target: s.to_owned() }),
-            (_, None) => return Err(SpecError::MissingPort { target: s.to_owned(), scheme: protocol.as_str() }),
+            (Protocol::Icmp, Some(_)) => {
+                return Err(SpecError::IcmpPort {
+                    target: s.to_owned(),
+                });
+            }
+            (_, None) => {
+                return Err(SpecError::MissingPort {
+                    target: s.to_owned(),
+                    scheme: protocol.as_str(),
+                });
+            }
             (_, Some(p)) => match p.parse::<u32>() {
                 Ok(n) if (1..=65535).contains(&n) => n as u16,
-                _ => return Err(SpecError::BadPort { target: s.to_owned(), port: p.to_owned() }),
+                _ => {
+                    return Err(SpecError::BadPort {
+                        target: s.to_owned(),
+                        port: p.to_owned(),
+                    });
+                }
             },
         };
-        Ok(Target { protocol, host, port })
+        Ok(Target {
+            protocol,
+            host,
+            port,
+        })
     }
 }
 
@@ -160,8 +198,13 @@ fn parse_host(h: &str) -> Result<Host, String> {
         if label.is_empty() || label.len() > 63 {
             return Err(format!("{h:?} has an empty or over-long label"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("{h:?} contains characters not allowed in a host name"));
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "{h:?} contains characters not allowed in a host name"
+            ));
         }
     }
     Ok(Host::Name(h.to_ascii_lowercase()))
@@ -237,7 +280,9 @@ impl TcpPreset {
     }
 
     pub fn parse(name: &str) -> Option<TcpPreset> {
-        TcpPreset::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(name))
+        TcpPreset::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(name))
     }
 }
 
@@ -285,7 +330,10 @@ pub enum TcpMode {
     /// Speak a known protocol's first exchange.
     Preset(TcpPreset),
     /// Send optional bytes, then read until the regex matches.
-    Expect { send: Option<Vec<u8>>, expect: Option<Regex> },
+    Expect {
+        send: Option<Vec<u8>>,
+        expect: Option<Regex>,
+    },
 }
 
 /// What a UDP check sends and expects.
@@ -298,7 +346,10 @@ pub enum UdpMode {
     /// Send an RFC 5424 message; no reply expected, only ICMP errors count.
     Syslog,
     /// Any payload, optionally a regex the reply must match.
-    Generic { payload: Vec<u8>, expect: Option<Regex> },
+    Generic {
+        payload: Vec<u8>,
+        expect: Option<Regex>,
+    },
 }
 
 /// What a generic UDP check sends when the user gives no payload.
@@ -306,7 +357,10 @@ pub const DEFAULT_UDP_PAYLOAD: &[u8] = b"portwatch\n";
 
 impl Default for UdpMode {
     fn default() -> Self {
-        UdpMode::Generic { payload: DEFAULT_UDP_PAYLOAD.to_vec(), expect: None }
+        UdpMode::Generic {
+            payload: DEFAULT_UDP_PAYLOAD.to_vec(),
+            expect: None,
+        }
     }
 }
 
@@ -354,29 +408,49 @@ impl CheckSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let proto = self.target.protocol.as_str();
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
-            return Err(SpecError::Invalid { field: "timeout", why: "must be between 1ms and 300s".into() });
+            return Err(SpecError::Invalid {
+                field: "timeout",
+                why: "must be between 1ms and 300s".into(),
+            });
         }
-        if let Some(d) = self.degraded_after {
-            if d >= self.timeout {
-                return Err(SpecError::Invalid {
-                    field: "degraded threshold",
-                    why: format!("{} ms is not below the timeout ({} ms)", d.as_millis(), self.timeout.as_millis()),
-                });
-            }
+        if let Some(d) = self.degraded_after
+            && d >= self.timeout
+        {
+            return Err(SpecError::Invalid {
+                field: "degraded threshold",
+                why: format!(
+                    "{} ms is not below the timeout ({} ms)",
+                    d.as_millis(),
+                    self.timeout.as_millis()
+                ),
+            });
         }
         if self.tls.is_some() && self.target.protocol != Protocol::Tcp {
-            return Err(SpecError::NotApplicable { option: "tls", protocol: proto });
+            return Err(SpecError::NotApplicable {
+                option: "tls",
+                protocol: proto,
+            });
         }
-        if let (Some(tls), TcpMode::Preset(p)) = (&self.tls, &self.tcp) {
-            if tls.starttls.is_some() && p.starttls() != tls.starttls {
-                return Err(SpecError::Invalid { field: "tls", why: "STARTTLS dialect does not match the preset".into() });
-            }
+        if let (Some(tls), TcpMode::Preset(p)) = (&self.tls, &self.tcp)
+            && tls.starttls.is_some()
+            && p.starttls() != tls.starttls
+        {
+            return Err(SpecError::Invalid {
+                field: "tls",
+                why: "STARTTLS dialect does not match the preset".into(),
+            });
         }
         if !matches!(self.tcp, TcpMode::Connect) && self.target.protocol != Protocol::Tcp {
-            return Err(SpecError::NotApplicable { option: "tcp send/expect", protocol: proto });
+            return Err(SpecError::NotApplicable {
+                option: "tcp send/expect",
+                protocol: proto,
+            });
         }
         if self.no_reply_is_up && self.target.protocol != Protocol::Udp {
-            return Err(SpecError::NotApplicable { option: "no-reply-is-up", protocol: proto });
+            return Err(SpecError::NotApplicable {
+                option: "no-reply-is-up",
+                protocol: proto,
+            });
         }
         Ok(())
     }
@@ -395,7 +469,10 @@ impl CheckSpec {
 
 /// Parses a user-written escape string (`\r`, `\n`, `\t`, `\0`, `\\`, `\xNN`) into bytes.
 pub fn unescape(s: &str) -> Result<Vec<u8>, SpecError> {
-    let bad = |why: &str| SpecError::Invalid { field: "send", why: why.to_owned() };
+    let bad = |why: &str| SpecError::Invalid {
+        field: "send",
+        why: why.to_owned(),
+    };
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -410,8 +487,12 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, SpecError> {
             Some(b'0') => out.push(0),
             Some(b'\\') => out.push(b'\\'),
             Some(b'x') => {
-                let hi = bytes.next().ok_or_else(|| bad("\\x needs two hex digits"))?;
-                let lo = bytes.next().ok_or_else(|| bad("\\x needs two hex digits"))?;
+                let hi = bytes
+                    .next()
+                    .ok_or_else(|| bad("\\x needs two hex digits"))?;
+                let lo = bytes
+                    .next()
+                    .ok_or_else(|| bad("\\x needs two hex digits"))?;
                 let hex = [hi, lo];
                 let txt = std::str::from_utf8(&hex).map_err(|_| bad("\\x needs two hex digits"))?;
                 out.push(u8::from_str_radix(txt, 16).map_err(|_| bad("\\x needs two hex digits"))?);
@@ -427,7 +508,10 @@ pub fn compile_regex(pattern: &str) -> Result<Regex, SpecError> {
     regex::bytes::RegexBuilder::new(pattern)
         .size_limit(1 << 20)
         .build()
-        .map_err(|e| SpecError::BadRegex { pattern: pattern.to_owned(), why: e.to_string().lines().last().unwrap_or("").trim().to_owned() })
+        .map_err(|e| SpecError::BadRegex {
+            pattern: pattern.to_owned(),
+            why: e.to_string().lines().last().unwrap_or("").trim().to_owned(),
+        })
 }
 
 #[cfg(test)]
@@ -441,7 +525,10 @@ mod tests {
     #[test]
     fn parses_every_target_form() {
         let tg = t("tcp://db.internal:5432").unwrap();
-        assert_eq!((tg.protocol, tg.host.clone(), tg.port), (Protocol::Tcp, Host::Name("db.internal".into()), 5432));
+        assert_eq!(
+            (tg.protocol, tg.host.clone(), tg.port),
+            (Protocol::Tcp, Host::Name("db.internal".into()), 5432)
+        );
         assert_eq!(tg.to_string(), "tcp://db.internal:5432");
         let tg = t("udp://127.0.0.1:53").unwrap();
         assert_eq!(tg.host, Host::Ip("127.0.0.1".parse().unwrap()));
@@ -449,7 +536,10 @@ mod tests {
         assert_eq!(tg.host, Host::Ip("::1".parse().unwrap()));
         assert_eq!(tg.to_string(), "tcp://[::1]:6379");
         assert_eq!(t("icmp://10.0.0.1").unwrap().port, 0);
-        assert_eq!(t("icmp://::1").unwrap().host, Host::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            t("icmp://::1").unwrap().host,
+            Host::Ip("::1".parse().unwrap())
+        );
         assert_eq!(t("tcp://host:65535").unwrap().port, 65535);
         assert_eq!(t("tcp://host:1").unwrap().port, 1);
     }
@@ -457,17 +547,38 @@ mod tests {
     #[test]
     fn refuses_bad_targets_with_a_reason() {
         assert!(matches!(t("tcp://host:0"), Err(SpecError::BadPort { .. })));
-        assert!(matches!(t("tcp://host:65536"), Err(SpecError::BadPort { .. })));
+        assert!(matches!(
+            t("tcp://host:65536"),
+            Err(SpecError::BadPort { .. })
+        ));
         assert!(matches!(t("tcp://host:-1"), Err(SpecError::BadPort { .. })));
-        assert!(matches!(t("tcp://host:http"), Err(SpecError::BadPort { .. })));
-        assert!(matches!(t("http://host:80"), Err(SpecError::UnknownScheme { .. })));
+        assert!(matches!(
+            t("tcp://host:http"),
+            Err(SpecError::BadPort { .. })
+        ));
+        assert!(matches!(
+            t("http://host:80"),
+            Err(SpecError::UnknownScheme { .. })
+        ));
         assert!(matches!(t("host:80"), Err(SpecError::BadTarget(_))));
-        assert!(matches!(t("tcp://host"), Err(SpecError::MissingPort { .. })));
-        assert!(matches!(t("icmp://host:7"), Err(SpecError::IcmpPort { .. })));
+        assert!(matches!(
+            t("tcp://host"),
+            Err(SpecError::MissingPort { .. })
+        ));
+        assert!(matches!(
+            t("icmp://host:7"),
+            Err(SpecError::IcmpPort { .. })
+        ));
         assert!(matches!(t("tcp://:80"), Err(SpecError::BadHost { .. })));
-        assert!(matches!(t("tcp://bad_host!:80"), Err(SpecError::BadHost { .. })));
+        assert!(matches!(
+            t("tcp://bad_host!:80"),
+            Err(SpecError::BadHost { .. })
+        ));
         assert!(matches!(t("tcp://[::1:80"), Err(SpecError::BadHost { .. })));
-        assert!(matches!(t("tcp://user@host:80"), Err(SpecError::BadTarget(_))));
+        assert!(matches!(
+            t("tcp://user@host:80"),
+            Err(SpecError::BadTarget(_))
+        ));
         let msg = t("tcp://host:70000").unwrap_err().to_string();
         assert!(msg.contains("70000") && msg.contains("1-65535"), "{msg}");
     }
@@ -485,10 +596,21 @@ mod tests {
     fn validation_names_the_field() {
         let mut spec = CheckSpec::new(t("tcp://h:1").unwrap());
         spec.degraded_after = Some(Duration::from_secs(5));
-        assert!(spec.validate().unwrap_err().to_string().contains("degraded threshold"));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("degraded threshold")
+        );
         let mut spec = CheckSpec::new(t("udp://h:1").unwrap());
         spec.tls = Some(TlsOptions::default());
-        assert!(matches!(spec.validate(), Err(SpecError::NotApplicable { option: "tls", .. })));
-        assert!(matches!(compile_regex("(unclosed"), Err(SpecError::BadRegex { .. })));
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::NotApplicable { option: "tls", .. })
+        ));
+        assert!(matches!(
+            compile_regex("(unclosed"),
+            Err(SpecError::BadRegex { .. })
+        ));
     }
 }

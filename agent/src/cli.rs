@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::check::{
-    CheckSpec, DEFAULT_CERT_EXPIRING_DAYS, DEFAULT_UDP_PAYLOAD, DEFAULT_NTP_MAX_OFFSET, Family, Host, Protocol, SpecError, TcpMode,
-    TcpPreset, TlsOptions, UDP_PRESETS, UdpMode, compile_regex, unescape,
+    CheckSpec, DEFAULT_CERT_EXPIRING_DAYS, DEFAULT_NTP_MAX_OFFSET, DEFAULT_UDP_PAYLOAD, Family,
+    Host, Protocol, SpecError, TcpMode, TcpPreset, TlsOptions, UDP_PRESETS, UdpMode, compile_regex,
+    unescape,
 };
 use crate::probe::Engine;
 use crate::resolve::Resolver;
@@ -20,7 +21,11 @@ use crate::result::{CheckResult, Status};
 pub const EXIT_UNKNOWN: i32 = 3;
 
 #[derive(Debug, Parser)]
-#[command(name = "portwatch-agent", version, about = "portwatch agent: TCP & UDP port checks from inside your network")]
+#[command(
+    name = "portwatch-agent",
+    version,
+    about = "portwatch agent: TCP & UDP port checks from inside your network"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -94,7 +99,8 @@ pub struct CheckArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s or 500ms: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 3s or 500ms: {e}"))
 }
 
 impl CheckArgs {
@@ -114,7 +120,11 @@ impl CheckArgs {
             Family::Any
         };
         let send = self.send.as_deref().map(unescape).transpose()?;
-        let expect_regex = self.expect_regex.as_deref().map(compile_regex).transpose()?;
+        let expect_regex = self
+            .expect_regex
+            .as_deref()
+            .map(compile_regex)
+            .transpose()?;
         let proto = spec.target.protocol;
         if self.expect.is_some() && (send.is_some() || expect_regex.is_some()) {
             return Err(SpecError::Invalid {
@@ -125,20 +135,35 @@ impl CheckArgs {
         match proto {
             Protocol::Tcp => {
                 spec.tcp = match &self.expect {
-                    Some(name) => TcpMode::Preset(TcpPreset::parse(name).ok_or_else(|| SpecError::UnknownPreset {
-                        name: name.clone(),
-                        protocol: "tcp",
-                        known: TcpPreset::ALL.map(|p| p.as_str()).join(", "),
+                    Some(name) => TcpMode::Preset(TcpPreset::parse(name).ok_or_else(|| {
+                        SpecError::UnknownPreset {
+                            name: name.clone(),
+                            protocol: "tcp",
+                            known: TcpPreset::ALL.map(|p| p.as_str()).join(", "),
+                        }
                     })?),
-                    None if send.is_some() || expect_regex.is_some() => TcpMode::Expect { send, expect: expect_regex },
+                    None if send.is_some() || expect_regex.is_some() => TcpMode::Expect {
+                        send,
+                        expect: expect_regex,
+                    },
                     None => TcpMode::Connect,
                 };
             }
             Protocol::Udp => {
-                spec.udp = match self.expect.as_deref().map(str::to_ascii_lowercase).as_deref() {
-                    Some("dns") => UdpMode::Dns { name: self.dns_name.clone() },
+                spec.udp = match self
+                    .expect
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
+                    Some("dns") => UdpMode::Dns {
+                        name: self.dns_name.clone(),
+                    },
                     Some("ntp") => UdpMode::Ntp {
-                        max_offset: self.ntp_max_offset_ms.map(Duration::from_millis).unwrap_or(DEFAULT_NTP_MAX_OFFSET),
+                        max_offset: self
+                            .ntp_max_offset_ms
+                            .map(Duration::from_millis)
+                            .unwrap_or(DEFAULT_NTP_MAX_OFFSET),
                     },
                     Some("syslog") => UdpMode::Syslog,
                     Some(other) => {
@@ -156,7 +181,10 @@ impl CheckArgs {
             }
             Protocol::Icmp => {
                 if self.expect.is_some() || send.is_some() || expect_regex.is_some() {
-                    return Err(SpecError::NotApplicable { option: "--expect/--send/--expect-regex", protocol: "icmp" });
+                    return Err(SpecError::NotApplicable {
+                        option: "--expect/--send/--expect-regex",
+                        protocol: "icmp",
+                    });
                 }
             }
         }
@@ -182,9 +210,14 @@ impl CheckArgs {
     }
 }
 
-fn load_ca(path: &std::path::Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, SpecError> {
+fn load_ca(
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, SpecError> {
     use rustls_pki_types::pem::PemObject;
-    let bad = |why: String| SpecError::Invalid { field: "--tls-ca", why };
+    let bad = |why: String| SpecError::Invalid {
+        field: "--tls-ca",
+        why,
+    };
     let pem = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -237,7 +270,12 @@ pub fn exit_code(r: &CheckResult) -> i32 {
 /// One line: status, reason, target, address, message and details, then Nagios
 /// perfdata with the phases that happened.
 pub fn human_line(spec: &CheckSpec, r: &CheckResult) -> String {
-    let mut line = format!("{} {} {}", r.status.as_str().to_uppercase(), r.reason, spec.target);
+    let mut line = format!(
+        "{} {} {}",
+        r.status.as_str().to_uppercase(),
+        r.reason,
+        spec.target
+    );
     let addr = r.address_display();
     if !addr.is_empty() {
         line.push_str(&format!(" ({addr})"));
@@ -257,15 +295,18 @@ pub fn human_line(spec: &CheckSpec, r: &CheckResult) -> String {
         facts.push(v.clone());
     }
     if let (Some(off), Some(st)) = (d.ntp_offset_us, d.ntp_stratum) {
-        facts.push(format!("ntp stratum {st} offset {:.3} ms", off as f64 / 1000.0));
+        facts.push(format!(
+            "ntp stratum {st} offset {:.3} ms",
+            off as f64 / 1000.0
+        ));
     }
     if let Some(rc) = &d.dns_rcode {
         facts.push(format!("dns {rc} answers={}", d.dns_answers.unwrap_or(0)));
     }
-    if r.status != Status::Up || facts.is_empty() {
-        if let Some(b) = &d.banner {
-            facts.push(format!("banner \"{b}\""));
-        }
+    if (r.status != Status::Up || facts.is_empty())
+        && let Some(b) = &d.banner
+    {
+        facts.push(format!("banner \"{b}\""));
     }
     if !facts.is_empty() {
         line.push_str(" - ");
@@ -273,7 +314,12 @@ pub fn human_line(spec: &CheckSpec, r: &CheckResult) -> String {
     }
     let p = &r.phases;
     let mut perf: Vec<String> = Vec::new();
-    for (name, v) in [("dns", p.dns), ("connect", p.connect), ("tls", p.tls), ("first_byte", p.first_byte)] {
+    for (name, v) in [
+        ("dns", p.dns),
+        ("connect", p.connect),
+        ("tls", p.tls),
+        ("first_byte", p.first_byte),
+    ] {
         if let Some(us) = v {
             perf.push(format!("{name}={:.3}ms", us as f64 / 1000.0));
         }

@@ -55,7 +55,9 @@ pub struct Registry {
 impl Registry {
     /// Every prober portwatch ships: the one place check types are registered.
     pub fn standard() -> Registry {
-        let mut r = Registry { probers: HashMap::new() };
+        let mut r = Registry {
+            probers: HashMap::new(),
+        };
         r.register(Arc::new(tcp::TcpProber));
         r.register(Arc::new(udp::UdpProber));
         r.register(Arc::new(icmp::IcmpProber::default()));
@@ -96,7 +98,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(resolver: Resolver, registry: Registry, policy: Arc<dyn AddressPolicy>) -> Engine {
-        Engine { resolver, registry, policy }
+        Engine {
+            resolver,
+            registry,
+            policy,
+        }
     }
 
     /// The standard probers, all addresses allowed.
@@ -119,7 +125,9 @@ impl Engine {
         let (ips, dns_us) = match &spec.target.host {
             Host::Ip(ip) => (vec![*ip], None),
             Host::Name(name) => {
-                let lookup = tokio::time::timeout_at(deadline, self.resolver.resolve(name, spec.family)).await;
+                let lookup =
+                    tokio::time::timeout_at(deadline, self.resolver.resolve(name, spec.family))
+                        .await;
                 let dns_us = Some(micros(start.elapsed()));
                 match lookup {
                     Ok(Ok(ips)) => (ips, dns_us),
@@ -161,13 +169,22 @@ impl Engine {
             return r;
         };
         let server_name = spec.server_name();
-        let ctx = ProbeCtx { spec, addr, server_name: &server_name, deadline };
+        let ctx = ProbeCtx {
+            spec,
+            addr,
+            server_name: &server_name,
+            deadline,
+        };
         // Probers honour the deadline themselves; this is the backstop that keeps
         // a misbehaving one from holding a scheduler slot forever.
         let backstop = deadline + std::time::Duration::from_millis(50);
         let mut r = match tokio::time::timeout_at(backstop, prober.probe(ctx)).await {
             Ok(r) => r,
-            Err(_) => CheckResult::new(Status::Down, Reason::Timeout, "check did not finish within its timeout"),
+            Err(_) => CheckResult::new(
+                Status::Down,
+                Reason::Timeout,
+                "check did not finish within its timeout",
+            ),
         };
         r.address = Some(addr);
         r.phases.dns = dns_us;
@@ -182,23 +199,35 @@ fn finish_verdict(spec: &CheckSpec, r: &mut CheckResult) {
             Protocol::Tcp => r.phases.connect,
             Protocol::Udp | Protocol::Icmp => r.phases.first_byte,
         };
-        if let Some(us) = handshake {
-            if us > micros(limit) {
-                r.status = Status::Degraded;
-                r.reason = Reason::Slow;
-                r.message = format!("handshake took {:.1} ms, above the {} ms threshold", us as f64 / 1000.0, limit.as_millis());
-            }
+        if let Some(us) = handshake
+            && us > micros(limit)
+        {
+            r.status = Status::Degraded;
+            r.reason = Reason::Slow;
+            r.message = format!(
+                "handshake took {:.1} ms, above the {} ms threshold",
+                us as f64 / 1000.0,
+                limit.as_millis()
+            );
         }
     }
     if spec.expect_closed {
         match r.reason {
             // Nothing accepted the connection: closed as it must be.
-            Reason::Refused | Reason::Timeout | Reason::NetUnreachable | Reason::HostUnreachable | Reason::NoReply => {
+            Reason::Refused
+            | Reason::Timeout
+            | Reason::NetUnreachable
+            | Reason::HostUnreachable
+            | Reason::NoReply => {
                 r.status = Status::Up;
                 r.message = format!("closed as expected ({})", r.reason);
             }
             // Could not tell: resolution or policy failures stay what they are.
-            Reason::DnsNxdomain | Reason::DnsServfail | Reason::DnsTimeout | Reason::BlockedAddress | Reason::Internal => {}
+            Reason::DnsNxdomain
+            | Reason::DnsServfail
+            | Reason::DnsTimeout
+            | Reason::BlockedAddress
+            | Reason::Internal => {}
             // Something answered on a port that must be closed.
             _ => {
                 r.status = Status::Down;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+    ResolverOpts,
 };
-use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 
 use crate::check::Family;
@@ -45,7 +46,9 @@ impl Resolver {
         let mut builder =
             TokioResolver::builder_tokio().map_err(|e| ResolverError::System(e.to_string()))?;
         tune(builder.options_mut());
-        let inner = builder.build().map_err(|e| ResolverError::Build(e.to_string()))?;
+        let inner = builder
+            .build()
+            .map_err(|e| ResolverError::Build(e.to_string()))?;
         Ok(Resolver { inner: Some(inner) })
     }
 
@@ -57,19 +60,25 @@ impl Resolver {
 
     /// Asks only `nameserver` (UDP, TCP on truncation), never the hosts file nor the system's
     /// resolver. `timeout` bounds each attempt.
-    pub fn with_nameserver(nameserver: SocketAddr, timeout: Duration) -> Result<Resolver, ResolverError> {
+    pub fn with_nameserver(
+        nameserver: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Resolver, ResolverError> {
         let mut udp = ConnectionConfig::udp();
         udp.port = nameserver.port();
         let mut tcp = ConnectionConfig::tcp();
         tcp.port = nameserver.port();
         let ns = NameServerConfig::new(nameserver.ip(), true, vec![udp, tcp]);
         let config = ResolverConfig::from_name_servers(vec![ns]);
-        let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
         let opts = builder.options_mut();
         tune(opts);
         opts.use_hosts_file = ResolveHosts::Never;
         opts.timeout = timeout;
-        let inner = builder.build().map_err(|e| ResolverError::Build(e.to_string()))?;
+        let inner = builder
+            .build()
+            .map_err(|e| ResolverError::Build(e.to_string()))?;
         Ok(Resolver { inner: Some(inner) })
     }
 
@@ -81,7 +90,10 @@ impl Resolver {
                 message: format!("dns {host}: no resolver is configured on this host"),
             });
         };
-        let lookup = inner.lookup_ip(host).await.map_err(|e| classify(host, &e))?;
+        let lookup = inner
+            .lookup_ip(host)
+            .await
+            .map_err(|e| classify(host, &e))?;
         let ips: Vec<IpAddr> = lookup
             .iter()
             .filter(|ip| match family {
@@ -96,7 +108,10 @@ impl Resolver {
                 Family::V6 => "IPv6",
                 Family::Any => "IP",
             };
-            return Err(DnsFailure { reason: Reason::DnsNxdomain, message: format!("{host} has no {fam} address") });
+            return Err(DnsFailure {
+                reason: Reason::DnsNxdomain,
+                message: format!("{host} has no {fam} address"),
+            });
         }
         Ok(ips)
     }
@@ -115,22 +130,37 @@ fn tune(opts: &mut ResolverOpts) {
 /// Sorts a resolver error into NXDOMAIN / SERVFAIL / timeout.
 fn classify(host: &str, err: &NetError) -> DnsFailure {
     let (reason, what) = match err {
-        NetError::Dns(DnsError::NoRecordsFound(nr)) if nr.response_code == ResponseCode::NXDomain => {
-            (Reason::DnsNxdomain, "NXDOMAIN: the name does not exist".to_owned())
+        NetError::Dns(DnsError::NoRecordsFound(nr))
+            if nr.response_code == ResponseCode::NXDomain =>
+        {
+            (
+                Reason::DnsNxdomain,
+                "NXDOMAIN: the name does not exist".to_owned(),
+            )
         }
-        NetError::Dns(DnsError::NoRecordsFound(nr)) => {
-            (Reason::DnsNxdomain, format!("no address records ({})", nr.response_code))
+        NetError::Dns(DnsError::NoRecordsFound(nr)) => (
+            Reason::DnsNxdomain,
+            format!("no address records ({})", nr.response_code),
+        ),
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            (Reason::DnsServfail, format!("the resolver answered {code}"))
         }
-        NetError::Dns(DnsError::ResponseCode(code)) => (Reason::DnsServfail, format!("the resolver answered {code}")),
-        NetError::Timeout => (Reason::DnsTimeout, "no resolver answered in time".to_owned()),
-        NetError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-            (Reason::DnsTimeout, "no resolver answered in time".to_owned())
-        }
+        NetError::Timeout => (
+            Reason::DnsTimeout,
+            "no resolver answered in time".to_owned(),
+        ),
+        NetError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => (
+            Reason::DnsTimeout,
+            "no resolver answered in time".to_owned(),
+        ),
         // A closed resolver port (ICMP refused on UDP) or no usable server: nothing answered.
         NetError::Io(_) | NetError::NoConnections | NetError::Busy => {
             (Reason::DnsTimeout, format!("no resolver answered: {err}"))
         }
         other => (Reason::DnsServfail, format!("resolution failed: {other}")),
     };
-    DnsFailure { reason, message: format!("dns {host}: {what}") }
+    DnsFailure {
+        reason,
+        message: format!("dns {host}: {what}"),
+    }
 }

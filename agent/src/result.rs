@@ -225,7 +225,12 @@ impl CheckResult {
     }
 
     /// Converts to the wire form, adding the scheduling facts the engine does not know.
-    pub fn to_proto(&self, monitor_id: &str, scheduled_at_unix_ms: i64, started_at_unix_ms: i64) -> pb::CheckResult {
+    pub fn to_proto(
+        &self,
+        monitor_id: &str,
+        scheduled_at_unix_ms: i64,
+        started_at_unix_ms: i64,
+    ) -> pb::CheckResult {
         pb::CheckResult {
             monitor_id: monitor_id.to_owned(),
             scheduled_at_unix_ms,
@@ -317,7 +322,10 @@ mod tests {
     #[test]
     fn excerpt_escapes_control_and_non_ascii_bytes() {
         assert_eq!(escape_excerpt(b"+PONG\r\n", 64), "+PONG\\r\\n");
-        assert_eq!(escape_excerpt(&[0x1b, b'[', 0xff, b'\\'], 64), "\\x1b[\\xff\\\\");
+        assert_eq!(
+            escape_excerpt(&[0x1b, b'[', 0xff, b'\\'], 64),
+            "\\x1b[\\xff\\\\"
+        );
         assert_eq!(escape_excerpt(b"abcdef", 3), "abc...");
     }
 
@@ -332,8 +340,14 @@ mod tests {
         let e = |code| std::io::Error::from_raw_os_error(code);
         assert_eq!(Reason::from_io(&e(libc::ECONNREFUSED)), Reason::Refused);
         assert_eq!(Reason::from_io(&e(libc::ECONNRESET)), Reason::Reset);
-        assert_eq!(Reason::from_io(&e(libc::EHOSTUNREACH)), Reason::HostUnreachable);
-        assert_eq!(Reason::from_io(&e(libc::ENETUNREACH)), Reason::NetUnreachable);
+        assert_eq!(
+            Reason::from_io(&e(libc::EHOSTUNREACH)),
+            Reason::HostUnreachable
+        );
+        assert_eq!(
+            Reason::from_io(&e(libc::ENETUNREACH)),
+            Reason::NetUnreachable
+        );
         assert_eq!(Reason::from_io(&e(libc::ETIMEDOUT)), Reason::Timeout);
     }
 

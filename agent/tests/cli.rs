@@ -8,7 +8,10 @@ use portwatch_harness as h;
 use serde_json::Value;
 
 fn agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portwatch-agent")).args(args).output().expect("run portwatch-agent")
+    Command::new(env!("CARGO_BIN_EXE_portwatch-agent"))
+        .args(args)
+        .output()
+        .expect("run portwatch-agent")
 }
 
 fn stdout(o: &Output) -> String {
@@ -27,8 +30,14 @@ fn up_prints_one_line_with_phases_and_exits_0() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(out.starts_with(&format!("UP ok {target} (127.0.0.1:")), "{out}");
-    assert!(out.contains("| connect=") && out.contains(" total="), "nagios perfdata with phases: {out}");
+    assert!(
+        out.starts_with(&format!("UP ok {target} (127.0.0.1:")),
+        "{out}"
+    );
+    assert!(
+        out.contains("| connect=") && out.contains(" total="),
+        "nagios perfdata with phases: {out}"
+    );
 }
 
 #[test]
@@ -41,7 +50,10 @@ fn json_has_every_phase_key_and_down_exits_2() {
     assert_eq!(v["reason"], "refused");
     assert_eq!(v["address"], format!("127.0.0.1:{port}"));
     for k in ["dns", "connect", "tls", "first_byte", "total"] {
-        assert!(v["phases_us"].get(k).is_some(), "phases_us.{k} present (null when absent): {v}");
+        assert!(
+            v["phases_us"].get(k).is_some(),
+            "phases_us.{k} present (null when absent): {v}"
+        );
     }
     assert!(v["phases_us"]["total"].as_u64().is_some());
     assert!(v["details"].is_object());
@@ -63,15 +75,57 @@ fn bad_input_is_one_clear_line_and_exit_3() {
         (&["check", "tcp://127.0.0.1:65536"], "1-65535"),
         (&["check", "http://127.0.0.1:80"], "unknown scheme"),
         (&["check", "tcp://127.0.0.1"], "port is required"),
-        (&["check", "tcp://127.0.0.1:80", "--expect", "oracle"], "unknown for tcp"),
-        (&["check", "udp://127.0.0.1:53", "--expect", "redis"], "unknown for udp"),
-        (&["check", "tcp://127.0.0.1:80", "--expect-regex", "(unclosed"], "regex"),
+        (
+            &["check", "tcp://127.0.0.1:80", "--expect", "oracle"],
+            "unknown for tcp",
+        ),
+        (
+            &["check", "udp://127.0.0.1:53", "--expect", "redis"],
+            "unknown for udp",
+        ),
+        (
+            &["check", "tcp://127.0.0.1:80", "--expect-regex", "(unclosed"],
+            "regex",
+        ),
         (&["check", "tcp://127.0.0.1:80", "--send", "\\q"], "escape"),
-        (&["check", "tcp://127.0.0.1:80", "--timeout", "soon"], "duration"),
-        (&["check", "tcp://127.0.0.1:80", "--timeout", "1s", "--degraded-ms", "2000"], "degraded threshold"),
-        (&["check", "icmp://127.0.0.1", "--expect", "dns"], "does not apply"),
-        (&["check", "tcp://127.0.0.1:80", "--tls-ca", "/nonexistent.pem"], "--tls"),
-        (&["check", "tcp://127.0.0.1:80", "--tls", "--tls-ca", "/nonexistent.pem"], "/nonexistent.pem"),
+        (
+            &["check", "tcp://127.0.0.1:80", "--timeout", "soon"],
+            "duration",
+        ),
+        (
+            &[
+                "check",
+                "tcp://127.0.0.1:80",
+                "--timeout",
+                "1s",
+                "--degraded-ms",
+                "2000",
+            ],
+            "degraded threshold",
+        ),
+        (
+            &["check", "icmp://127.0.0.1", "--expect", "dns"],
+            "does not apply",
+        ),
+        (
+            &[
+                "check",
+                "tcp://127.0.0.1:80",
+                "--tls-ca",
+                "/nonexistent.pem",
+            ],
+            "--tls",
+        ),
+        (
+            &[
+                "check",
+                "tcp://127.0.0.1:80",
+                "--tls",
+                "--tls-ca",
+                "/nonexistent.pem",
+            ],
+            "/nonexistent.pem",
+        ),
         (&["bogus"], "unrecognized subcommand"),
     ];
     for (args, needle) in cases {
@@ -79,7 +133,10 @@ fn bad_input_is_one_clear_line_and_exit_3() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
         assert!(stdout(&o).is_empty(), "{args:?}: nothing on stdout");
-        assert!(err.contains(needle), "{args:?}: {err:?} should mention {needle:?}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should mention {needle:?}"
+        );
         if err.starts_with("portwatch-agent check:") {
             assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         } else {
@@ -104,15 +161,38 @@ fn help_and_version_exit_0() {
 fn names_resolve_through_nameserver_flag() {
     let dir = h::temp_dir();
     let dns_port = h::free_port_both();
-    let _dns = h::dnsmasq(dir.path(), dns_port, &["--host-record=svc.test,127.0.0.1", "--address=/nx.test/"]);
+    let _dns = h::dnsmasq(
+        dir.path(),
+        dns_port,
+        &["--host-record=svc.test,127.0.0.1", "--address=/nx.test/"],
+    );
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let ns = format!("127.0.0.1:{dns_port}");
-    let o = agent(&["check", &format!("tcp://svc.test:{port}"), "--nameserver", &ns, "--json"]);
+    let o = agent(&[
+        "check",
+        &format!("tcp://svc.test:{port}"),
+        "--nameserver",
+        &ns,
+        "--json",
+    ]);
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!((o.status.code(), v["reason"].as_str()), (Some(0), Some("ok")), "{v}");
+    assert_eq!(
+        (o.status.code(), v["reason"].as_str()),
+        (Some(0), Some("ok")),
+        "{v}"
+    );
     assert!(v["phases_us"]["dns"].as_u64().is_some(), "{v}");
-    let o = agent(&["check", &format!("tcp://nx.test:{port}"), "--nameserver", &ns]);
+    let o = agent(&[
+        "check",
+        &format!("tcp://nx.test:{port}"),
+        "--nameserver",
+        &ns,
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stdout(&o).starts_with("DOWN dns_nxdomain"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("DOWN dns_nxdomain"),
+        "{}",
+        stdout(&o)
+    );
 }

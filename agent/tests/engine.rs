@@ -20,7 +20,9 @@ fn spec(target: &str, timeout_ms: u64) -> CheckSpec {
 
 fn engine_with_ns(ns_port: u16) -> Engine {
     let ns = SocketAddr::from(([127, 0, 0, 1], ns_port));
-    Engine::with_resolver(Resolver::with_nameserver(ns, Duration::from_millis(400)).expect("resolver"))
+    Engine::with_resolver(
+        Resolver::with_nameserver(ns, Duration::from_millis(400)).expect("resolver"),
+    )
 }
 
 fn literal_engine() -> Engine {
@@ -31,7 +33,9 @@ fn literal_engine() -> Engine {
 async fn open_port_is_up_with_connect_time() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let r = literal_engine().run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000)).await;
+    let r = literal_engine()
+        .run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000))
+        .await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
     assert_eq!(r.address, Some(SocketAddr::from(([127, 0, 0, 1], port))));
     let connect = r.phases.connect.expect("connect phase");
@@ -42,8 +46,14 @@ async fn open_port_is_up_with_connect_time() {
 #[tokio::test]
 async fn closed_port_is_refused() {
     let port = h::free_tcp_port();
-    let r = literal_engine().run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000)).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::Refused), "{r:?}");
+    let r = literal_engine()
+        .run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000))
+        .await;
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::Refused),
+        "{r:?}"
+    );
     assert!(r.message.contains("connection refused"), "{}", r.message);
 }
 
@@ -51,11 +61,15 @@ async fn closed_port_is_refused() {
 async fn ipv6_loopback_up_and_refused() {
     let listener = TcpListener::bind("[::1]:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let r = literal_engine().run(&spec(&format!("tcp://[::1]:{port}"), 1000)).await;
+    let r = literal_engine()
+        .run(&spec(&format!("tcp://[::1]:{port}"), 1000))
+        .await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
     assert_eq!(r.address_display(), format!("[::1]:{port}"));
     drop(listener);
-    let r = literal_engine().run(&spec(&format!("tcp://[::1]:{port}"), 1000)).await;
+    let r = literal_engine()
+        .run(&spec(&format!("tcp://[::1]:{port}"), 1000))
+        .await;
     assert_eq!(r.reason, Reason::Refused, "{r:?}");
 }
 
@@ -66,7 +80,11 @@ async fn expect_closed_inverts_the_verdict() {
     let mut s = spec(&format!("tcp://127.0.0.1:{port}"), 1000);
     s.expect_closed = true;
     let r = literal_engine().run(&s).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::Exposed), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::Exposed),
+        "{r:?}"
+    );
     drop(listener);
     let r = literal_engine().run(&s).await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Refused), "{r:?}");
@@ -84,7 +102,11 @@ async fn degraded_threshold_marks_slow_only_above_it() {
     // A 0 ms threshold: every handshake is above it, so the verdict must flip.
     s.degraded_after = Some(Duration::ZERO);
     let r = literal_engine().run(&s).await;
-    assert_eq!((r.status, r.reason), (Status::Degraded, Reason::Slow), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Degraded, Reason::Slow),
+        "{r:?}"
+    );
     assert!(r.message.contains("threshold"), "{}", r.message);
 }
 
@@ -92,18 +114,30 @@ async fn degraded_threshold_marks_slow_only_above_it() {
 async fn names_resolve_through_the_given_nameserver() {
     let dir = h::temp_dir();
     let dns_port = h::free_port_both();
-    let _dns = h::dnsmasq(dir.path(), dns_port, &["--host-record=ok.test,127.0.0.1", "--address=/nx.test/"]);
+    let _dns = h::dnsmasq(
+        dir.path(),
+        dns_port,
+        &["--host-record=ok.test,127.0.0.1", "--address=/nx.test/"],
+    );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let engine = engine_with_ns(dns_port);
 
-    let r = engine.run(&spec(&format!("tcp://ok.test:{port}"), 2000)).await;
+    let r = engine
+        .run(&spec(&format!("tcp://ok.test:{port}"), 2000))
+        .await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
     assert!(r.phases.dns.is_some(), "dns phase measured: {:?}", r.phases);
     assert_eq!(r.address, Some(SocketAddr::from(([127, 0, 0, 1], port))));
 
-    let r = engine.run(&spec(&format!("tcp://nx.test:{port}"), 2000)).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::DnsNxdomain), "{r:?}");
+    let r = engine
+        .run(&spec(&format!("tcp://nx.test:{port}"), 2000))
+        .await;
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::DnsNxdomain),
+        "{r:?}"
+    );
     assert!(r.address.is_none());
 
     // ok.test has only an IPv4 address: asking for IPv6 only finds nothing.
@@ -118,14 +152,17 @@ async fn names_resolve_through_the_given_nameserver() {
 fn servfail_upstream() -> (u16, Arc<AtomicBool>) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sock.local_addr().unwrap().port();
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut buf = [0u8; 512];
         while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
             if n < 12 {
                 continue;
             }
@@ -144,12 +181,24 @@ async fn servfail_refused_and_silence_are_told_apart() {
     let dir = h::temp_dir();
     let (up_port, stop) = servfail_upstream();
     let dns_port = h::free_port_both();
-    let _dns = h::dnsmasq(dir.path(), dns_port, &[&format!("--server=/up.test/127.0.0.1#{up_port}")]);
+    let _dns = h::dnsmasq(
+        dir.path(),
+        dns_port,
+        &[&format!("--server=/up.test/127.0.0.1#{up_port}")],
+    );
     let engine = engine_with_ns(dns_port);
 
     let r = engine.run(&spec("tcp://broken.up.test:80", 2000)).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::DnsServfail), "{r:?}");
-    assert!(r.message.contains("SERVFAIL") || r.message.contains("Server Failure"), "{}", r.message);
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::DnsServfail),
+        "{r:?}"
+    );
+    assert!(
+        r.message.contains("SERVFAIL") || r.message.contains("Server Failure"),
+        "{}",
+        r.message
+    );
 
     // No upstream at all for this name: dnsmasq answers REFUSED, also a server-side failure.
     let r = engine.run(&spec("tcp://elsewhere.example:80", 2000)).await;
@@ -161,15 +210,27 @@ async fn servfail_refused_and_silence_are_told_apart() {
     let engine = engine_with_ns(silent.local_addr().unwrap().port());
     let started = Instant::now();
     let r = engine.run(&spec("tcp://anything.test:80", 1000)).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::DnsTimeout), "{r:?}");
-    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::DnsTimeout),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 struct DenyLoopback;
 
 impl AddressPolicy for DenyLoopback {
     fn check(&self, ip: std::net::IpAddr) -> Result<(), String> {
-        if ip.is_loopback() { Err(format!("{ip} is a loopback address: use an agent")) } else { Ok(()) }
+        if ip.is_loopback() {
+            Err(format!("{ip} is a loopback address: use an agent"))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -178,9 +239,22 @@ async fn address_policy_blocks_before_any_connect() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let engine = Engine::new(Resolver::literal_only(), Registry::standard(), Arc::new(DenyLoopback));
-    let r = engine.run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000)).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::BlockedAddress), "{r:?}");
+    let engine = Engine::new(
+        Resolver::literal_only(),
+        Registry::standard(),
+        Arc::new(DenyLoopback),
+    );
+    let r = engine
+        .run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000))
+        .await;
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::BlockedAddress),
+        "{r:?}"
+    );
     assert!(r.message.contains("use an agent"), "{}", r.message);
-    assert!(listener.accept().is_err(), "no connection may reach a blocked address");
+    assert!(
+        listener.accept().is_err(),
+        "no connection may reach a blocked address"
+    );
 }

@@ -10,6 +10,8 @@ struct Cli {}
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _cli = Cli::parse();
-    eprintln!("portwatch-collector: no subcommand yet (serve, token, agents and demo arrive with the collector issues)");
+    eprintln!(
+        "portwatch-collector: no subcommand yet (serve, token, agents and demo arrive with the collector issues)"
+    );
     std::process::exit(64);
 }

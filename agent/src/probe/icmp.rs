@@ -14,6 +14,8 @@ impl Prober for IcmpProber {
 
     fn probe<'a>(&'a self, ctx: ProbeCtx<'a>) -> ProbeFuture<'a> {
         let _ = ctx;
-        Box::pin(async { CheckResult::new(Status::Down, Reason::Internal, "icmp is not built yet") })
+        Box::pin(async {
+            CheckResult::new(Status::Down, Reason::Internal, "icmp is not built yet")
+        })
     }
 }

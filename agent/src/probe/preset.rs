@@ -32,12 +32,14 @@ pub trait Conversation: Send + Sync {
     /// The peer closed the connection after `reply`.
     fn on_eof(&self, reply: &[u8]) -> Verdict {
         match self.judge(reply) {
-            Verdict::NeedMore if reply.is_empty() => {
-                Verdict::Down { reason: Reason::UnexpectedReply, message: "the server closed the connection without a reply".into() }
-            }
-            Verdict::NeedMore => {
-                Verdict::Down { reason: Reason::UnexpectedReply, message: "the server closed the connection mid-reply".into() }
-            }
+            Verdict::NeedMore if reply.is_empty() => Verdict::Down {
+                reason: Reason::UnexpectedReply,
+                message: "the server closed the connection without a reply".into(),
+            },
+            Verdict::NeedMore => Verdict::Down {
+                reason: Reason::UnexpectedReply,
+                message: "the server closed the connection mid-reply".into(),
+            },
             v => v,
         }
     }

@@ -40,9 +40,20 @@ pub struct ConnectFailure {
 
 /// Connects to `addr` without blocking a thread, giving up at `deadline`.
 /// Returns the stream and the handshake time (SYN to SYN-ACK as the kernel saw it).
-pub async fn connect(addr: SocketAddr, deadline: Instant) -> Result<(TcpStream, Duration), ConnectFailure> {
-    let fail = |e: io::Error| ConnectFailure { reason: Reason::from_io(&e), message: format!("connect {addr}: {}", io_phrase(&e)) };
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
+pub async fn connect(
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<(TcpStream, Duration), ConnectFailure> {
+    let fail = |e: io::Error| ConnectFailure {
+        reason: Reason::from_io(&e),
+        message: format!("connect {addr}: {}", io_phrase(&e)),
+    };
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(fail)?;
     sock.set_nonblocking(true).map_err(fail)?;
     sock.set_tcp_nodelay(true).map_err(fail)?;
     let start = Instant::now();
@@ -56,7 +67,10 @@ pub async fn connect(addr: SocketAddr, deadline: Instant) -> Result<(TcpStream, 
         Err(_) => {
             return Err(ConnectFailure {
                 reason: Reason::Timeout,
-                message: format!("connect {addr}: no answer within {} ms", ms(deadline.saturating_duration_since(start))),
+                message: format!(
+                    "connect {addr}: no answer within {} ms",
+                    ms(deadline.saturating_duration_since(start))
+                ),
             });
         }
         Ok(Err(e)) => return Err(fail(e)),
@@ -88,7 +102,14 @@ async fn probe_tcp(ctx: ProbeCtx<'_>) -> CheckResult {
         None => {
             if let Some(conv) = conv {
                 let mut stream = stream;
-                converse(&mut stream, conv.as_ref(), ctx.deadline, Instant::now(), &mut r).await;
+                converse(
+                    &mut stream,
+                    conv.as_ref(),
+                    ctx.deadline,
+                    Instant::now(),
+                    &mut r,
+                )
+                .await;
             }
         }
         Some(opts) => {
@@ -97,17 +118,17 @@ async fn probe_tcp(ctx: ProbeCtx<'_>) -> CheckResult {
             };
             // With STARTTLS the greeting was judged before the upgrade; with direct TLS
             // the conversation runs inside the tunnel.
-            if opts.starttls.is_none() {
-                if let Some(conv) = conv {
-                    let since = Instant::now();
-                    let before = r.clone();
-                    converse(&mut tls_stream, conv.as_ref(), ctx.deadline, since, &mut r).await;
-                    // A certificate verdict (expiring) outranks a healthy conversation.
-                    if before.status == Status::Degraded && r.status == Status::Up {
-                        r.status = before.status;
-                        r.reason = before.reason;
-                        r.message = before.message;
-                    }
+            if opts.starttls.is_none()
+                && let Some(conv) = conv
+            {
+                let since = Instant::now();
+                let before = r.clone();
+                converse(&mut tls_stream, conv.as_ref(), ctx.deadline, since, &mut r).await;
+                // A certificate verdict (expiring) outranks a healthy conversation.
+                if before.status == Status::Degraded && r.status == Status::Up {
+                    r.status = before.status;
+                    r.reason = before.reason;
+                    r.message = before.message;
                 }
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), tls_stream.shutdown()).await;
@@ -120,22 +141,44 @@ fn conversation_for(mode: &TcpMode) -> Option<Box<dyn Conversation>> {
     match mode {
         TcpMode::Connect => None,
         TcpMode::Preset(p) => Some(preset::conversation(*p)),
-        TcpMode::Expect { send, expect } => Some(Box::new(preset::SendExpect::new(send.clone(), expect.clone()))),
+        TcpMode::Expect { send, expect } => Some(Box::new(preset::SendExpect::new(
+            send.clone(),
+            expect.clone(),
+        ))),
     }
 }
 
 /// Sends the conversation's request and reads until it reaches a verdict, the
 /// reply outgrows `MAX_REPLY_BYTES`, the peer closes, or the deadline passes.
 /// Fills `first_byte` (from `since`), the banner excerpt and the verdict into `r`.
-pub async fn converse<S>(stream: &mut S, conv: &dyn Conversation, deadline: Instant, since: Instant, r: &mut CheckResult)
-where
+pub async fn converse<S>(
+    stream: &mut S,
+    conv: &dyn Conversation,
+    deadline: Instant,
+    since: Instant,
+    r: &mut CheckResult,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let request = conv.request();
     if !request.is_empty() {
         match tokio::time::timeout_at(deadline, stream.write_all(&request)).await {
-            Err(_) => return set(r, Status::Down, Reason::Timeout, "timed out sending the request".into()),
-            Ok(Err(e)) => return set(r, Status::Down, Reason::from_io(&e), format!("sending the request: {}", io_phrase(&e))),
+            Err(_) => {
+                return set(
+                    r,
+                    Status::Down,
+                    Reason::Timeout,
+                    "timed out sending the request".into(),
+                );
+            }
+            Ok(Err(e)) => {
+                return set(
+                    r,
+                    Status::Down,
+                    Reason::from_io(&e),
+                    format!("sending the request: {}", io_phrase(&e)),
+                );
+            }
             Ok(Ok(())) => {}
         }
     }
@@ -145,7 +188,10 @@ where
         let room = (MAX_REPLY_BYTES - buf.len()).min(chunk.len());
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..room])).await {
             Err(_) if buf.is_empty() => {
-                break Verdict::Down { reason: Reason::NoReply, message: "connected, but no reply before the timeout".into() };
+                break Verdict::Down {
+                    reason: Reason::NoReply,
+                    message: "connected, but no reply before the timeout".into(),
+                };
             }
             Err(_) => {
                 break Verdict::Down {
@@ -153,7 +199,12 @@ where
                     message: "the reply was incomplete when the timeout came".into(),
                 };
             }
-            Ok(Err(e)) => break Verdict::Down { reason: Reason::from_io(&e), message: format!("reading the reply: {}", io_phrase(&e)) },
+            Ok(Err(e)) => {
+                break Verdict::Down {
+                    reason: Reason::from_io(&e),
+                    message: format!("reading the reply: {}", io_phrase(&e)),
+                };
+            }
             Ok(Ok(n)) => n,
         };
         if n == 0 {
@@ -185,7 +236,8 @@ where
             let farewell = conv.farewell();
             if !farewell.is_empty() {
                 // Politeness only: never let it cost the check time.
-                let _ = tokio::time::timeout(Duration::from_millis(50), stream.write_all(farewell)).await;
+                let _ = tokio::time::timeout(Duration::from_millis(50), stream.write_all(farewell))
+                    .await;
             }
         }
         Verdict::Down { reason, message } => {
@@ -196,7 +248,12 @@ where
             };
             set(r, Status::Down, reason, message);
         }
-        Verdict::NeedMore => set(r, Status::Down, Reason::UnexpectedReply, "the reply ended before it was complete".into()),
+        Verdict::NeedMore => set(
+            r,
+            Status::Down,
+            Reason::UnexpectedReply,
+            "the reply ended before it was complete".into(),
+        ),
     }
 }
 

@@ -15,12 +15,18 @@ pub mod netns;
 
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel will not hand it out again soon).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("bind udp 127.0.0.1:0")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind udp 127.0.0.1:0")
 }
 
 /// A port free for both TCP and UDP on 127.0.0.1 (for DNS servers, which bind both).
@@ -36,14 +42,28 @@ pub fn free_port_both() -> u16 {
 
 /// A fresh temporary directory, removed on drop.
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("portwatch-test-").tempdir().expect("create temp dir")
+    tempfile::Builder::new()
+        .prefix("portwatch-test-")
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// Finds an executable in PATH or the usual sbin/lib directories; `None` when the
 /// package is not installed.
 pub fn find_binary(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"].map(PathBuf::from));
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(
+        [
+            "/usr/sbin",
+            "/sbin",
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/bin",
+        ]
+        .map(PathBuf::from),
+    );
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
         versions.sort();
@@ -74,7 +94,11 @@ impl Service {
         let err = out.try_clone().expect("clone log handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Service { name: name.to_owned(), child: Some(child), log }
+        Service {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -92,10 +116,10 @@ impl Service {
 
     /// Panics with the service's log if it exited.
     pub fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("{} exited early ({status}):\n{}", self.name, self.log());
-            }
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("{} exited early ({status}):\n{}", self.name, self.log());
         }
     }
 
@@ -107,7 +131,12 @@ impl Service {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} not listening on {addr} after {within:?}:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} not listening on {addr} after {within:?}:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -120,7 +149,12 @@ impl Service {
             if self.log().contains(needle) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} never logged {needle:?} within {within:?}:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {needle:?} within {within:?}:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -149,12 +183,24 @@ pub fn redis(dir: &Path, port: u16) -> Service {
 pub fn redis_with(dir: &Path, port: u16, extra: &[&str]) -> Service {
     let bin = require_binary("redis-server", "redis-server");
     let mut cmd = Command::new(bin);
-    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-        .args(["--daemonize", "no", "--dir"])
-        .arg(dir)
-        .args(extra);
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .args(["--daemonize", "no", "--dir"])
+    .arg(dir)
+    .args(extra);
     let mut s = Service::spawn(&format!("redis-{port}"), cmd, dir);
-    s.wait_tcp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10));
+    s.wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
     s
 }
 
@@ -164,13 +210,31 @@ pub fn redis_with(dir: &Path, port: u16, extra: &[&str]) -> Service {
 pub fn dnsmasq(dir: &Path, port: u16, extra: &[&str]) -> Service {
     let bin = require_binary("dnsmasq", "dnsmasq");
     let mut cmd = Command::new(bin);
-    cmd.args(["-k", "-p", &port.to_string(), "--listen-address=127.0.0.1", "--bind-interfaces"])
-        .args(["--no-resolv", "--no-hosts", "--cache-size=0", "--conf-file=/dev/null", "--log-facility=-"])
-        .arg(format!("--pid-file={}", dir.join(format!("dnsmasq-{port}.pid")).display()))
-        .args(["--user=root", "--group=root"])
-        .args(extra);
+    cmd.args([
+        "-k",
+        "-p",
+        &port.to_string(),
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+    ])
+    .args([
+        "--no-resolv",
+        "--no-hosts",
+        "--cache-size=0",
+        "--conf-file=/dev/null",
+        "--log-facility=-",
+    ])
+    .arg(format!(
+        "--pid-file={}",
+        dir.join(format!("dnsmasq-{port}.pid")).display()
+    ))
+    .args(["--user=root", "--group=root"])
+    .args(extra);
     let mut s = Service::spawn(&format!("dnsmasq-{port}"), cmd, dir);
-    s.wait_tcp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10));
+    s.wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
     s
 }
 
@@ -187,13 +251,18 @@ pub fn chrony(dir: &Path, port: u16) -> Service {
     let mut cmd = Command::new(bin);
     cmd.arg("-d").arg("-x").arg("-f").arg(&conf);
     let mut s = Service::spawn(&format!("chrony-{port}"), cmd, dir);
-    wait_ntp(&mut s, SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10));
+    wait_ntp(
+        &mut s,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
     s
 }
 
 fn wait_ntp(s: &mut Service, addr: SocketAddr, within: Duration) {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let mut req = [0u8; 48];
     req[0] = 0x23;
     let deadline = Instant::now() + within;
@@ -201,12 +270,17 @@ fn wait_ntp(s: &mut Service, addr: SocketAddr, within: Duration) {
         s.assert_running();
         let _ = sock.send_to(&req, addr);
         let mut buf = [0u8; 128];
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if n >= 48 {
-                return;
-            }
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && n >= 48
+        {
+            return;
         }
-        assert!(Instant::now() < deadline, "{} not answering NTP on {addr}:\n{}", s.name, s.log());
+        assert!(
+            Instant::now() < deadline,
+            "{} not answering NTP on {addr}:\n{}",
+            s.name,
+            s.log()
+        );
     }
 }
 
@@ -218,7 +292,11 @@ pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
     let postgres = require_binary("postgres", "postgresql");
     let data = dir.join(format!("pg-{port}"));
     std::fs::create_dir_all(&data).expect("create pg dir");
-    let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
+    let chown = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()
+        .expect("chown");
     assert!(chown.success(), "chown {dir:?} to postgres failed");
     // The temp dir's parents must be traversable by the postgres user.
     let _ = Command::new("chmod").arg("755").arg(dir).status();
@@ -230,16 +308,28 @@ pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
         .args(["-A", "trust", "-U", "postgres", "--no-sync"])
         .output()
         .expect("run initdb");
-    assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"]).arg(&postgres).arg("-D").arg(&data);
-    cmd.args(["-p", &port.to_string(), "-k"]).arg(&data).args(["-c", "listen_addresses=127.0.0.1"]);
+    cmd.args(["-u", "postgres", "--"])
+        .arg(&postgres)
+        .arg("-D")
+        .arg(&data);
+    cmd.args(["-p", &port.to_string(), "-k"])
+        .arg(&data)
+        .args(["-c", "listen_addresses=127.0.0.1"]);
     cmd.args(["-c", "fsync=off"]);
     for e in extra {
         cmd.args(["-c", e]);
     }
     let mut s = Service::spawn(&format!("postgres-{port}"), cmd, dir);
-    s.wait_log("database system is ready to accept connections", Duration::from_secs(30));
+    s.wait_log(
+        "database system is ready to accept connections",
+        Duration::from_secs(30),
+    );
     s
 }
 
@@ -251,13 +341,20 @@ pub fn cargo_bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join(name);
-    assert!(bin.is_file(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
     bin
 }
 
 /// Runs a command to completion and panics with its output if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {} failed: {}{}",

@@ -48,26 +48,39 @@ impl Netns {
 
     /// Runs `cmd args` inside the namespace and returns its raw output, success or not.
     pub fn output(&self, cmd: &str, args: &[&str]) -> Output {
-        self.command(cmd).args(args).output().unwrap_or_else(|e| panic!("ip netns exec {cmd}: {e}"))
+        self.command(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {cmd}: {e}"))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
 /// Whether this process may create namespaces (root with iproute2).
 pub fn available() -> bool {
-    Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
         && is_root()
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -77,7 +90,10 @@ fn is_root() -> bool {
 pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, prefix: u8) {
     run(
         "ip",
-        &["link", "add", "up0", "netns", &a.name, "type", "veth", "peer", "name", "dn0", "netns", &b.name],
+        &[
+            "link", "add", "up0", "netns", &a.name, "type", "veth", "peer", "name", "dn0", "netns",
+            &b.name,
+        ],
     );
     a.ip(&["addr", "add", &format!("{a_addr}/{prefix}"), "dev", "up0"]);
     b.ip(&["addr", "add", &format!("{b_addr}/{prefix}"), "dev", "dn0"]);
