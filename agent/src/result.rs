@@ -352,6 +352,53 @@ mod tests {
     }
 
     #[test]
+    fn proto_form_carries_every_measured_fact() {
+        let mut r = CheckResult::new(
+            Status::Degraded,
+            Reason::CertExpiring,
+            "cert expires in 3 days",
+        );
+        r.address = Some("[::1]:993".parse().unwrap());
+        r.phases = Phases {
+            dns: None,
+            connect: Some(80),
+            tls: Some(900),
+            first_byte: Some(40),
+            total: 1100,
+        };
+        r.details.cert_days_left = Some(3);
+        r.details.banner = Some("* OK".into());
+        let p = r.to_proto("imap-main", 1_700_000_000_000, 1_700_000_000_002);
+        assert_eq!(p.monitor_id, "imap-main");
+        assert_eq!(p.status, pb::Status::Degraded as i32);
+        assert_eq!(p.reason, pb::Reason::CertExpiring as i32);
+        assert_eq!(p.address, "[::1]:993");
+        assert_eq!(
+            (p.scheduled_at_unix_ms, p.started_at_unix_ms),
+            (1_700_000_000_000, 1_700_000_000_002)
+        );
+        let ph = p.phases.unwrap();
+        assert_eq!(
+            (
+                ph.dns_us,
+                ph.connect_us,
+                ph.tls_us,
+                ph.first_byte_us,
+                ph.total_us
+            ),
+            (None, Some(80), Some(900), Some(40), 1100)
+        );
+        let d = p.details.unwrap();
+        assert_eq!(
+            (d.cert_days_left, d.banner.as_deref()),
+            (Some(3), Some("* OK"))
+        );
+        // ICMP results carry no port.
+        r.address = Some("10.0.0.1:0".parse().unwrap());
+        assert_eq!(r.address_display(), "10.0.0.1");
+    }
+
+    #[test]
     fn every_reason_has_a_distinct_wire_value() {
         let all = [
             Reason::Ok,
