@@ -1,6 +1,7 @@
 //! The portwatch agent library: the probe engine (probers, scheduler, result
 //! model) that both the agent daemon and the collector's public prober run.
 //!
+//! - `buffer`: the durable on-disk queue of results awaiting the collector's ack.
 //! - `check`: what to check (target and options), validated into a `CheckSpec`.
 //! - `probe`: one prober per check type behind one trait, and the `Engine`.
 //! - `resolve`: DNS with a real failure taxonomy.
@@ -8,6 +9,7 @@
 //! - `scheduler`: runs thousands of monitors on their intervals.
 //! - `cli`: the `portwatch-agent` command line.
 
+pub mod buffer;
 pub mod check;
 pub mod cli;
 pub mod probe;
