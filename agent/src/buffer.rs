@@ -18,6 +18,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Default bound on the bytes of buffered payloads.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -130,16 +131,31 @@ pub struct SledBuffer {
 impl SledBuffer {
     /// Opens (or creates) the buffer in `dir`, bounded to `max_bytes` of payload.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<SledBuffer, BufferError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Memory near DB size is a known sled problem: keep its cache small.
             .cache_capacity(8 * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|source| BufferError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            .mode(sled::Mode::LowSpace);
+        // sled's background flusher keeps the file lock for a moment after the
+        // previous handle (or a process that just exited) let go: wait for it.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < give_up =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(BufferError::Open {
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         let get = |k: &[u8]| -> Result<u64, BufferError> {
             Ok(db.get(k)?.as_deref().and_then(be_u64).unwrap_or(0))
         };
