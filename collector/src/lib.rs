@@ -4,4 +4,6 @@
 //! results per monitor and location, decides incidents and serves the
 //! dashboard, API and metrics.
 //!
-//! Built issue by issue; today it holds only the command line skeleton.
+//! Built issue by issue; today: the certificate authority (`ca`).
+
+pub mod ca;
