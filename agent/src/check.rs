@@ -467,6 +467,186 @@ impl CheckSpec {
     }
 }
 
+/// Check options as people and programs write them (CLI flags, the monitors
+/// file, the assignment proto): plain data, turned into a validated `CheckSpec`
+/// by `build_spec`, the one place those rules live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Default `DEFAULT_TIMEOUT`.
+    pub timeout: Option<Duration>,
+    pub degraded_after: Option<Duration>,
+    pub expect_closed: bool,
+    pub family: Family,
+    /// A TCP or UDP preset name.
+    pub preset: Option<String>,
+    /// Raw bytes to send (already unescaped).
+    pub send: Option<Vec<u8>>,
+    pub expect_regex: Option<String>,
+    pub tls: Option<TlsSettings>,
+    pub no_reply_is_up: bool,
+    /// DNS preset: the name to query (default `localhost.`).
+    pub dns_name: Option<String>,
+    /// NTP preset: default `DEFAULT_NTP_MAX_OFFSET`.
+    pub ntp_max_offset: Option<Duration>,
+}
+
+/// TLS settings as written; `ca_pem` holds PEM certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub server_name: Option<String>,
+    pub ca_pem: Option<String>,
+    pub no_verify: bool,
+    pub expiring_days: Option<u32>,
+}
+
+/// The default name a DNS preset asks for.
+pub const DEFAULT_DNS_NAME: &str = "localhost.";
+
+/// Builds and validates the spec for `target` with `o`; the error names the
+/// option and why.
+pub fn build_spec(target: &str, o: &CheckOptions) -> Result<CheckSpec, SpecError> {
+    let mut spec = CheckSpec::new(target.parse()?);
+    spec.timeout = o.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    spec.degraded_after = o.degraded_after;
+    spec.expect_closed = o.expect_closed;
+    spec.no_reply_is_up = o.no_reply_is_up;
+    spec.family = o.family;
+    let expect = o.expect_regex.as_deref().map(compile_regex).transpose()?;
+    let send = o.send.clone();
+    if o.preset.is_some() && (send.is_some() || expect.is_some()) {
+        return Err(SpecError::Invalid {
+            field: "preset",
+            why: "a preset cannot be combined with send/expect-regex".into(),
+        });
+    }
+    match spec.target.protocol {
+        Protocol::Tcp => {
+            spec.tcp = match &o.preset {
+                Some(name) => TcpMode::Preset(TcpPreset::parse(name).ok_or_else(|| {
+                    SpecError::UnknownPreset {
+                        name: name.clone(),
+                        protocol: "tcp",
+                        known: TcpPreset::ALL.map(|p| p.as_str()).join(", "),
+                    }
+                })?),
+                None if send.is_some() || expect.is_some() => TcpMode::Expect { send, expect },
+                None => TcpMode::Connect,
+            };
+        }
+        Protocol::Udp => {
+            spec.udp = match o.preset.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                Some("dns") => UdpMode::Dns {
+                    name: o
+                        .dns_name
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_DNS_NAME.to_owned()),
+                },
+                Some("ntp") => UdpMode::Ntp {
+                    max_offset: o.ntp_max_offset.unwrap_or(DEFAULT_NTP_MAX_OFFSET),
+                },
+                Some("syslog") => UdpMode::Syslog,
+                Some(other) => {
+                    return Err(SpecError::UnknownPreset {
+                        name: other.to_owned(),
+                        protocol: "udp",
+                        known: UDP_PRESETS.join(", "),
+                    });
+                }
+                None => UdpMode::Generic {
+                    payload: send.unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.to_vec()),
+                    expect,
+                },
+            };
+        }
+        Protocol::Icmp => {
+            if o.preset.is_some() || send.is_some() || expect.is_some() {
+                return Err(SpecError::NotApplicable {
+                    option: "preset/send/expect-regex",
+                    protocol: "icmp",
+                });
+            }
+        }
+    }
+    if let Some(t) = &o.tls {
+        let ca = t.ca_pem.as_deref().map(parse_ca_pem).transpose()?;
+        let starttls = match spec.tcp {
+            TcpMode::Preset(p) => p.starttls(),
+            _ => None,
+        };
+        spec.tls = Some(TlsOptions {
+            server_name: t.server_name.clone(),
+            ca,
+            verify: !t.no_verify,
+            expiring_days: t.expiring_days.unwrap_or(DEFAULT_CERT_EXPIRING_DAYS),
+            starttls,
+        });
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// Parses PEM CA certificates; at least one is required.
+pub fn parse_ca_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, SpecError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |why: String| SpecError::Invalid {
+        field: "tls ca",
+        why,
+    };
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// A monitor as the collector assigns it: the spec and its interval.
+pub fn spec_from_proto(
+    m: &portwatch_proto::v1::MonitorSpec,
+) -> Result<(CheckSpec, Duration), SpecError> {
+    if m.interval_ms < 1000 {
+        return Err(SpecError::Invalid {
+            field: "interval",
+            why: format!("{} ms is below the 1 s minimum", m.interval_ms),
+        });
+    }
+    let o = m.options.clone().unwrap_or_default();
+    let opt_str = |s: String| if s.is_empty() { None } else { Some(s) };
+    let family = match o.family.as_str() {
+        "" | "any" => Family::Any,
+        "ipv4" => Family::V4,
+        "ipv6" => Family::V6,
+        other => {
+            return Err(SpecError::Invalid {
+                field: "family",
+                why: format!("{other:?} is not any, ipv4 or ipv6"),
+            });
+        }
+    };
+    let opts = CheckOptions {
+        timeout: (o.timeout_ms > 0).then(|| Duration::from_millis(o.timeout_ms.into())),
+        degraded_after: (o.degraded_ms > 0).then(|| Duration::from_millis(o.degraded_ms.into())),
+        expect_closed: o.expect_closed,
+        family,
+        preset: opt_str(o.preset),
+        send: (!o.send.is_empty()).then_some(o.send),
+        expect_regex: opt_str(o.expect_regex),
+        tls: o.tls.map(|t| TlsSettings {
+            server_name: opt_str(t.server_name),
+            ca_pem: opt_str(t.ca_pem),
+            no_verify: t.no_verify,
+            expiring_days: (t.expiring_days > 0).then_some(t.expiring_days),
+        }),
+        no_reply_is_up: o.no_reply_is_up,
+        dns_name: opt_str(o.dns_name),
+        ntp_max_offset: (o.ntp_max_offset_ms > 0)
+            .then(|| Duration::from_millis(o.ntp_max_offset_ms.into())),
+    };
+    let spec = build_spec(&m.target, &opts)?;
+    Ok((spec, Duration::from_millis(m.interval_ms.into())))
+}
+
 /// Parses a user-written escape string (`\r`, `\n`, `\t`, `\0`, `\\`, `\xNN`) into bytes.
 pub fn unescape(s: &str) -> Result<Vec<u8>, SpecError> {
     let bad = |why: &str| SpecError::Invalid {
@@ -590,6 +770,99 @@ mod tests {
         assert!(unescape("\\q").is_err());
         assert!(unescape("\\x1").is_err());
         assert!(unescape("\\xzz").is_err());
+    }
+
+    #[test]
+    fn assignments_from_the_collector_build_the_same_specs() {
+        use portwatch_proto::v1 as pb;
+        let m = pb::MonitorSpec {
+            id: "pg".into(),
+            target: "tcp://db.internal:5432".into(),
+            interval_ms: 30_000,
+            options: Some(pb::CheckOptions {
+                timeout_ms: 2000,
+                degraded_ms: 500,
+                preset: "postgres".into(),
+                family: "ipv4".into(),
+                ..Default::default()
+            }),
+        };
+        let (spec, every) = spec_from_proto(&m).unwrap();
+        assert_eq!(every, Duration::from_secs(30));
+        assert_eq!(spec.timeout, Duration::from_millis(2000));
+        assert_eq!(spec.degraded_after, Some(Duration::from_millis(500)));
+        assert!(matches!(spec.tcp, TcpMode::Preset(TcpPreset::Postgres)));
+        assert_eq!(spec.family, Family::V4);
+        let too_fast = pb::MonitorSpec {
+            interval_ms: 200,
+            ..m.clone()
+        };
+        assert!(
+            spec_from_proto(&too_fast)
+                .unwrap_err()
+                .to_string()
+                .contains("interval")
+        );
+        let bad = pb::MonitorSpec {
+            target: "tcp://db:0".into(),
+            ..m
+        };
+        assert!(matches!(
+            spec_from_proto(&bad),
+            Err(SpecError::BadPort { .. })
+        ));
+    }
+
+    #[test]
+    fn presets_and_payloads_do_not_mix() {
+        let o = CheckOptions {
+            preset: Some("redis".into()),
+            send: Some(b"PING".to_vec()),
+            ..Default::default()
+        };
+        assert!(
+            build_spec("tcp://h:6379", &o)
+                .unwrap_err()
+                .to_string()
+                .contains("preset")
+        );
+        let o = CheckOptions {
+            preset: Some("ntp".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            build_spec("udp://h:123", &o).unwrap().udp,
+            UdpMode::Ntp { .. }
+        ));
+        assert!(matches!(
+            build_spec("tcp://h:123", &o),
+            Err(SpecError::UnknownPreset {
+                protocol: "tcp",
+                ..
+            })
+        ));
+        let o = CheckOptions {
+            tls: Some(TlsSettings {
+                ca_pem: Some("nope".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            build_spec("tcp://h:443", &o)
+                .unwrap_err()
+                .to_string()
+                .contains("no PEM certificate")
+        );
+        let o = CheckOptions {
+            tls: Some(TlsSettings::default()),
+            preset: Some("smtp".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_spec("tcp://h:25", &o).unwrap().tls.unwrap().starttls,
+            Some(StartTls::Smtp)
+        );
     }
 
     #[test]

@@ -9,9 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::check::{
-    CheckSpec, DEFAULT_CERT_EXPIRING_DAYS, DEFAULT_NTP_MAX_OFFSET, DEFAULT_UDP_PAYLOAD, Family,
-    Host, Protocol, SpecError, TcpMode, TcpPreset, TlsOptions, UDP_PRESETS, UdpMode, compile_regex,
-    unescape,
+    CheckOptions, CheckSpec, DEFAULT_CERT_EXPIRING_DAYS, DEFAULT_DNS_NAME, Family, Host, SpecError,
+    TlsSettings, build_spec, unescape,
 };
 use crate::probe::Engine;
 use crate::resolve::Resolver;
@@ -82,7 +81,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub no_reply_ok: bool,
     /// DNS preset: the name to query
-    #[arg(long, value_name = "NAME", default_value = "localhost.")]
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_DNS_NAME)]
     pub dns_name: String,
     /// NTP preset: degraded when the clock offset exceeds this many milliseconds
     #[arg(long, value_name = "MS")]
@@ -106,126 +105,57 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 impl CheckArgs {
     /// Turns the flags into a validated spec; the error names the flag and why.
     pub fn to_spec(&self) -> Result<CheckSpec, SpecError> {
-        let target = self.target.parse()?;
-        let mut spec = CheckSpec::new(target);
-        spec.timeout = self.timeout;
-        spec.degraded_after = self.degraded_ms.map(Duration::from_millis);
-        spec.expect_closed = self.expect_closed;
-        spec.no_reply_is_up = self.no_reply_ok;
-        spec.family = if self.ipv4 {
-            Family::V4
-        } else if self.ipv6 {
-            Family::V6
-        } else {
-            Family::Any
+        let ca_pem = match &self.tls_ca {
+            Some(path) => Some(
+                std::fs::read_to_string(path).map_err(|e| SpecError::Invalid {
+                    field: "--tls-ca",
+                    why: format!("{}: {e}", path.display()),
+                })?,
+            ),
+            None => None,
         };
-        let send = self.send.as_deref().map(unescape).transpose()?;
-        let expect_regex = self
-            .expect_regex
-            .as_deref()
-            .map(compile_regex)
-            .transpose()?;
-        let proto = spec.target.protocol;
-        if self.expect.is_some() && (send.is_some() || expect_regex.is_some()) {
-            return Err(SpecError::Invalid {
-                field: "--expect",
-                why: "a preset cannot be combined with --send/--expect-regex".into(),
-            });
-        }
-        match proto {
-            Protocol::Tcp => {
-                spec.tcp = match &self.expect {
-                    Some(name) => TcpMode::Preset(TcpPreset::parse(name).ok_or_else(|| {
-                        SpecError::UnknownPreset {
-                            name: name.clone(),
-                            protocol: "tcp",
-                            known: TcpPreset::ALL.map(|p| p.as_str()).join(", "),
-                        }
-                    })?),
-                    None if send.is_some() || expect_regex.is_some() => TcpMode::Expect {
-                        send,
-                        expect: expect_regex,
-                    },
-                    None => TcpMode::Connect,
-                };
-            }
-            Protocol::Udp => {
-                spec.udp = match self
-                    .expect
-                    .as_deref()
-                    .map(str::to_ascii_lowercase)
-                    .as_deref()
-                {
-                    Some("dns") => UdpMode::Dns {
-                        name: self.dns_name.clone(),
-                    },
-                    Some("ntp") => UdpMode::Ntp {
-                        max_offset: self
-                            .ntp_max_offset_ms
-                            .map(Duration::from_millis)
-                            .unwrap_or(DEFAULT_NTP_MAX_OFFSET),
-                    },
-                    Some("syslog") => UdpMode::Syslog,
-                    Some(other) => {
-                        return Err(SpecError::UnknownPreset {
-                            name: other.to_owned(),
-                            protocol: "udp",
-                            known: UDP_PRESETS.join(", "),
-                        });
-                    }
-                    None => UdpMode::Generic {
-                        payload: send.unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.to_vec()),
-                        expect: expect_regex,
-                    },
-                };
-            }
-            Protocol::Icmp => {
-                if self.expect.is_some() || send.is_some() || expect_regex.is_some() {
-                    return Err(SpecError::NotApplicable {
-                        option: "--expect/--send/--expect-regex",
-                        protocol: "icmp",
-                    });
-                }
-            }
-        }
-        if self.tls {
-            let ca = match &self.tls_ca {
-                Some(path) => Some(load_ca(path)?),
-                None => None,
-            };
-            let starttls = match spec.tcp {
-                TcpMode::Preset(p) => p.starttls(),
-                _ => None,
-            };
-            spec.tls = Some(TlsOptions {
+        let opts = CheckOptions {
+            timeout: Some(self.timeout),
+            degraded_after: self.degraded_ms.map(Duration::from_millis),
+            expect_closed: self.expect_closed,
+            family: if self.ipv4 {
+                Family::V4
+            } else if self.ipv6 {
+                Family::V6
+            } else {
+                Family::Any
+            },
+            preset: self.expect.clone(),
+            send: self.send.as_deref().map(unescape).transpose()?,
+            expect_regex: self.expect_regex.clone(),
+            tls: self.tls.then(|| TlsSettings {
                 server_name: self.tls_server_name.clone(),
-                ca,
-                verify: !self.tls_no_verify,
-                expiring_days: self.cert_warn_days,
-                starttls,
-            });
-        }
-        spec.validate()?;
-        Ok(spec)
+                ca_pem,
+                no_verify: self.tls_no_verify,
+                expiring_days: Some(self.cert_warn_days),
+            }),
+            no_reply_is_up: self.no_reply_ok,
+            dns_name: Some(self.dns_name.clone()),
+            ntp_max_offset: self.ntp_max_offset_ms.map(Duration::from_millis),
+        };
+        build_spec(&self.target, &opts).map_err(|e| match e {
+            // Name the file the user gave rather than "tls ca".
+            SpecError::Invalid {
+                field: "tls ca",
+                why,
+            } => SpecError::Invalid {
+                field: "--tls-ca",
+                why: format!(
+                    "{}: {why}",
+                    self.tls_ca
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ),
+            },
+            other => other,
+        })
     }
-}
-
-fn load_ca(
-    path: &std::path::Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, SpecError> {
-    use rustls_pki_types::pem::PemObject;
-    let bad = |why: String| SpecError::Invalid {
-        field: "--tls-ca",
-        why,
-    };
-    let pem = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(bad(format!("{}: no PEM certificate found", path.display())));
-    }
-    Ok(certs)
 }
 
 /// Runs `check` and returns the process exit code.
