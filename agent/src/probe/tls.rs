@@ -48,11 +48,12 @@ pub async fn negotiate(
     ctx: &ProbeCtx<'_>,
     r: &mut CheckResult,
 ) -> Option<TlsStream<TcpStream>> {
-    if let Some(dialect) = opts.starttls {
-        if let Err(f) = starttls::upgrade(&mut stream, dialect, ctx.deadline, Instant::now(), r).await {
-            set(r, Status::Down, f.reason, f.message);
-            return None;
-        }
+    if let Some(dialect) = opts.starttls
+        && let Err(f) =
+            starttls::upgrade(&mut stream, dialect, ctx.deadline, Instant::now(), r).await
+    {
+        set(r, Status::Down, f.reason, f.message);
+        return None;
     }
     let config = match verify::client_config(opts).await {
         Ok(c) => c,
@@ -66,12 +67,20 @@ pub async fn negotiate(
     let name = match ServerName::try_from(ctx.server_name.to_owned()) {
         Ok(n) => n,
         Err(e) => {
-            set(r, Status::Down, Reason::Internal, format!("tls server name {:?}: {e}", ctx.server_name));
+            set(
+                r,
+                Status::Down,
+                Reason::Internal,
+                format!("tls server name {:?}: {e}", ctx.server_name),
+            );
             return None;
         }
     };
     let start = Instant::now();
-    let handshake = tokio::time::timeout_at(ctx.deadline, TlsConnector::from(config).connect(name, stream));
+    let handshake = tokio::time::timeout_at(
+        ctx.deadline,
+        TlsConnector::from(config).connect(name, stream),
+    );
     let (outcome, leaf) = verify::capture_leaf(handshake).await;
     let took = start.elapsed();
 
@@ -79,7 +88,12 @@ pub async fn negotiate(
     if let Ok(Ok(tls)) = &outcome {
         // The verifier always sees the leaf of a full handshake; this is a fallback only.
         if leaf.is_none() {
-            leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            leaf = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
         }
     }
     let now = unix_now();
@@ -89,12 +103,18 @@ pub async fn negotiate(
         r.details.cert_subject = Some(c.subject.clone());
         r.details.cert_issuer = Some(c.issuer.clone());
     }
-    let cert = cert.and_then(Result::ok);
+    let (cert, unreadable) = match cert {
+        Some(Ok(c)) => (Some(c), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
 
     let mut tls = match outcome {
         Err(_) => {
             let message = match &cert {
-                Some(_) => "tls handshake did not finish before the timeout (the certificate was received)",
+                Some(_) => {
+                    "tls handshake did not finish before the timeout (the certificate was received)"
+                }
                 None => "tls handshake did not finish before the timeout",
             };
             set(r, Status::Down, Reason::Timeout, message.to_owned());
@@ -114,17 +134,27 @@ pub async fn negotiate(
 
     r.phases.tls = Some(micros(took));
     r.details.tls_version = tls.get_ref().1.protocol_version().map(version_name);
-    let verdict = match (&leaf, &cert) {
-        (None, _) => Some((Status::Down, Reason::TlsError, "the server presented no certificate".to_owned())),
-        (Some(der), None) => {
-            let why = CertFacts::parse(der).err().unwrap_or_default();
-            Some((Status::Down, Reason::TlsError, format!("the server's certificate could not be read: {why}")))
+    let verdict = match (&cert, unreadable) {
+        (Some(c), _) if c.is_expired(now) => {
+            Some((Status::Down, Reason::CertExpired, c.expired_message(now)))
         }
-        (Some(_), Some(c)) if c.is_expired(now) => Some((Status::Down, Reason::CertExpired, c.expired_message(now))),
-        (Some(_), Some(c)) if c.days_left(now) < i64::from(opts.expiring_days) => {
-            Some((Status::Degraded, Reason::CertExpiring, c.expiring_message(now, opts.expiring_days)))
-        }
-        _ => None,
+        (Some(c), _) if c.days_left(now) < i64::from(opts.expiring_days) => Some((
+            Status::Degraded,
+            Reason::CertExpiring,
+            c.expiring_message(now, opts.expiring_days),
+        )),
+        (Some(_), _) => None,
+        // Expiry is what the check is for: a certificate it cannot read is a failure.
+        (None, Some(why)) => Some((
+            Status::Down,
+            Reason::TlsError,
+            format!("the server's certificate could not be read: {why}"),
+        )),
+        (None, None) => Some((
+            Status::Down,
+            Reason::TlsError,
+            "the server presented no certificate".to_owned(),
+        )),
     };
     if let Some((status, reason, message)) = verdict {
         set(r, status, reason, message);
@@ -135,7 +165,11 @@ pub async fn negotiate(
     }
     if let Some(dialect) = opts.starttls {
         // The caller runs no conversation after STARTTLS; end the session politely.
-        let _ = tokio::time::timeout(starttls::FAREWELL_TIMEOUT, tls.write_all(starttls::farewell(dialect))).await;
+        let _ = tokio::time::timeout(
+            starttls::FAREWELL_TIMEOUT,
+            tls.write_all(starttls::farewell(dialect)),
+        )
+        .await;
     }
     Some(tls)
 }
@@ -162,8 +196,16 @@ fn version_name(v: ProtocolVersion) -> String {
 }
 
 /// Sorts a failed handshake into the taxonomy with a message saying which failure it was.
-async fn classify(e: &std::io::Error, cert: Option<&CertFacts>, server_name: &str, opts: &TlsOptions) -> (Reason, String) {
-    let Some(err) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+async fn classify(
+    e: &std::io::Error,
+    cert: Option<&CertFacts>,
+    server_name: &str,
+    opts: &TlsOptions,
+) -> (Reason, String) {
+    let Some(err) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
         let reason = Reason::from_io(e);
         let message = match (reason, e.kind()) {
             (Reason::Reset, std::io::ErrorKind::UnexpectedEof) => {
@@ -172,23 +214,35 @@ async fn classify(e: &std::io::Error, cert: Option<&CertFacts>, server_name: &st
             (Reason::Reset, _) => format!("connection reset during the tls handshake: {e}"),
             _ => format!("tls handshake: {e}"),
         };
-        let reason = if reason == Reason::Internal { Reason::TlsError } else { reason };
+        let reason = if reason == Reason::Internal {
+            Reason::TlsError
+        } else {
+            reason
+        };
         return (reason, message);
     };
     let message = match err {
         rustls::Error::InvalidCertificate(ce) => {
-            if matches!(ce, CertificateError::Expired | CertificateError::ExpiredContext { .. }) {
+            if matches!(
+                ce,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ) {
                 return (Reason::CertExpired, "certificate expired".to_owned());
             }
             let mut m = describe_certificate_error(ce, cert, server_name);
-            if *ce == CertificateError::UnknownIssuer && opts.verify && opts.ca.is_none() && verify::system_roots_missing().await
+            if *ce == CertificateError::UnknownIssuer
+                && opts.verify
+                && opts.ca.is_none()
+                && verify::system_roots_missing().await
             {
                 m.push_str(" (this host has no trusted root certificates)");
             }
             m
         }
         rustls::Error::AlertReceived(alert) => format!("server sent an alert: {alert:?}"),
-        rustls::Error::InvalidMessage(m) => format!("the server did not answer with tls ({m:?}): is the port plaintext?"),
+        rustls::Error::InvalidMessage(m) => {
+            format!("the server did not answer with tls ({m:?}): the port may not speak tls")
+        }
         rustls::Error::PeerIncompatible(p) => format!("server is incompatible: {p:?}"),
         rustls::Error::PeerMisbehaved(p) => format!("server misbehaved: {p:?}"),
         rustls::Error::NoCertificatesPresented => "the server presented no certificate".to_owned(),
@@ -197,22 +251,40 @@ async fn classify(e: &std::io::Error, cert: Option<&CertFacts>, server_name: &st
     (Reason::TlsError, message)
 }
 
-fn describe_certificate_error(ce: &CertificateError, cert: Option<&CertFacts>, server_name: &str) -> String {
-    let issuer = cert.map(|c| format!(" (issuer: {})", c.issuer)).unwrap_or_default();
+fn describe_certificate_error(
+    ce: &CertificateError,
+    cert: Option<&CertFacts>,
+    server_name: &str,
+) -> String {
+    let issuer = cert
+        .map(|c| format!(" (issuer: {})", c.issuer))
+        .unwrap_or_default();
     match ce {
-        CertificateError::UnknownIssuer => format!("certificate not trusted: UnknownIssuer{issuer}"),
+        CertificateError::UnknownIssuer => {
+            format!("certificate not trusted: UnknownIssuer{issuer}")
+        }
         CertificateError::BadSignature => format!("certificate not trusted: BadSignature{issuer}"),
         CertificateError::Revoked => "certificate revoked".to_owned(),
-        CertificateError::NotValidForNameContext { presented, .. } => {
-            let names: Vec<String> = presented.iter().map(|n| escape_excerpt(n.as_bytes(), 100)).collect();
-            name_mismatch(&names, server_name)
-        }
-        CertificateError::NotValidForName => {
-            let names = cert.map(|c| c.names.clone()).unwrap_or_default();
-            name_mismatch(&names, server_name)
+        // rustls' own list of presented names is Debug text (`DnsName("a.test")`):
+        // the names parsed from the leaf read better and are preferred.
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            match (cert, ce) {
+                (Some(c), _) => name_mismatch(&c.names, Some(&c.subject), server_name),
+                (None, CertificateError::NotValidForNameContext { presented, .. }) => {
+                    let names: Vec<String> = presented
+                        .iter()
+                        .map(|n| escape_excerpt(n.as_bytes(), 100))
+                        .collect();
+                    name_mismatch(&names, None, server_name)
+                }
+                (None, _) => name_mismatch(&[], None, server_name),
+            }
         }
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => match cert {
-            Some(c) => format!("certificate not yet valid (valid from {})", c.not_before_date),
+            Some(c) => format!(
+                "certificate not yet valid (valid from {})",
+                c.not_before_date
+            ),
             None => "certificate not yet valid".to_owned(),
         },
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
@@ -222,12 +294,25 @@ fn describe_certificate_error(ce: &CertificateError, cert: Option<&CertFacts>, s
     }
 }
 
-fn name_mismatch(names: &[String], server_name: &str) -> String {
+fn name_mismatch(names: &[String], subject: Option<&str>, server_name: &str) -> String {
     let server_name = escape_excerpt(server_name.as_bytes(), 100);
     if names.is_empty() {
-        return format!("name mismatch: certificate names no host, not {server_name}");
+        // Verifiers ignore the subject's CN; saying so explains a "valid-looking" certificate.
+        return match subject {
+            Some(s) => format!(
+                "name mismatch: the certificate has no dns or ip names (subject {s}), not {server_name}"
+            ),
+            None => {
+                format!("name mismatch: the certificate has no dns or ip names, not {server_name}")
+            }
+        };
     }
-    let mut shown = names.iter().take(NAMES_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut shown = names
+        .iter()
+        .take(NAMES_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > NAMES_SHOWN {
         shown.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
     }
@@ -247,7 +332,8 @@ struct CertFacts {
 
 impl CertFacts {
     fn parse(der: &CertificateDer<'_>) -> Result<CertFacts, String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
         let validity = cert.validity();
         let names = match cert.subject_alternative_name() {
             Ok(Some(san)) => san
@@ -274,7 +360,9 @@ impl CertFacts {
 
     /// Whole days until notAfter, rounded down: 0 on the last day, negative once expired.
     fn days_left(&self, now: i64) -> i64 {
-        self.not_after.saturating_sub(now).div_euclid(SECONDS_PER_DAY)
+        self.not_after
+            .saturating_sub(now)
+            .div_euclid(SECONDS_PER_DAY)
     }
 
     /// notAfter is the last valid second (RFC 5280 4.1.2.5).
@@ -285,7 +373,10 @@ impl CertFacts {
     fn expired_message(&self, now: i64) -> String {
         let ago = -self.days_left(now);
         let unit = if ago == 1 { "day" } else { "days" };
-        format!("certificate expired on {} ({ago} {unit} ago)", self.not_after_date)
+        format!(
+            "certificate expired on {} ({ago} {unit} ago)",
+            self.not_after_date
+        )
     }
 
     fn expiring_message(&self, now: i64, threshold: u32) -> String {
@@ -294,7 +385,10 @@ impl CertFacts {
             1 => "in 1 day".to_owned(),
             n => format!("in {n} days"),
         };
-        format!("certificate expires {left} (on {}), below the {threshold}-day threshold", self.not_after_date)
+        format!(
+            "certificate expires {left} (on {}), below the {threshold}-day threshold",
+            self.not_after_date
+        )
     }
 }
 
@@ -327,7 +421,10 @@ mod tests {
         assert_eq!(facts(now + 5 * SECONDS_PER_DAY + 3600).days_left(now), 5);
         assert_eq!(facts(now + 5 * SECONDS_PER_DAY - 1).days_left(now), 4);
         assert_eq!(facts(now + 3600).days_left(now), 0);
-        assert!(!facts(now).is_expired(now), "notAfter itself is still valid");
+        assert!(
+            !facts(now).is_expired(now),
+            "notAfter itself is still valid"
+        );
         assert!(facts(now - 1).is_expired(now));
         assert_eq!(facts(now - 1).days_left(now), -1);
         assert_eq!(facts(now - 3 * SECONDS_PER_DAY).days_left(now), -3);
@@ -336,14 +433,23 @@ mod tests {
     #[test]
     fn mismatch_messages_list_a_bounded_number_of_names() {
         let names: Vec<String> = (0..8).map(|i| format!("n{i}.test")).collect();
-        let m = name_mismatch(&names, "other.test");
-        assert_eq!(m, "name mismatch: certificate is for n0.test, n1.test, n2.test, n3.test, n4.test and 3 more, not other.test");
-        assert_eq!(name_mismatch(&[], "a.test"), "name mismatch: certificate names no host, not a.test");
+        let m = name_mismatch(&names, None, "other.test");
+        assert_eq!(
+            m,
+            "name mismatch: certificate is for n0.test, n1.test, n2.test, n3.test, n4.test and 3 more, not other.test"
+        );
+        assert_eq!(
+            name_mismatch(&[], Some("CN=a.test"), "a.test"),
+            "name mismatch: the certificate has no dns or ip names (subject CN=a.test), not a.test"
+        );
     }
 
     #[test]
     fn san_ip_addresses_are_decoded() {
-        assert_eq!(ip_from_san(&[127, 0, 0, 1]), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            ip_from_san(&[127, 0, 0, 1]),
+            Some("127.0.0.1".parse().unwrap())
+        );
         let mut v6 = [0u8; 16];
         v6[15] = 1;
         assert_eq!(ip_from_san(&v6), Some("::1".parse().unwrap()));

@@ -29,7 +29,10 @@ pub(super) struct Failure {
 }
 
 fn unexpected(message: String) -> Failure {
-    Failure { reason: Reason::UnexpectedReply, message }
+    Failure {
+        reason: Reason::UnexpectedReply,
+        message,
+    }
 }
 
 /// What ends the session politely in each dialect (sent in plaintext after a
@@ -50,7 +53,12 @@ pub(super) async fn upgrade(
     since: Instant,
     r: &mut CheckResult,
 ) -> Result<(), Failure> {
-    let mut d = Dialogue { stream, buf: Vec::with_capacity(512), deadline, first_byte: None };
+    let mut d = Dialogue {
+        stream,
+        buf: Vec::with_capacity(512),
+        deadline,
+        first_byte: None,
+    };
     let greeting = d.reply("greeting", greeting_end(dialect)).await;
     if let Some(at) = d.first_byte {
         r.phases.first_byte = Some(micros(at.duration_since(since)));
@@ -75,7 +83,9 @@ pub(super) async fn upgrade(
         Ok(()) => Ok(()),
         Err(f) => {
             if f.reason == Reason::UnexpectedReply {
-                let _ = tokio::time::timeout(FAREWELL_TIMEOUT, d.stream.write_all(farewell(dialect))).await;
+                let _ =
+                    tokio::time::timeout(FAREWELL_TIMEOUT, d.stream.write_all(farewell(dialect)))
+                        .await;
             }
             Err(f)
         }
@@ -85,13 +95,26 @@ pub(super) async fn upgrade(
 async fn smtp(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
     match reply_code(greeting) {
         Some(220) => {}
-        Some(421 | 554) => return Err(unexpected(format!("smtp server refused the session: {}", excerpt(greeting)))),
-        _ => return Err(unexpected(format!("unexpected smtp greeting: {}", excerpt(greeting)))),
+        Some(421 | 554) => {
+            return Err(unexpected(format!(
+                "smtp server refused the session: {}",
+                excerpt(greeting)
+            )));
+        }
+        _ => {
+            return Err(unexpected(format!(
+                "unexpected smtp greeting: {}",
+                excerpt(greeting)
+            )));
+        }
     }
     d.send(format!("EHLO {EHLO_NAME}\r\n").as_bytes()).await?;
     let ehlo = d.reply("EHLO reply", smtp_reply_end).await?;
     if reply_code(&ehlo) != Some(250) {
-        return Err(unexpected(format!("smtp server rejected EHLO: {}", excerpt(&ehlo))));
+        return Err(unexpected(format!(
+            "smtp server rejected EHLO: {}",
+            excerpt(&ehlo)
+        )));
     }
     if !smtp_offers_starttls(&ehlo) {
         return Err(unexpected("server does not offer STARTTLS".to_owned()));
@@ -99,7 +122,10 @@ async fn smtp(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
     d.send(b"STARTTLS\r\n").await?;
     let go = d.reply("STARTTLS reply", smtp_reply_end).await?;
     if reply_code(&go) != Some(220) {
-        return Err(unexpected(format!("smtp server refused STARTTLS: {}", excerpt(&go))));
+        return Err(unexpected(format!(
+            "smtp server refused STARTTLS: {}",
+            excerpt(&go)
+        )));
     }
     Ok(())
 }
@@ -113,31 +139,49 @@ async fn imap(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
         )));
     }
     if starts_with_ci(greeting, b"* BYE") {
-        return Err(unexpected(format!("imap server refused the session: {}", excerpt(greeting))));
+        return Err(unexpected(format!(
+            "imap server refused the session: {}",
+            excerpt(greeting)
+        )));
     }
     if !starts_with_ci(greeting, b"* OK") {
-        return Err(unexpected(format!("unexpected imap greeting: {}", excerpt(greeting))));
+        return Err(unexpected(format!(
+            "unexpected imap greeting: {}",
+            excerpt(greeting)
+        )));
     }
     d.send(b"a1 STARTTLS\r\n").await?;
     let reply = d.reply("STARTTLS reply", |b| tagged_end(b, b"a1 ")).await?;
     let tagged = last_line(&reply);
     if !starts_with_ci(tagged, b"a1 OK") {
-        return Err(unexpected(format!("imap server refused STARTTLS: {}", excerpt(tagged))));
+        return Err(unexpected(format!(
+            "imap server refused STARTTLS: {}",
+            excerpt(tagged)
+        )));
     }
     Ok(())
 }
 
 async fn pop3(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
     if starts_with_ci(greeting, b"-ERR") {
-        return Err(unexpected(format!("pop3 server refused the session: {}", excerpt(greeting))));
+        return Err(unexpected(format!(
+            "pop3 server refused the session: {}",
+            excerpt(greeting)
+        )));
     }
     if !starts_with_ci(greeting, b"+OK") {
-        return Err(unexpected(format!("unexpected pop3 greeting: {}", excerpt(greeting))));
+        return Err(unexpected(format!(
+            "unexpected pop3 greeting: {}",
+            excerpt(greeting)
+        )));
     }
     d.send(b"STLS\r\n").await?;
     let reply = d.reply("STLS reply", line_end).await?;
     if !starts_with_ci(&reply, b"+OK") {
-        return Err(unexpected(format!("pop3 server refused STLS: {}", excerpt(&reply))));
+        return Err(unexpected(format!(
+            "pop3 server refused STLS: {}",
+            excerpt(&reply)
+        )));
     }
     Ok(())
 }
@@ -153,16 +197,30 @@ struct Dialogue<'s> {
 
 impl Dialogue<'_> {
     async fn send(&mut self, line: &[u8]) -> Result<(), Failure> {
-        let what = String::from_utf8_lossy(line.split(|&b| b == b' ' || b == b'\r').next().unwrap_or(b""));
+        let what = String::from_utf8_lossy(
+            line.split(|&b| b == b' ' || b == b'\r')
+                .next()
+                .unwrap_or(b""),
+        );
         match tokio::time::timeout_at(self.deadline, self.stream.write_all(line)).await {
-            Err(_) => Err(Failure { reason: Reason::Timeout, message: format!("timed out sending {what}") }),
-            Ok(Err(e)) => Err(Failure { reason: Reason::from_io(&e), message: format!("sending {what}: {e}") }),
+            Err(_) => Err(Failure {
+                reason: Reason::Timeout,
+                message: format!("timed out sending {what}"),
+            }),
+            Ok(Err(e)) => Err(Failure {
+                reason: Reason::from_io(&e),
+                message: format!("sending {what}: {e}"),
+            }),
             Ok(Ok(())) => Ok(()),
         }
     }
 
     /// Reads until `end` finds a complete reply and returns it; bytes after it stay in `buf`.
-    async fn reply(&mut self, what: &str, end: impl Fn(&[u8]) -> Option<usize>) -> Result<Vec<u8>, Failure> {
+    async fn reply(
+        &mut self,
+        what: &str,
+        end: impl Fn(&[u8]) -> Option<usize>,
+    ) -> Result<Vec<u8>, Failure> {
         let mut chunk = [0u8; 1024];
         loop {
             if let Some(n) = end(&self.buf) {
@@ -175,32 +233,47 @@ impl Dialogue<'_> {
                 )));
             }
             let room = (MAX_REPLY_BYTES - self.buf.len()).min(chunk.len());
-            let n = match tokio::time::timeout_at(self.deadline, self.stream.read(&mut chunk[..room])).await {
-                Err(_) if self.first_byte.is_none() => {
-                    return Err(Failure {
-                        reason: Reason::NoReply,
-                        message: format!("connected, but no {what} before the timeout"),
-                    });
-                }
-                Err(_) if self.buf.is_empty() => {
-                    return Err(Failure { reason: Reason::Timeout, message: format!("no {what} before the timeout") });
-                }
-                Err(_) => {
-                    return Err(Failure {
-                        reason: Reason::Timeout,
-                        message: format!("the {what} was incomplete when the timeout came: {}", escape_excerpt(&self.buf, 64)),
-                    });
-                }
-                Ok(Err(e)) => {
-                    return Err(Failure { reason: Reason::from_io(&e), message: format!("reading the {what}: {e}") });
-                }
-                Ok(Ok(n)) => n,
-            };
+            let n =
+                match tokio::time::timeout_at(self.deadline, self.stream.read(&mut chunk[..room]))
+                    .await
+                {
+                    Err(_) if self.first_byte.is_none() => {
+                        return Err(Failure {
+                            reason: Reason::NoReply,
+                            message: format!("connected, but no {what} before the timeout"),
+                        });
+                    }
+                    Err(_) if self.buf.is_empty() => {
+                        return Err(Failure {
+                            reason: Reason::Timeout,
+                            message: format!("no {what} before the timeout"),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(Failure {
+                            reason: Reason::Timeout,
+                            message: format!(
+                                "the {what} was incomplete when the timeout came: {}",
+                                escape_excerpt(&self.buf, 64)
+                            ),
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Failure {
+                            reason: Reason::from_io(&e),
+                            message: format!("reading the {what}: {e}"),
+                        });
+                    }
+                    Ok(Ok(n)) => n,
+                };
             if n == 0 {
                 let message = if self.buf.is_empty() {
                     format!("the server closed the connection before its {what}")
                 } else {
-                    format!("the server closed the connection in the middle of its {what}: {}", escape_excerpt(&self.buf, 64))
+                    format!(
+                        "the server closed the connection in the middle of its {what}: {}",
+                        escape_excerpt(&self.buf, 64)
+                    )
                 };
                 return Err(unexpected(message));
             }
@@ -237,7 +310,9 @@ fn line_end(buf: &[u8]) -> Option<usize> {
 /// first line that is not one ends the reply (a non-smtp line too, so garbage
 /// is judged rather than waited on).
 fn smtp_reply_end(buf: &[u8]) -> Option<usize> {
-    lines(buf).find(|&(s, _)| !is_smtp_continuation(&buf[s..])).map(|(_, end)| end)
+    lines(buf)
+        .find(|&(s, _)| !is_smtp_continuation(&buf[s..]))
+        .map(|(_, end)| end)
 }
 
 fn is_smtp_continuation(line: &[u8]) -> bool {
@@ -246,7 +321,9 @@ fn is_smtp_continuation(line: &[u8]) -> bool {
 
 /// The end of the line tagged `tag`, after any untagged lines.
 fn tagged_end(buf: &[u8], tag: &[u8]) -> Option<usize> {
-    lines(buf).find(|&(s, _)| starts_with_ci(&buf[s..], tag)).map(|(_, end)| end)
+    lines(buf)
+        .find(|&(s, _)| starts_with_ci(&buf[s..], tag))
+        .map(|(_, end)| end)
 }
 
 /// The three-digit code of an smtp reply.
@@ -269,13 +346,19 @@ fn smtp_offers_starttls(reply: &[u8]) -> bool {
     lines(reply).any(|(s, e)| {
         let line = &reply[s..e];
         let text = line.get(4..).unwrap_or(b"");
-        let keyword = text.split(|b| b.is_ascii_whitespace()).next().unwrap_or(b"");
+        let keyword = text
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or(b"");
         keyword.eq_ignore_ascii_case(b"STARTTLS")
     })
 }
 
 fn last_line(reply: &[u8]) -> &[u8] {
-    lines(reply).last().map(|(s, e)| &reply[s..e]).unwrap_or(reply)
+    lines(reply)
+        .last()
+        .map(|(s, e)| &reply[s..e])
+        .unwrap_or(reply)
 }
 
 fn starts_with_ci(buf: &[u8], prefix: &[u8]) -> bool {

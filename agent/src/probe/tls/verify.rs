@@ -15,11 +15,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use rustls::client::Resumption;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::check::TlsOptions;
@@ -33,12 +35,15 @@ const MAX_CACHED_CONFIGS: usize = 64;
 /// installed one (tests do not).
 fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// The system's trust anchors, read once. `None` when the system has none.
 async fn system_roots() -> Option<Arc<RootCertStore>> {
-    static ROOTS: tokio::sync::OnceCell<Option<Arc<RootCertStore>>> = tokio::sync::OnceCell::const_new();
+    static ROOTS: tokio::sync::OnceCell<Option<Arc<RootCertStore>>> =
+        tokio::sync::OnceCell::const_new();
     ROOTS
         .get_or_init(|| async {
             // Reading a few hundred files: keep it off the runtime threads.
@@ -56,7 +61,9 @@ async fn system_roots() -> Option<Arc<RootCertStore>> {
                 tracing::warn!(ignored, "system root certificates that could not be parsed");
             }
             if added == 0 {
-                tracing::warn!("no system root certificates found: every certificate will be untrusted");
+                tracing::warn!(
+                    "no system root certificates found: every certificate will be untrusted"
+                );
                 return None;
             }
             Some(Arc::new(store))
@@ -74,8 +81,17 @@ struct ConfigKey {
 
 impl ConfigKey {
     fn of(opts: &TlsOptions) -> ConfigKey {
-        let ca = if opts.verify { opts.ca.as_ref().map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect()) } else { None };
-        ConfigKey { verify: opts.verify, ca }
+        let ca = if opts.verify {
+            opts.ca
+                .as_ref()
+                .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+        } else {
+            None
+        };
+        ConfigKey {
+            verify: opts.verify,
+            ca,
+        }
     }
 }
 
@@ -95,7 +111,9 @@ pub(super) async fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>
     } else if let Some(ca) = &opts.ca {
         let mut store = RootCertStore::empty();
         for (i, der) in ca.iter().enumerate() {
-            store.add(der.clone()).map_err(|e| format!("tls ca certificate #{}: {e}", i + 1))?;
+            store
+                .add(der.clone())
+                .map_err(|e| format!("tls ca certificate #{}: {e}", i + 1))?;
         }
         if store.is_empty() {
             return Err("tls ca: the list of trusted certificates is empty".to_owned());
@@ -107,7 +125,10 @@ pub(super) async fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>
             None => Mode::NoRoots,
         }
     };
-    let verifier = Arc::new(CapturingVerifier { mode, provider: provider() });
+    let verifier = Arc::new(CapturingVerifier {
+        mode,
+        provider: provider(),
+    });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls configuration: {e}"))?
@@ -161,7 +182,9 @@ tokio::task_local! {
 
 /// Runs `handshake`, returning its output and the leaf certificate the server
 /// presented, if it got that far.
-pub(super) async fn capture_leaf<F: Future>(handshake: F) -> (F::Output, Option<CertificateDer<'static>>) {
+pub(super) async fn capture_leaf<F: Future>(
+    handshake: F,
+) -> (F::Output, Option<CertificateDer<'static>>) {
     let slot = Arc::new(Mutex::new(None));
     let out = LEAF.scope(slot.clone(), handshake).await;
     let leaf = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -182,8 +205,12 @@ impl ServerCertVerifier for CapturingVerifier {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.clone().into_owned());
         });
         match &self.mode {
-            Mode::WebPki(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
-            Mode::NoRoots => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            Mode::WebPki(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            Mode::NoRoots => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
             Mode::AcceptAny => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -194,7 +221,12 @@ impl ServerCertVerifier for CapturingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -203,10 +235,71 @@ impl ServerCertVerifier for CapturingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_der(name: &str) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[tokio::test]
+    async fn configs_are_built_once_per_distinct_option_set() {
+        let (a, b) = (ca_der("cache test ca a"), ca_der("cache test ca b"));
+        let with = |ca: &CertificateDer<'static>, verify: bool| TlsOptions {
+            ca: Some(vec![ca.clone()]),
+            verify,
+            server_name: Some("ignored.test".into()),
+            ..TlsOptions::default()
+        };
+        let first = client_config(&with(&a, true)).await.unwrap();
+        let again = client_config(&with(&a, true)).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "same options, same config");
+        let other_ca = client_config(&with(&b, true)).await.unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &other_ca),
+            "different roots, different config"
+        );
+        // Without verification the roots play no part: one config serves both.
+        let off_a = client_config(&with(&a, false)).await.unwrap();
+        let off_b = client_config(&with(&b, false)).await.unwrap();
+        assert!(Arc::ptr_eq(&off_a, &off_b));
+        assert!(!Arc::ptr_eq(&off_a, &first));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_ca_is_a_configuration_error_naming_it() {
+        let opts = TlsOptions {
+            ca: Some(vec![CertificateDer::from(b"not a certificate".to_vec())]),
+            ..TlsOptions::default()
+        };
+        let err = client_config(&opts).await.unwrap_err();
+        assert!(err.starts_with("tls ca certificate #1: "), "{err}");
+        let opts = TlsOptions {
+            ca: Some(vec![]),
+            ..TlsOptions::default()
+        };
+        assert!(client_config(&opts).await.unwrap_err().contains("empty"));
     }
 }
