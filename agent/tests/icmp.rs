@@ -31,14 +31,22 @@ async fn ping_with(sockets: IcmpSockets, ip: &str) -> CheckResult {
     let resolver = Resolver::with_nameserver("127.0.0.1:9".parse().unwrap(), TIMEOUT).unwrap();
     let engine = Engine::new(resolver, registry, Arc::new(AllowAll));
     let ip: IpAddr = ip.parse().unwrap();
-    let mut spec = CheckSpec::new(Target { protocol: Protocol::Icmp, host: Host::Ip(ip), port: 0 });
+    let mut spec = CheckSpec::new(Target {
+        protocol: Protocol::Icmp,
+        host: Host::Ip(ip),
+        port: 0,
+    });
     spec.timeout = TIMEOUT;
     spec.validate().unwrap();
     engine.run(&spec).await
 }
 
 fn assert_up(r: &CheckResult, ip: &str) {
-    assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{ip}: {r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Up, Reason::Ok),
+        "{ip}: {r:?}"
+    );
     let rtt = r.phases.first_byte.expect("rtt measured");
     assert!(rtt > 0 && rtt < 100_000, "{ip}: rtt {rtt} us on loopback");
     assert_eq!(r.address_display(), ip);
@@ -58,8 +66,13 @@ impl Rule {
                 break;
             }
         }
-        assert!(iptables("-I", chain, &args), "iptables -I {chain} {spec} failed");
-        Rule { args: [vec![chain.to_owned()], args].concat() }
+        assert!(
+            iptables("-I", chain, &args),
+            "iptables -I {chain} {spec} failed"
+        );
+        Rule {
+            args: [vec![chain.to_owned()], args].concat(),
+        }
     }
 }
 
@@ -86,29 +99,54 @@ async fn loopback_answers_over_raw_sockets() {
         assert_up(&ping_with(IcmpSockets::Raw, ip).await, ip);
     }
     // The default prober works here whichever socket kind the system allows.
-    assert_up(&ping_with(IcmpSockets::Auto, "127.0.0.1").await, "127.0.0.1");
+    assert_up(
+        &ping_with(IcmpSockets::Auto, "127.0.0.1").await,
+        "127.0.0.1",
+    );
 }
 
 #[tokio::test]
 async fn dropped_echo_requests_time_out() {
-    let _rule = Rule::insert("INPUT", "-d 127.0.77.7 -p icmp --icmp-type echo-request -j DROP");
+    let _rule = Rule::insert(
+        "INPUT",
+        "-d 127.0.77.7 -p icmp --icmp-type echo-request -j DROP",
+    );
     let started = Instant::now();
     let r = ping_with(IcmpSockets::Raw, "127.0.77.7").await;
     let took = started.elapsed();
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::Timeout), "{r:?}");
-    assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(200), "{took:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::Timeout),
+        "{r:?}"
+    );
+    assert!(
+        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(200),
+        "{took:?}"
+    );
     assert_eq!(r.phases.first_byte, None);
 }
 
 #[tokio::test]
 async fn rejected_echo_requests_are_host_unreachable() {
-    for (ip, with) in [("127.0.77.8", "icmp-host-unreachable"), ("127.0.77.9", "icmp-admin-prohibited")] {
-        let _rule =
-            Rule::insert("INPUT", &format!("-d {ip} -p icmp --icmp-type echo-request -j REJECT --reject-with {with}"));
+    for (ip, with) in [
+        ("127.0.77.8", "icmp-host-unreachable"),
+        ("127.0.77.9", "icmp-admin-prohibited"),
+    ] {
+        let _rule = Rule::insert(
+            "INPUT",
+            &format!("-d {ip} -p icmp --icmp-type echo-request -j REJECT --reject-with {with}"),
+        );
         let started = Instant::now();
         let r = ping_with(IcmpSockets::Raw, ip).await;
-        assert_eq!((r.status, r.reason), (Status::Down, Reason::HostUnreachable), "{with}: {r:?}");
-        assert!(started.elapsed() < TIMEOUT, "the error ends the check before the timeout");
+        assert_eq!(
+            (r.status, r.reason),
+            (Status::Down, Reason::HostUnreachable),
+            "{with}: {r:?}"
+        );
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the error ends the check before the timeout"
+        );
         assert!(r.message.contains("icmp type 3"), "{}", r.message);
     }
 }
@@ -118,29 +156,83 @@ fn run_inside(ns: &Netns, scenario: &str, drop_raw: bool) {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = if drop_raw {
         let mut c = ns.command("setpriv");
-        c.args(["--bounding-set=-net_raw", "--inh-caps=-net_raw", "--"]).arg(&exe);
+        c.args(["--bounding-set=-net_raw", "--inh-caps=-net_raw", "--"])
+            .arg(&exe);
         c
     } else {
         ns.command(exe.to_str().unwrap())
     };
-    cmd.args(["inner_scenario", "--exact", "--ignored", "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "inner_scenario",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     let out = cmd.env(SCENARIO_VAR, scenario).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "scenario {scenario} failed inside {}:\n{text}", ns.name);
-    assert!(text.contains("1 passed"), "the inner test did not run:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scenario {scenario} failed inside {}:\n{text}",
+        ns.name
+    );
+    assert!(
+        text.contains("1 passed"),
+        "the inner test did not run:\n{text}"
+    );
 }
 
 fn allow_ping_sockets(ns: &Netns, allow: bool) {
-    let range = if allow { "net.ipv4.ping_group_range=0 2147483647" } else { "net.ipv4.ping_group_range=1 0" };
-    ns.exec("sysctl", &["-qw", range]);
+    // The sysctl is per network namespace; written through /proc so procps is not needed.
+    let range = if allow { "0 2147483647" } else { "1 0" };
+    let script = format!("echo '{range}' > /proc/sys/net/ipv4/ping_group_range");
+    ns.exec("sh", &["-c", &script]);
+    let now = ns.exec("cat", &["/proc/sys/net/ipv4/ping_group_range"]);
+    assert_eq!(
+        now.split_whitespace().collect::<Vec<_>>().join(" "),
+        range,
+        "the sysctl took"
+    );
 }
 
 #[test]
 fn ping_sockets_work_where_the_sysctl_allows_them() {
     let ns = Netns::new("icmp");
     allow_ping_sockets(&ns, true);
-    ns.exec("iptables", &["-A", "INPUT", "-d", "127.0.77.9", "-p", "icmp", "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]);
-    ns.exec("iptables", &["-A", "INPUT", "-d", "127.0.77.8", "-p", "icmp", "-j", "REJECT", "--reject-with", "icmp-host-unreachable"]);
+    ns.exec(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-d",
+            "127.0.77.9",
+            "-p",
+            "icmp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-admin-prohibited",
+        ],
+    );
+    ns.exec(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-d",
+            "127.0.77.8",
+            "-p",
+            "icmp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-unreachable",
+        ],
+    );
     run_inside(&ns, "ping-sockets", false);
     // Without CAP_NET_RAW the default prober still works, through the ping socket.
     run_inside(&ns, "auto-without-raw", true);
@@ -165,15 +257,27 @@ async fn inner_scenario() {
             }
             // Admin-prohibited is a hard error: a connected ping socket reports it.
             let r = ping_with(IcmpSockets::Ping, "127.0.77.9").await;
-            assert_eq!((r.status, r.reason), (Status::Down, Reason::HostUnreachable), "{r:?}");
+            assert_eq!(
+                (r.status, r.reason),
+                (Status::Down, Reason::HostUnreachable),
+                "{r:?}"
+            );
             // Plain host-unreachable is soft: without IP_RECVERR a ping socket never
             // hears of it and the check times out (raw sockets see it; see above).
             let r = ping_with(IcmpSockets::Ping, "127.0.77.8").await;
-            assert_eq!((r.status, r.reason), (Status::Down, Reason::Timeout), "{r:?}");
+            assert_eq!(
+                (r.status, r.reason),
+                (Status::Down, Reason::Timeout),
+                "{r:?}"
+            );
         }
         "auto-without-raw" => {
             let r = ping_with(IcmpSockets::Raw, "127.0.0.1").await;
-            assert_eq!(r.reason, Reason::Internal, "CAP_NET_RAW really is gone: {r:?}");
+            assert_eq!(
+                r.reason,
+                Reason::Internal,
+                "CAP_NET_RAW really is gone: {r:?}"
+            );
             for ip in ["127.0.0.1", "::1"] {
                 assert_up(&ping_with(IcmpSockets::Auto, ip).await, ip);
             }
@@ -181,9 +285,14 @@ async fn inner_scenario() {
         "no-permission" => {
             for ip in ["127.0.0.1", "::1"] {
                 let r = ping_with(IcmpSockets::Auto, ip).await;
-                assert_eq!((r.status, r.reason), (Status::Down, Reason::Internal), "{r:?}");
+                assert_eq!(
+                    (r.status, r.reason),
+                    (Status::Down, Reason::Internal),
+                    "{r:?}"
+                );
                 assert!(
-                    r.message.contains("CAP_NET_RAW") && r.message.contains("net.ipv4.ping_group_range"),
+                    r.message.contains("CAP_NET_RAW")
+                        && r.message.contains("net.ipv4.ping_group_range"),
                     "{}",
                     r.message
                 );

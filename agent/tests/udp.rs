@@ -20,11 +20,17 @@ const TIMEOUT: Duration = Duration::from_millis(600);
 
 fn engine() -> Engine {
     // Every target here is an IP literal: the resolver is never asked.
-    Engine::with_resolver(Resolver::with_nameserver("127.0.0.1:9".parse().unwrap(), TIMEOUT).unwrap())
+    Engine::with_resolver(
+        Resolver::with_nameserver("127.0.0.1:9".parse().unwrap(), TIMEOUT).unwrap(),
+    )
 }
 
 fn spec(ip: &str, port: u16, mode: UdpMode) -> CheckSpec {
-    let target = Target { protocol: Protocol::Udp, host: Host::Ip(ip.parse().unwrap()), port };
+    let target = Target {
+        protocol: Protocol::Udp,
+        host: Host::Ip(ip.parse().unwrap()),
+        port,
+    };
     let mut s = CheckSpec::new(target);
     s.timeout = TIMEOUT;
     s.udp = mode;
@@ -51,7 +57,8 @@ struct Responder {
 impl Responder {
     fn start(ip: &str, answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static) -> Responder {
         let sock = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let addr = sock.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -59,8 +66,13 @@ impl Responder {
             let mut seen = Vec::new();
             let until = std::time::Instant::now() + Duration::from_secs(30);
             let mut buf = [0u8; 2048];
-            while !stop2.load(Ordering::Relaxed) && std::time::Instant::now() < until && seen.len() < 100 {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+            while !stop2.load(Ordering::Relaxed)
+                && std::time::Instant::now() < until
+                && seen.len() < 100
+            {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 seen.push(buf[..n].to_vec());
                 for reply in answer(&buf[..n]) {
                     let _ = sock.send_to(&reply, from);
@@ -68,7 +80,11 @@ impl Responder {
             }
             seen
         });
-        Responder { addr, stop, thread: Some(thread) }
+        Responder {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Stops the thread and returns every datagram it received.
@@ -102,7 +118,11 @@ fn dns_answer(query: &[u8], rcode: ResponseCode, id_xor: u16) -> Vec<u8> {
 async fn dns_noerror_and_nxdomain_are_up() {
     let dir = h::temp_dir();
     let port = h::free_port_both();
-    let _dnsmasq = h::dnsmasq(dir.path(), port, &["--host-record=ok.test,192.0.2.10", "--address=/nx.test/"]);
+    let _dnsmasq = h::dnsmasq(
+        dir.path(),
+        port,
+        &["--host-record=ok.test,192.0.2.10", "--address=/nx.test/"],
+    );
 
     let r = run(&spec("127.0.0.1", port, dns("ok.test"))).await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
@@ -121,21 +141,38 @@ async fn dns_noerror_and_nxdomain_are_up() {
 #[tokio::test]
 async fn dns_servfail_and_refused_are_down_with_the_rcode() {
     // An upstream that answers SERVFAIL to everything; dnsmasq passes it on.
-    let upstream = Responder::start("127.0.0.1", |q| vec![dns_answer(q, ResponseCode::ServFail, 0)]);
+    let upstream = Responder::start("127.0.0.1", |q| {
+        vec![dns_answer(q, ResponseCode::ServFail, 0)]
+    });
     let dir = h::temp_dir();
     let port = h::free_port_both();
     let server = format!("--server=/up.test/127.0.0.1#{}", upstream.addr.port());
-    let _dnsmasq = h::dnsmasq(dir.path(), port, &["--host-record=ok.test,192.0.2.10", &server]);
+    let _dnsmasq = h::dnsmasq(
+        dir.path(),
+        port,
+        &["--host-record=ok.test,192.0.2.10", &server],
+    );
 
     let r = run(&spec("127.0.0.1", port, dns("www.up.test"))).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::UnexpectedReply), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::UnexpectedReply),
+        "{r:?}"
+    );
     assert_eq!(r.details.dns_rcode.as_deref(), Some("SERVFAIL"));
     assert!(r.message.contains("SERVFAIL"), "{}", r.message);
-    assert!(!upstream.received().is_empty(), "dnsmasq forwarded the query upstream");
+    assert!(
+        !upstream.received().is_empty(),
+        "dnsmasq forwarded the query upstream"
+    );
 
     // No server configured for the name: dnsmasq refuses.
     let r = run(&spec("127.0.0.1", port, dns("elsewhere.example"))).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::UnexpectedReply), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::UnexpectedReply),
+        "{r:?}"
+    );
     assert_eq!(r.details.dns_rcode.as_deref(), Some("REFUSED"));
 }
 
@@ -143,22 +180,41 @@ async fn dns_servfail_and_refused_are_down_with_the_rcode() {
 async fn dns_replies_with_another_id_are_ignored() {
     // First a reply with the wrong ID, then the right one: the check keeps reading.
     let both = Responder::start("127.0.0.1", |q| {
-        vec![dns_answer(q, ResponseCode::ServFail, 0x5555), dns_answer(q, ResponseCode::NoError, 0)]
+        vec![
+            dns_answer(q, ResponseCode::ServFail, 0x5555),
+            dns_answer(q, ResponseCode::NoError, 0),
+        ]
     });
     let r = run(&spec("127.0.0.1", both.addr.port(), dns("ok.test"))).await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
     assert_eq!(r.details.dns_rcode.as_deref(), Some("NOERROR"));
 
     // Only wrong IDs: no reply, and the message says replies were ignored.
-    let wrong = Responder::start("127.0.0.1", |q| vec![dns_answer(q, ResponseCode::NoError, 1)]);
+    let wrong = Responder::start("127.0.0.1", |q| {
+        vec![dns_answer(q, ResponseCode::NoError, 1)]
+    });
     let r = run(&spec("127.0.0.1", wrong.addr.port(), dns("ok.test"))).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::NoReply), "{r:?}");
-    assert!(r.message.contains("1 reply to another request was ignored"), "{}", r.message);
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::NoReply),
+        "{r:?}"
+    );
+    assert!(
+        r.message.contains("1 reply to another request was ignored"),
+        "{}",
+        r.message
+    );
 
     // Garbage with our ID is an unexpected reply, quoted safely.
-    let junk = Responder::start("127.0.0.1", |q| vec![[&q[..2], b"\xff\x00junk\n".as_slice()].concat()]);
+    let junk = Responder::start("127.0.0.1", |q| {
+        vec![[&q[..2], b"\xff\x00junk\n".as_slice()].concat()]
+    });
     let r = run(&spec("127.0.0.1", junk.addr.port(), dns("ok.test"))).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::UnexpectedReply), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::UnexpectedReply),
+        "{r:?}"
+    );
     assert!(r.message.contains("junk\\n"), "{}", r.message);
 }
 
@@ -168,7 +224,9 @@ async fn ntp_against_chrony_reports_stratum_and_offset() {
     let port = h::free_udp_port();
     let _chrony = h::chrony(dir.path(), port);
 
-    let mode = UdpMode::Ntp { max_offset: Duration::from_millis(100) };
+    let mode = UdpMode::Ntp {
+        max_offset: Duration::from_millis(100),
+    };
     let r = run(&spec("127.0.0.1", port, mode)).await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
     let stratum = r.details.ntp_stratum.expect("stratum");
@@ -179,9 +237,24 @@ async fn ntp_against_chrony_reports_stratum_and_offset() {
     assert!(r.phases.first_byte.is_some());
 
     // Any offset at all is above a zero threshold: degraded, not down.
-    let r = run(&spec("127.0.0.1", port, UdpMode::Ntp { max_offset: Duration::ZERO })).await;
-    assert_eq!((r.status, r.reason), (Status::Degraded, Reason::UnexpectedReply), "{r:?}");
-    assert!(r.message.contains("clock offset") && r.message.contains("above the +0.000 ms threshold"), "{}", r.message);
+    let r = run(&spec(
+        "127.0.0.1",
+        port,
+        UdpMode::Ntp {
+            max_offset: Duration::ZERO,
+        },
+    ))
+    .await;
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Degraded, Reason::UnexpectedReply),
+        "{r:?}"
+    );
+    assert!(
+        r.message.contains("clock offset") && r.message.contains("above the +0.000 ms threshold"),
+        "{}",
+        r.message
+    );
     assert!(r.details.ntp_offset_us.is_some());
 }
 
@@ -197,19 +270,41 @@ async fn ntp_ignores_replies_to_other_requests() {
         p[40] = 1;
         vec![p]
     });
-    let r = run(&spec("127.0.0.1", liar.addr.port(), UdpMode::Ntp { max_offset: Duration::from_secs(1) })).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::NoReply), "{r:?}");
+    let r = run(&spec(
+        "127.0.0.1",
+        liar.addr.port(),
+        UdpMode::Ntp {
+            max_offset: Duration::from_secs(1),
+        },
+    ))
+    .await;
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::NoReply),
+        "{r:?}"
+    );
     assert!(r.message.contains("ignored"), "{}", r.message);
 }
 
 #[tokio::test]
 async fn closed_port_is_refused() {
     for ip in ["127.0.0.1", "::1"] {
-        let port = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap().local_addr().unwrap().port();
+        let port = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let started = std::time::Instant::now();
         let r = run(&spec(ip, port, UdpMode::default())).await;
-        assert_eq!((r.status, r.reason), (Status::Down, Reason::Refused), "{ip}: {r:?}");
-        assert!(started.elapsed() < Duration::from_millis(300), "the icmp error ends the check early");
+        assert_eq!(
+            (r.status, r.reason),
+            (Status::Down, Reason::Refused),
+            "{ip}: {r:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "the icmp error ends the check early"
+        );
     }
 }
 
@@ -221,18 +316,30 @@ async fn silence_is_no_reply_and_up_only_when_asked() {
     let started = std::time::Instant::now();
     let r = run(&spec("127.0.0.1", port, UdpMode::default())).await;
     let took = started.elapsed();
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::NoReply), "{r:?}");
-    assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(200), "{took:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::NoReply),
+        "{r:?}"
+    );
+    assert!(
+        took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(200),
+        "{took:?}"
+    );
     assert_eq!(r.phases.first_byte, None);
 
     let mut s = spec("127.0.0.1", port, UdpMode::default());
     s.no_reply_is_up = true;
     let r = run(&s).await;
-    assert_eq!((r.status, r.reason, r.message.as_str()), (Status::Up, Reason::NoReply, "open|filtered: no reply"));
+    assert_eq!(
+        (r.status, r.reason, r.message.as_str()),
+        (Status::Up, Reason::NoReply, "open|filtered: no reply")
+    );
 
     // The datagrams really reached the socket.
     let mut buf = [0u8; 64];
-    silent.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let n = silent.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"portwatch\n");
 }
@@ -243,22 +350,47 @@ async fn generic_payload_with_regex_on_v4_and_v6() {
         let echo = Responder::start(ip, |q| vec![[b"ECHO ".as_slice(), q].concat()]);
         let port = echo.addr.port();
 
-        let mode = UdpMode::Generic { payload: b"hello\r\n".to_vec(), expect: Some(compile_regex("^ECHO hello").unwrap()) };
+        let mode = UdpMode::Generic {
+            payload: b"hello\r\n".to_vec(),
+            expect: Some(compile_regex("^ECHO hello").unwrap()),
+        };
         let r = run(&spec(ip, port, mode)).await;
-        assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{ip}: {r:?}");
+        assert_eq!(
+            (r.status, r.reason),
+            (Status::Up, Reason::Ok),
+            "{ip}: {r:?}"
+        );
         assert_eq!(r.details.banner.as_deref(), Some("ECHO hello\\r\\n"));
         assert!(r.phases.first_byte.is_some());
         assert_eq!(r.address, Some(SocketAddr::new(ip.parse().unwrap(), port)));
 
         // Any reply is up without a pattern.
-        let r = run(&spec(ip, port, UdpMode::Generic { payload: b"x".to_vec(), expect: None })).await;
+        let r = run(&spec(
+            ip,
+            port,
+            UdpMode::Generic {
+                payload: b"x".to_vec(),
+                expect: None,
+            },
+        ))
+        .await;
         assert_eq!(r.status, Status::Up, "{ip}: {r:?}");
 
-        let mode = UdpMode::Generic { payload: b"bye".to_vec(), expect: Some(compile_regex("^PONG").unwrap()) };
+        let mode = UdpMode::Generic {
+            payload: b"bye".to_vec(),
+            expect: Some(compile_regex("^PONG").unwrap()),
+        };
         let r = run(&spec(ip, port, mode)).await;
-        assert_eq!((r.status, r.reason), (Status::Down, Reason::UnexpectedReply), "{ip}: {r:?}");
+        assert_eq!(
+            (r.status, r.reason),
+            (Status::Down, Reason::UnexpectedReply),
+            "{ip}: {r:?}"
+        );
         assert!(r.message.contains("ECHO bye"), "{}", r.message);
-        assert_eq!(echo.received(), vec![b"hello\r\n".to_vec(), b"x".to_vec(), b"bye".to_vec()]);
+        assert_eq!(
+            echo.received(),
+            vec![b"hello\r\n".to_vec(), b"x".to_vec(), b"bye".to_vec()]
+        );
     }
 }
 
@@ -270,18 +402,33 @@ async fn syslog_is_up_without_icmp_error_and_refused_when_closed() {
     s.timeout = Duration::from_secs(3);
     let r = run(&s).await;
     let took = started.elapsed();
-    assert_eq!((r.status, r.reason, r.message.as_str()), (Status::Up, Reason::Ok, "sent, no ICMP error"), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason, r.message.as_str()),
+        (Status::Up, Reason::Ok, "sent, no ICMP error"),
+        "{r:?}"
+    );
     // It waits about a second for an ICMP error, not the whole timeout.
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
     let got = listener.received();
     assert_eq!(got.len(), 1);
     let msg = String::from_utf8(got[0].clone()).unwrap();
     let fields: Vec<&str> = msg.splitn(8, ' ').collect();
     assert_eq!(fields[0], "<14>1");
     assert!(fields[1].ends_with('Z') && fields[1].len() == 27, "{msg}");
-    assert_eq!(&fields[3..], ["portwatch", "-", "-", "-", "portwatch syslog check"], "{msg}");
+    assert_eq!(
+        &fields[3..],
+        ["portwatch", "-", "-", "-", "portwatch syslog check"],
+        "{msg}"
+    );
 
     let port = h::free_udp_port();
     let r = run(&spec("127.0.0.1", port, UdpMode::Syslog)).await;
-    assert_eq!((r.status, r.reason), (Status::Down, Reason::Refused), "{r:?}");
+    assert_eq!(
+        (r.status, r.reason),
+        (Status::Down, Reason::Refused),
+        "{r:?}"
+    );
 }

@@ -31,14 +31,21 @@ pub struct DnsQuery {
 
 /// Builds a type A query for `name` with recursion desired and the given ID.
 pub fn build_query(name: &str, id: u16) -> Result<DnsQuery, String> {
-    let mut qname = Name::from_ascii(name).map_err(|e| format!("dns name {name:?} is invalid: {e}"))?;
+    let mut qname =
+        Name::from_ascii(name).map_err(|e| format!("dns name {name:?} is invalid: {e}"))?;
     // Decoded names are always fully qualified; ours must be too for the question to compare equal.
     qname.set_fqdn(true);
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     msg.add_query(Query::query(qname.clone(), RecordType::A));
-    let bytes = msg.to_vec().map_err(|e| format!("encoding the dns query for {name:?}: {e}"))?;
-    Ok(DnsQuery { id, name: qname, bytes })
+    let bytes = msg
+        .to_vec()
+        .map_err(|e| format!("encoding the dns query for {name:?}: {e}"))?;
+    Ok(DnsQuery {
+        id,
+        name: qname,
+        bytes,
+    })
 }
 
 /// Reads one datagram received for `query`. Never panics, whatever the bytes.
@@ -61,13 +68,16 @@ pub fn judge_reply(query: &DnsQuery, reply: &[u8]) -> DnsReply {
     // A response for another question is not the answer to ours (RFC 5452). Servers
     // may leave the question out of error responses (FORMERR), so only a different
     // question disqualifies.
-    if let Some(q) = msg.queries.first() {
-        if q.name() != &query.name || q.query_type() != RecordType::A {
-            return DnsReply::NotOurs;
-        }
+    if let Some(q) = msg.queries.first()
+        && (q.name() != &query.name || q.query_type() != RecordType::A)
+    {
+        return DnsReply::NotOurs;
     }
     let answers = u32::try_from(msg.answers.len()).unwrap_or(u32::MAX);
-    DnsReply::Answer { rcode: msg.metadata.response_code, answers }
+    DnsReply::Answer {
+        rcode: msg.metadata.response_code,
+        answers,
+    }
 }
 
 /// Whether an answer with this code shows a serving DNS server.
@@ -142,14 +152,20 @@ mod tests {
     #[test]
     fn answers_are_read_with_rcode_and_count() {
         let q = build_query("ok.test", 7).unwrap();
-        assert_eq!(judge_reply(&q, &response(&q, ResponseCode::NoError, 2)), DnsReply::Answer {
-            rcode: ResponseCode::NoError,
-            answers: 2
-        });
-        assert_eq!(judge_reply(&q, &response(&q, ResponseCode::NXDomain, 0)), DnsReply::Answer {
-            rcode: ResponseCode::NXDomain,
-            answers: 0
-        });
+        assert_eq!(
+            judge_reply(&q, &response(&q, ResponseCode::NoError, 2)),
+            DnsReply::Answer {
+                rcode: ResponseCode::NoError,
+                answers: 2
+            }
+        );
+        assert_eq!(
+            judge_reply(&q, &response(&q, ResponseCode::NXDomain, 0)),
+            DnsReply::Answer {
+                rcode: ResponseCode::NXDomain,
+                answers: 0
+            }
+        );
         assert!(rcode_is_up(ResponseCode::NoError) && rcode_is_up(ResponseCode::NXDomain));
         assert!(!rcode_is_up(ResponseCode::ServFail) && !rcode_is_up(ResponseCode::Refused));
     }
@@ -158,9 +174,18 @@ mod tests {
     fn replies_to_other_queries_are_not_ours() {
         let q = build_query("ok.test", 7).unwrap();
         let other_id = build_query("ok.test", 8).unwrap();
-        assert_eq!(judge_reply(&q, &response(&other_id, ResponseCode::NoError, 1)), DnsReply::NotOurs);
-        let other_name = DnsQuery { name: Name::from_ascii("evil.test.").unwrap(), ..q.clone() };
-        assert_eq!(judge_reply(&q, &response(&other_name, ResponseCode::NoError, 1)), DnsReply::NotOurs);
+        assert_eq!(
+            judge_reply(&q, &response(&other_id, ResponseCode::NoError, 1)),
+            DnsReply::NotOurs
+        );
+        let other_name = DnsQuery {
+            name: Name::from_ascii("evil.test.").unwrap(),
+            ..q.clone()
+        };
+        assert_eq!(
+            judge_reply(&q, &response(&other_name, ResponseCode::NoError, 1)),
+            DnsReply::NotOurs
+        );
     }
 
     #[test]
@@ -174,9 +199,14 @@ mod tests {
             }
         }
         // Our ID followed by junk.
-        assert!(matches!(judge_reply(&q, &[1, 2, 0xff, 0xff, 0xff]), DnsReply::Malformed(_)));
+        assert!(matches!(
+            judge_reply(&q, &[1, 2, 0xff, 0xff, 0xff]),
+            DnsReply::Malformed(_)
+        ));
         // Our own query echoed back is not a response.
-        assert!(matches!(judge_reply(&q, &q.bytes), DnsReply::Malformed(m) if m.contains("not a response")));
+        assert!(
+            matches!(judge_reply(&q, &q.bytes), DnsReply::Malformed(m) if m.contains("not a response"))
+        );
         // Every single-byte corruption is handled.
         for i in 2..good.len() {
             let mut bad = good.clone();

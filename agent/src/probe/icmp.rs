@@ -85,17 +85,30 @@ fn is_permission(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
+/// Why no ICMP socket could be opened, already sorted into the taxonomy.
+struct OpenFailure {
+    reason: Reason,
+    message: String,
+}
+
 /// Opens a socket of the allowed kinds for `target`'s family.
-fn open(sockets: IcmpSockets, target: IpAddr) -> Result<(Socket, Kind), CheckResult> {
+fn open(sockets: IcmpSockets, target: IpAddr) -> Result<(Socket, Kind), OpenFailure> {
     let (domain, proto) = match target {
         IpAddr::V4(_) => (Domain::IPV4, socket2::Protocol::ICMPV4),
         IpAddr::V6(_) => (Domain::IPV6, socket2::Protocol::ICMPV6),
     };
-    let other = |e: io::Error| CheckResult::new(Status::Down, Reason::from_io(&e), format!("opening an icmp socket: {e}"));
-    let denied = || CheckResult::new(Status::Down, Reason::Internal, NO_PERMISSION);
+    let other = |e: io::Error| OpenFailure {
+        reason: Reason::from_io(&e),
+        message: format!("opening an icmp socket: {e}"),
+    };
+    let denied = || OpenFailure {
+        reason: Reason::Internal,
+        message: NO_PERMISSION.to_owned(),
+    };
     if sockets != IcmpSockets::Raw {
         match Socket::new(domain, Type::DGRAM, Some(proto)) {
             Ok(s) => return Ok((s, Kind::Ping)),
+            // Not allowed by net.ipv4.ping_group_range: try raw.
             Err(e) if is_permission(&e) && sockets == IcmpSockets::Auto => {}
             Err(e) if is_permission(&e) => return Err(denied()),
             Err(e) => return Err(other(e)),
@@ -113,7 +126,7 @@ async fn probe_icmp(sockets: IcmpSockets, ctx: ProbeCtx<'_>) -> CheckResult {
     let dest = SocketAddr::new(target, 0);
     let (sock, kind) = match open(sockets, target) {
         Ok(ok) => ok,
-        Err(r) => return r,
+        Err(f) => return CheckResult::new(Status::Down, f.reason, f.message),
     };
     let fail = |what: &str, e: io::Error| {
         let reason = Reason::from_io(&e);
@@ -121,7 +134,11 @@ async fn probe_icmp(sockets: IcmpSockets, ctx: ProbeCtx<'_>) -> CheckResult {
             Some(libc::EPERM) | Some(libc::EACCES) => " (a local firewall rule?)",
             _ => "",
         };
-        CheckResult::new(Status::Down, reason, format!("icmp {target}: {what}: {e}{hint}"))
+        CheckResult::new(
+            Status::Down,
+            reason,
+            format!("icmp {target}: {what}: {e}{hint}"),
+        )
     };
     if let Err(e) = sock.set_nonblocking(true) {
         return fail("socket setup", e);
@@ -129,10 +146,10 @@ async fn probe_icmp(sockets: IcmpSockets, ctx: ProbeCtx<'_>) -> CheckResult {
     // Connected, a ping socket reports hard ICMP errors about our request as a
     // socket error. A raw socket stays unconnected: it reads errors as packets,
     // and those come from routers too, not only from the target.
-    if kind == Kind::Ping {
-        if let Err(e) = sock.connect(&dest.into()) {
-            return fail("connect", e);
-        }
+    if kind == Kind::Ping
+        && let Err(e) = sock.connect(&dest.into())
+    {
+        return fail("connect", e);
     }
     let sock = match UdpSocket::from_std(std::net::UdpSocket::from(sock)) {
         Ok(s) => s,
@@ -150,7 +167,13 @@ async fn probe_icmp(sockets: IcmpSockets, ctx: ProbeCtx<'_>) -> CheckResult {
     let sent_at = Instant::now();
     let sent = tokio::time::timeout_at(ctx.deadline, sock.send_to(&request, dest)).await;
     match sent {
-        Err(_) => return CheckResult::new(Status::Down, Reason::Timeout, format!("icmp {target}: timed out sending")),
+        Err(_) => {
+            return CheckResult::new(
+                Status::Down,
+                Reason::Timeout,
+                format!("icmp {target}: timed out sending"),
+            );
+        }
         Ok(Err(e)) => return fail("sending the echo request", e),
         Ok(Ok(_)) => {}
     }
@@ -164,7 +187,10 @@ async fn probe_icmp(sockets: IcmpSockets, ctx: ProbeCtx<'_>) -> CheckResult {
                 return CheckResult::new(
                     Status::Down,
                     Reason::Timeout,
-                    format!("no echo reply from {target} within {} ms", waited.as_millis()),
+                    format!(
+                        "no echo reply from {target} within {} ms",
+                        waited.as_millis()
+                    ),
                 );
             }
             Ok(Err(e)) => return fail("waiting for the echo reply", e),

@@ -101,7 +101,10 @@ pub fn judge_reply(reply: &[u8], t1: NtpTime, t4: NtpTime) -> NtpReply {
     let stratum = reply[1];
     if stratum == 0 {
         // Kiss-o'-death: the reference ID holds an ASCII code (RATE, DENY, RSTR...).
-        return NtpReply::Rejected(format!("kiss-o'-death {}", escape_excerpt(&reply[12..16], 4)));
+        return NtpReply::Rejected(format!(
+            "kiss-o'-death {}",
+            escape_excerpt(&reply[12..16], 4)
+        ));
     }
     if leap == 3 || stratum >= 16 {
         return NtpReply::Rejected("server unsynchronized".into());
@@ -113,7 +116,11 @@ pub fn judge_reply(reply: &[u8], t1: NtpTime, t4: NtpTime) -> NtpReply {
     }
     let offset_ns = (t2.nanos_since(t1) / 2).saturating_add(t3.nanos_since(t4) / 2);
     let delay_ns = t4.nanos_since(t1).saturating_sub(t3.nanos_since(t2));
-    NtpReply::Sample(NtpSample { stratum, offset_ns, delay_ns })
+    NtpReply::Sample(NtpSample {
+        stratum,
+        offset_ns,
+        delay_ns,
+    })
 }
 
 #[cfg(test)]
@@ -168,7 +175,9 @@ mod tests {
         let t2 = NtpTime(1001 * SEC + SEC / 50);
         let t3 = NtpTime(t2.0 + SEC / 1000);
         let t4 = NtpTime(1000 * SEC + SEC / 50 * 2 + SEC / 1000);
-        let NtpReply::Sample(s) = judge_reply(&reply(0x24, 2, t1, t2, t3), t1, t4) else { panic!() };
+        let NtpReply::Sample(s) = judge_reply(&reply(0x24, 2, t1, t2, t3), t1, t4) else {
+            panic!()
+        };
         assert_eq!(s.stratum, 2);
         assert!((s.offset_ns - 1_000_000_000).abs() < 10, "{}", s.offset_ns);
         assert!((s.delay_ns - 40_000_000).abs() < 10, "{}", s.delay_ns);
@@ -176,7 +185,9 @@ mod tests {
         let t2 = NtpTime(995 * SEC);
         let t3 = NtpTime(995 * SEC);
         let t4 = NtpTime(1000 * SEC);
-        let NtpReply::Sample(s) = judge_reply(&reply(0x24, 3, t1, t2, t3), t1, t4) else { panic!() };
+        let NtpReply::Sample(s) = judge_reply(&reply(0x24, 3, t1, t2, t3), t1, t4) else {
+            panic!()
+        };
         assert!((s.offset_ns + 5_000_000_000).abs() < 10, "{}", s.offset_ns);
     }
 
@@ -192,26 +203,49 @@ mod tests {
         let t1 = NtpTime(1000 * SEC);
         let mut kod = reply(0x24, 0, t1, t1, t1);
         kod[12..16].copy_from_slice(b"RATE");
-        assert_eq!(judge_reply(&kod, t1, t1), NtpReply::Rejected("kiss-o'-death RATE".into()));
+        assert_eq!(
+            judge_reply(&kod, t1, t1),
+            NtpReply::Rejected("kiss-o'-death RATE".into())
+        );
         let alarm = reply(0xe4, 2, t1, t1, t1);
-        assert_eq!(judge_reply(&alarm, t1, t1), NtpReply::Rejected("server unsynchronized".into()));
+        assert_eq!(
+            judge_reply(&alarm, t1, t1),
+            NtpReply::Rejected("server unsynchronized".into())
+        );
         let s16 = reply(0x24, 16, t1, t1, t1);
-        assert_eq!(judge_reply(&s16, t1, t1), NtpReply::Rejected("server unsynchronized".into()));
+        assert_eq!(
+            judge_reply(&s16, t1, t1),
+            NtpReply::Rejected("server unsynchronized".into())
+        );
         // Broadcast mode carries the same fields.
-        assert!(matches!(judge_reply(&reply(0x25, 1, t1, t1, t1), t1, t1), NtpReply::Sample(_)));
+        assert!(matches!(
+            judge_reply(&reply(0x25, 1, t1, t1, t1), t1, t1),
+            NtpReply::Sample(_)
+        ));
     }
 
     #[test]
     fn non_ntp_replies_are_rejected_never_a_panic() {
         let t1 = NtpTime(1000 * SEC);
         // Our own request echoed back (mode 3).
-        assert!(matches!(judge_reply(&build_request(t1), t1, t1), NtpReply::NotNtp(m) if m.contains("mode 3")));
+        assert!(
+            matches!(judge_reply(&build_request(t1), t1, t1), NtpReply::NotNtp(m) if m.contains("mode 3"))
+        );
         for n in 0..PACKET_LEN {
-            assert!(matches!(judge_reply(&vec![0x24; n], t1, t1), NtpReply::NotNtp(_)));
+            assert!(matches!(
+                judge_reply(&vec![0x24; n], t1, t1),
+                NtpReply::NotNtp(_)
+            ));
         }
         let mut kod = reply(0x24, 0, t1, t1, t1);
         kod[12..16].copy_from_slice(&[0xff, 0, b'\n', b'A']);
-        assert_eq!(judge_reply(&kod, t1, t1), NtpReply::Rejected("kiss-o'-death \\xff\\x00\\nA".into()));
-        assert!(matches!(judge_reply(&reply(0x24, 2, t1, t1, NtpTime(0)), t1, t1), NtpReply::Rejected(_)));
+        assert_eq!(
+            judge_reply(&kod, t1, t1),
+            NtpReply::Rejected("kiss-o'-death \\xff\\x00\\nA".into())
+        );
+        assert!(matches!(
+            judge_reply(&reply(0x24, 2, t1, t1, NtpTime(0)), t1, t1),
+            NtpReply::Rejected(_)
+        ));
     }
 }

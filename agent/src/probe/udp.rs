@@ -52,9 +52,15 @@ enum Exchange<'a> {
     Dns(DnsQuery),
     /// `t1` is set right before sending: it is both the salt the reply must echo
     /// and the first of the four NTP timestamps.
-    Ntp { max_offset: Duration, t1: NtpTime },
+    Ntp {
+        max_offset: Duration,
+        t1: NtpTime,
+    },
     Syslog,
-    Generic { payload: &'a [u8], expect: Option<&'a regex::bytes::Regex> },
+    Generic {
+        payload: &'a [u8],
+        expect: Option<&'a regex::bytes::Regex>,
+    },
 }
 
 /// What one datagram means for the check.
@@ -62,11 +68,19 @@ enum Judged {
     /// Not an answer to our request: keep reading.
     NotOurs,
     /// The verdict.
-    Final { status: Status, reason: Reason, message: String },
+    Final {
+        status: Status,
+        reason: Reason,
+        message: String,
+    },
 }
 
 fn fail(status: Status, reason: Reason, message: impl Into<String>) -> Judged {
-    Judged::Final { status, reason, message: message.into() }
+    Judged::Final {
+        status,
+        reason,
+        message: message.into(),
+    }
 }
 
 async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
@@ -76,9 +90,15 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
             Ok(q) => Exchange::Dns(q),
             Err(why) => return CheckResult::new(Status::Down, Reason::Internal, why),
         },
-        UdpMode::Ntp { max_offset } => Exchange::Ntp { max_offset: *max_offset, t1: NtpTime(0) },
+        UdpMode::Ntp { max_offset } => Exchange::Ntp {
+            max_offset: *max_offset,
+            t1: NtpTime(0),
+        },
         UdpMode::Syslog => Exchange::Syslog,
-        UdpMode::Generic { payload, expect } => Exchange::Generic { payload, expect: expect.as_ref() },
+        UdpMode::Generic { payload, expect } => Exchange::Generic {
+            payload,
+            expect: expect.as_ref(),
+        },
     };
     let io_fail = |what: &str, e: std::io::Error| {
         let reason = Reason::from_io(&e);
@@ -104,7 +124,13 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
     };
     let sent_at = Instant::now();
     match tokio::time::timeout_at(ctx.deadline, sock.send(&request)).await {
-        Err(_) => return CheckResult::new(Status::Down, Reason::Timeout, format!("udp {addr}: timed out sending")),
+        Err(_) => {
+            return CheckResult::new(
+                Status::Down,
+                Reason::Timeout,
+                format!("udp {addr}: timed out sending"),
+            );
+        }
         Ok(Err(e)) => return io_fail("send", e),
         Ok(Ok(_)) => {}
     }
@@ -119,7 +145,13 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
     loop {
         let n = match tokio::time::timeout_at(wait_until, sock.recv(&mut buf)).await {
             Err(_) => {
-                silence(&exchange, ctx.spec.no_reply_is_up, wait_until - sent_at, ignored, &mut r);
+                silence(
+                    &exchange,
+                    ctx.spec.no_reply_is_up,
+                    wait_until.saturating_duration_since(sent_at),
+                    ignored,
+                    &mut r,
+                );
                 return r;
             }
             Ok(Err(e)) => return io_fail("receive", e),
@@ -132,7 +164,11 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
                 ignored = ignored.saturating_add(1);
                 continue;
             }
-            Judged::Final { status, reason, message } => {
+            Judged::Final {
+                status,
+                reason,
+                message,
+            } => {
                 r.phases.first_byte = Some(micros(rtt));
                 r.status = status;
                 r.reason = reason;
@@ -159,7 +195,11 @@ async fn connected_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// Judges one datagram against the request; fills the details it learns.
 fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged {
     let unexpected = |why: String| {
-        fail(Status::Down, Reason::UnexpectedReply, format!("{why}: {}", escape_excerpt(reply, MESSAGE_EXCERPT)))
+        fail(
+            Status::Down,
+            Reason::UnexpectedReply,
+            format!("{why}: {}", escape_excerpt(reply, MESSAGE_EXCERPT)),
+        )
     };
     match exchange {
         Exchange::Dns(q) => match dns::judge_reply(q, reply) {
@@ -172,7 +212,11 @@ fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged
                 if dns::rcode_is_up(rcode) {
                     fail(Status::Up, Reason::Ok, "")
                 } else {
-                    fail(Status::Down, Reason::UnexpectedReply, format!("the dns server answered {name}"))
+                    fail(
+                        Status::Down,
+                        Reason::UnexpectedReply,
+                        format!("the dns server answered {name}"),
+                    )
                 }
             }
         },
@@ -212,7 +256,9 @@ fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged
         Exchange::Generic { expect, .. } => {
             details.banner = Some(escape_excerpt(reply, BANNER_EXCERPT));
             match expect {
-                Some(re) if !re.is_match(reply) => unexpected("the reply does not match the expected pattern".into()),
+                Some(re) if !re.is_match(reply) => {
+                    unexpected("the reply does not match the expected pattern".into())
+                }
                 _ => fail(Status::Up, Reason::Ok, ""),
             }
         }
@@ -220,7 +266,13 @@ fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged
 }
 
 /// The verdict when nothing (of ours) came back before `waited` ran out.
-fn silence(exchange: &Exchange<'_>, no_reply_is_up: bool, waited: Duration, ignored: u32, r: &mut CheckResult) {
+fn silence(
+    exchange: &Exchange<'_>,
+    no_reply_is_up: bool,
+    waited: Duration,
+    ignored: u32,
+    r: &mut CheckResult,
+) {
     if let Exchange::Syslog = exchange {
         r.status = Status::Up;
         r.reason = Reason::Ok;
@@ -251,7 +303,10 @@ fn fmt_ms(ns: i64) -> String {
 
 /// An RFC 5424 message: facility user (1), severity informational (6) => PRI 14.
 fn syslog_message(now: SystemTime, host: &str) -> String {
-    format!("<14>1 {} {host} portwatch - - - portwatch syslog check", rfc3339_utc(now))
+    format!(
+        "<14>1 {} {host} portwatch - - - portwatch syslog check",
+        rfc3339_utc(now)
+    )
 }
 
 /// This machine's name for the syslog HOSTNAME field, or the NILVALUE `-` when it
@@ -303,7 +358,10 @@ mod tests {
     fn syslog_message_is_rfc_5424() {
         let t = UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
         let m = syslog_message(t, "agent-1");
-        assert_eq!(m, "<14>1 2026-11-18T11:06:40.123456Z agent-1 portwatch - - - portwatch syslog check");
+        assert_eq!(
+            m,
+            "<14>1 2026-11-18T11:06:40.123456Z agent-1 portwatch - - - portwatch syslog check"
+        );
         let h = local_hostname();
         assert!(!h.is_empty() && !h.contains(' '));
     }
@@ -313,7 +371,10 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_868_799)), "2000-02-29T23:59:59.000000Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_868_799)),
+            "2000-02-29T23:59:59.000000Z"
+        );
     }
 
     #[test]

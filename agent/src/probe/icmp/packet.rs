@@ -45,7 +45,11 @@ impl Echo {
     /// (raw sockets send it as is; ping sockets recompute it); the kernel always
     /// computes the ICMPv6 one, which covers a pseudo-header we do not know.
     pub fn request(&self) -> Vec<u8> {
-        let ty = if self.target.is_ipv4() { V4_ECHO_REQUEST } else { V6_ECHO_REQUEST };
+        let ty = if self.target.is_ipv4() {
+            V4_ECHO_REQUEST
+        } else {
+            V6_ECHO_REQUEST
+        };
         let mut p = vec![ty, 0, 0, 0];
         p.extend_from_slice(&self.id.to_be_bytes());
         p.extend_from_slice(&self.seq.to_be_bytes());
@@ -101,7 +105,9 @@ fn be16(b: &[u8], at: usize) -> u16 {
 
 /// Reads a packet from a raw IPv4 socket, which includes the IP header.
 pub fn parse_raw_v4(packet: &[u8], echo: &Echo) -> Parsed {
-    let Some((ihl, from)) = ipv4_header(packet, IPPROTO_ICMP) else { return Parsed::Ignore };
+    let Some((ihl, from)) = ipv4_header(packet, IPPROTO_ICMP) else {
+        return Parsed::Ignore;
+    };
     parse_icmp(&packet[ihl..], IpAddr::V4(from), echo)
 }
 
@@ -138,13 +144,22 @@ pub fn parse_icmp(icmp: &[u8], from: IpAddr, echo: &Echo) -> Parsed {
     if !error {
         return Parsed::Ignore;
     }
-    let (reason, what) = if v4 { classify_v4(ty, code) } else { classify_v6(ty, code) };
-    Parsed::Unreachable { reason, message: format!("{what} (icmp type {ty} code {code} from {from})") }
+    let (reason, what) = if v4 {
+        classify_v4(ty, code)
+    } else {
+        classify_v6(ty, code)
+    };
+    Parsed::Unreachable {
+        reason,
+        message: format!("{what} (icmp type {ty} code {code} from {from})"),
+    }
 }
 
 /// Whether an IPv4 error's quoted datagram is our echo request to the target.
 fn quoted_v4_is_ours(quoted: &[u8], echo: &Echo) -> bool {
-    let Some((ihl, _)) = ipv4_header(quoted, IPPROTO_ICMP) else { return false };
+    let Some((ihl, _)) = ipv4_header(quoted, IPPROTO_ICMP) else {
+        return false;
+    };
     let dst = Ipv4Addr::new(quoted[16], quoted[17], quoted[18], quoted[19]);
     IpAddr::V4(dst) == echo.target && echo.quotes_us(&quoted[ihl..], V4_ECHO_REQUEST)
 }
@@ -161,27 +176,42 @@ fn quoted_v6_is_ours(quoted: &[u8], echo: &Echo) -> bool {
 
 fn classify_v4(ty: u8, code: u8) -> (Reason, &'static str) {
     if ty == V4_TIME_EXCEEDED {
-        return (Reason::NetUnreachable, "time to live exceeded in transit (routing loop?)");
+        return (
+            Reason::NetUnreachable,
+            "time to live exceeded in transit (routing loop?)",
+        );
     }
     match code {
         0 => (Reason::NetUnreachable, "network unreachable"),
         1 => (Reason::HostUnreachable, "host unreachable"),
         6 => (Reason::NetUnreachable, "destination network unknown"),
         7 => (Reason::HostUnreachable, "destination host unknown"),
-        9 | 11 => (Reason::NetUnreachable, "network administratively prohibited"),
+        9 | 11 => (
+            Reason::NetUnreachable,
+            "network administratively prohibited",
+        ),
         10 | 12 => (Reason::HostUnreachable, "host administratively prohibited"),
-        13 => (Reason::HostUnreachable, "communication administratively prohibited"),
+        13 => (
+            Reason::HostUnreachable,
+            "communication administratively prohibited",
+        ),
         _ => (Reason::HostUnreachable, "destination unreachable"),
     }
 }
 
 fn classify_v6(ty: u8, code: u8) -> (Reason, &'static str) {
     if ty == V6_TIME_EXCEEDED {
-        return (Reason::NetUnreachable, "hop limit exceeded in transit (routing loop?)");
+        return (
+            Reason::NetUnreachable,
+            "hop limit exceeded in transit (routing loop?)",
+        );
     }
     match code {
         0 => (Reason::NetUnreachable, "no route to destination"),
-        1 => (Reason::HostUnreachable, "communication administratively prohibited"),
+        1 => (
+            Reason::HostUnreachable,
+            "communication administratively prohibited",
+        ),
         3 => (Reason::HostUnreachable, "address unreachable"),
         5 | 6 => (Reason::HostUnreachable, "source address failed policy"),
         _ => (Reason::HostUnreachable, "destination unreachable"),
@@ -193,7 +223,13 @@ mod tests {
     use super::*;
 
     fn echo(target: &str) -> Echo {
-        Echo { target: target.parse().unwrap(), id: 0x1234, seq: 0x0007, token: *b"0123456789abcdef", check_id: true }
+        Echo {
+            target: target.parse().unwrap(),
+            id: 0x1234,
+            seq: 0x0007,
+            token: *b"0123456789abcdef",
+            check_id: true,
+        }
     }
 
     /// An IPv4 header (no options) from `src` to `dst` around `payload`.
@@ -209,7 +245,11 @@ mod tests {
     /// What the target sends back: the request turned into a reply.
     fn reply_to(e: &Echo) -> Vec<u8> {
         let mut p = e.request();
-        p[0] = if e.target.is_ipv4() { V4_ECHO_REPLY } else { V6_ECHO_REPLY };
+        p[0] = if e.target.is_ipv4() {
+            V4_ECHO_REPLY
+        } else {
+            V6_ECHO_REPLY
+        };
         p
     }
 
@@ -221,7 +261,10 @@ mod tests {
     #[test]
     fn checksum_matches_rfc_1071_and_validates() {
         // The example from RFC 1071 section 3.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
         let p = echo("127.0.0.1").request();
         assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
         assert_eq!(checksum(&[0xff]), !0xff00);
@@ -234,7 +277,11 @@ mod tests {
         assert_eq!(&p[4..8], &[0x12, 0x34, 0x00, 0x07]);
         assert_eq!(&p[8..], b"portwatch 0123456789abcdef");
         let p6 = echo("::1").request();
-        assert_eq!(&p6[..4], &[128, 0, 0, 0], "the kernel fills the icmpv6 checksum");
+        assert_eq!(
+            &p6[..4],
+            &[128, 0, 0, 0],
+            "the kernel fills the icmpv6 checksum"
+        );
     }
 
     #[test]
@@ -242,7 +289,10 @@ mod tests {
         let e = echo("127.0.0.77");
         let target = [127, 0, 0, 77];
         let me = [127, 0, 0, 1];
-        assert_eq!(parse_raw_v4(&ipv4(target, me, &reply_to(&e)), &e), Parsed::Reply);
+        assert_eq!(
+            parse_raw_v4(&ipv4(target, me, &reply_to(&e)), &e),
+            Parsed::Reply
+        );
         // With IP options (IHL 6) the header is skipped correctly.
         let mut with_opts = ipv4(target, me, &[]);
         with_opts[0] = 0x46;
@@ -250,15 +300,47 @@ mod tests {
         with_opts.extend_from_slice(&reply_to(&e));
         assert_eq!(parse_raw_v4(&with_opts, &e), Parsed::Reply);
         // Our own request looped back on lo.
-        assert_eq!(parse_raw_v4(&ipv4(me, target, &e.request()), &e), Parsed::Ignore);
+        assert_eq!(
+            parse_raw_v4(&ipv4(me, target, &e.request()), &e),
+            Parsed::Ignore
+        );
         // Another source, id, sequence or token.
-        assert_eq!(parse_raw_v4(&ipv4([127, 0, 0, 9], me, &reply_to(&e)), &e), Parsed::Ignore);
-        for other in [Echo { id: 1, ..e.clone() }, Echo { seq: 1, ..e.clone() }, Echo { token: [0; 16], ..e.clone() }] {
-            assert_eq!(parse_raw_v4(&ipv4(target, me, &reply_to(&other)), &e), Parsed::Ignore);
+        assert_eq!(
+            parse_raw_v4(&ipv4([127, 0, 0, 9], me, &reply_to(&e)), &e),
+            Parsed::Ignore
+        );
+        for other in [
+            Echo { id: 1, ..e.clone() },
+            Echo {
+                seq: 1,
+                ..e.clone()
+            },
+            Echo {
+                token: [0; 16],
+                ..e.clone()
+            },
+        ] {
+            assert_eq!(
+                parse_raw_v4(&ipv4(target, me, &reply_to(&other)), &e),
+                Parsed::Ignore
+            );
         }
         // Ping sockets rewrite the id: then it is not checked.
-        let dgram = Echo { check_id: false, ..e.clone() };
-        assert_eq!(parse_icmp(&reply_to(&Echo { id: 999, ..e.clone() }), e.target, &dgram), Parsed::Reply);
+        let dgram = Echo {
+            check_id: false,
+            ..e.clone()
+        };
+        assert_eq!(
+            parse_icmp(
+                &reply_to(&Echo {
+                    id: 999,
+                    ..e.clone()
+                }),
+                e.target,
+                &dgram
+            ),
+            Parsed::Reply
+        );
     }
 
     #[test]
@@ -277,18 +359,41 @@ mod tests {
             match parse_raw_v4(&pkt, &e) {
                 Parsed::Unreachable { reason: r, message } => {
                     assert_eq!(r, reason, "code {code}");
-                    assert!(message.contains(&format!("code {code} from 10.0.0.1")), "{message}");
+                    assert!(
+                        message.contains(&format!("code {code} from 10.0.0.1")),
+                        "{message}"
+                    );
                 }
                 other => panic!("code {code}: {other:?}"),
             }
         }
         let pkt = ipv4(router, [127, 0, 0, 1], &error(11, 0, &sent));
-        assert!(matches!(parse_raw_v4(&pkt, &e), Parsed::Unreachable { reason: Reason::NetUnreachable, .. }));
+        assert!(matches!(
+            parse_raw_v4(&pkt, &e),
+            Parsed::Unreachable {
+                reason: Reason::NetUnreachable,
+                ..
+            }
+        ));
         // An error about someone else's ping, or about a packet to another host.
-        let theirs = ipv4([127, 0, 0, 1], [127, 0, 0, 78], &Echo { seq: 9, ..e.clone() }.request());
-        assert_eq!(parse_raw_v4(&ipv4(router, [127, 0, 0, 1], &error(3, 1, &theirs)), &e), Parsed::Ignore);
+        let theirs = ipv4(
+            [127, 0, 0, 1],
+            [127, 0, 0, 78],
+            &Echo {
+                seq: 9,
+                ..e.clone()
+            }
+            .request(),
+        );
+        assert_eq!(
+            parse_raw_v4(&ipv4(router, [127, 0, 0, 1], &error(3, 1, &theirs)), &e),
+            Parsed::Ignore
+        );
         let elsewhere = ipv4([127, 0, 0, 1], [127, 0, 0, 79], &e.request());
-        assert_eq!(parse_raw_v4(&ipv4(router, [127, 0, 0, 1], &error(3, 1, &elsewhere)), &e), Parsed::Ignore);
+        assert_eq!(
+            parse_raw_v4(&ipv4(router, [127, 0, 0, 1], &error(3, 1, &elsewhere)), &e),
+            Parsed::Ignore
+        );
     }
 
     #[test]
@@ -305,17 +410,33 @@ mod tests {
         let from: IpAddr = "fe80::1".parse().unwrap();
         assert!(matches!(
             parse_icmp(&error(1, 3, &ip6), from, &e),
-            Parsed::Unreachable { reason: Reason::HostUnreachable, .. }
+            Parsed::Unreachable {
+                reason: Reason::HostUnreachable,
+                ..
+            }
         ));
-        assert!(matches!(parse_icmp(&error(1, 0, &ip6), from, &e), Parsed::Unreachable { reason: Reason::NetUnreachable, .. }));
+        assert!(matches!(
+            parse_icmp(&error(1, 0, &ip6), from, &e),
+            Parsed::Unreachable {
+                reason: Reason::NetUnreachable,
+                ..
+            }
+        ));
         // Neighbour discovery and other chatter.
-        assert_eq!(parse_icmp(&[135, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3], from, &e), Parsed::Ignore);
+        assert_eq!(
+            parse_icmp(&[135, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3], from, &e),
+            Parsed::Ignore
+        );
     }
 
     #[test]
     fn any_bytes_parse_without_panicking() {
         let e = echo("127.0.0.1");
-        let good = ipv4([127, 0, 0, 1], [127, 0, 0, 1], &error(3, 1, &ipv4([127, 0, 0, 1], [127, 0, 0, 1], &e.request())));
+        let good = ipv4(
+            [127, 0, 0, 1],
+            [127, 0, 0, 1],
+            &error(3, 1, &ipv4([127, 0, 0, 1], [127, 0, 0, 1], &e.request())),
+        );
         for cut in 0..good.len() {
             let _ = parse_raw_v4(&good[..cut], &e);
             let _ = parse_icmp(&good[..cut], e.target, &e);
