@@ -174,20 +174,28 @@ fn kill_dash_nine_never_loses_an_appended_result() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut appended = Vec::new();
             let mut acked = 0u64;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(s) = line.strip_prefix("appended ") {
                     appended.push(s.parse::<u64>().unwrap());
+                    if appended.len() == 1 {
+                        let _ = started_tx.send(());
+                    }
                 } else if let Some(s) = line.strip_prefix("acking ") {
                     acked = s.parse().unwrap();
                 }
             }
             (appended, acked)
         });
-        // Kill at a random point once the writer is under way.
-        std::thread::sleep(Duration::from_millis(rng.random_range(80..400)));
+        // Kill at a random point once the writer is under way (its start-up
+        // time varies with the machine's load, so wait for its first append).
+        started_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("iteration {iteration}: the writer never got going"));
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..300)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let (appended, acked) = reader.join().unwrap();
