@@ -136,36 +136,19 @@ impl Ca {
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let now = SystemTime::now();
-        let not_after = now + lifetime;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("portwatch agent {agent_id}"));
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            format!("{AGENT_URI_PREFIX}{agent_id}")
-                .try_into()
-                .map_err(|e: rcgen::Error| CaError::Sign(e))?,
-        )];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = not_after.into();
-        let serial = random_serial();
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.use_authority_key_identifier_extension = true;
+        let uri = SanType::URI(format!("{AGENT_URI_PREFIX}{agent_id}").try_into()?);
+        let leaf = Leaf::new(
+            &format!("portwatch agent {agent_id}"),
+            vec![uri],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            lifetime,
+        );
         let signed = CertificateSigningRequestParams {
-            params,
+            params: leaf.params.clone(),
             public_key: csr.public_key,
         }
         .signed_by(&self.issuer)?;
-        Ok(Issued {
-            cert_pem: signed.pem(),
-            cert_der: signed.der().clone(),
-            not_after,
-            serial_hex: hex(&serial),
-        })
+        Ok(leaf.issued(signed.pem(), signed.der().clone()))
     }
 
     /// Issues the collector's own server certificate (fresh key) for `names`
@@ -176,35 +159,66 @@ impl Ca {
         lifetime: Duration,
     ) -> Result<(Issued, String), CaError> {
         let key = KeyPair::generate()?;
-        let now = SystemTime::now();
-        let not_after = now + lifetime;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "portwatch collector");
-        params.distinguished_name = dn;
-        params.subject_alt_names = names
+        let sans = names
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
                 Err(_) => n.clone().try_into().map(SanType::DnsName),
             })
             .collect::<Result<_, _>>()?;
+        let leaf = Leaf::new(
+            "portwatch collector",
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            lifetime,
+        );
+        let cert = leaf.params.signed_by(&key, &self.issuer)?;
+        Ok((
+            leaf.issued(cert.pem(), cert.der().clone()),
+            key.serialize_pem(),
+        ))
+    }
+}
+
+/// The parameters every leaf this CA signs shares: one name, one use, a
+/// random serial and a validity the CA chooses.
+struct Leaf {
+    params: CertificateParams,
+    not_after: SystemTime,
+    serial: [u8; 16],
+}
+
+impl Leaf {
+    fn new(cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose, lifetime: Duration) -> Leaf {
+        let now = SystemTime::now();
+        let not_after = now + lifetime;
+        let serial = random_serial();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![eku];
         params.not_before = (now - BACKDATE).into();
         params.not_after = not_after.into();
-        let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let issued = Issued {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().clone(),
+        Leaf {
+            params,
             not_after,
-            serial_hex: hex(&serial),
-        };
-        Ok((issued, key.serialize_pem()))
+            serial,
+        }
+    }
+
+    fn issued(&self, cert_pem: String, cert_der: CertificateDer<'static>) -> Issued {
+        Issued {
+            cert_pem,
+            cert_der,
+            not_after: self.not_after,
+            serial_hex: hex(&self.serial),
+        }
     }
 }
 
