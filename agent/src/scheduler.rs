@@ -483,10 +483,10 @@ impl Core {
             }
             // Reap finished runs without waiting; each one's result is already sent.
             while let Some(done) = self.runs.try_join_next() {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "a check panicked");
-                    }
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a check panicked");
                 }
             }
         }
