@@ -20,8 +20,9 @@
 //!   bounded by its own timeout in the Engine, so a slot is never held forever.
 //! - **Live updates.** [`SchedulerHandle::update`] takes the full desired set:
 //!   new monitors start at their phase, removed ones stop (a run in flight still
-//!   completes and reports), a changed spec is used from the next run on, and a
-//!   monitor keeps its phase unless its own interval group changed.
+//!   completes and reports; re-adding the id while it runs does not wait for
+//!   it), a changed spec is used from the next run on, and a monitor keeps its
+//!   phase unless its own interval group changed.
 //! - **Clean shutdown.** [`SchedulerHandle::shutdown`] stops starting checks
 //!   (queued runs are dropped), waits for the ones in flight up to a bound so
 //!   their results are sent, then aborts the rest.
@@ -65,6 +66,10 @@ pub struct Monitor {
 }
 
 /// A check result with the scheduling facts the engine does not know.
+///
+/// The wall-clock times are the origin's wall time plus monotonic offsets, so
+/// they stay consistent with the schedule (and each other) even if the system
+/// clock is stepped while the scheduler runs.
 #[derive(Debug, Clone)]
 pub struct ScheduledResult {
     pub monitor_id: String,

@@ -310,6 +310,31 @@ async fn a_check_slower_than_its_interval_is_not_started_twice() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stalled_loop_runs_once_late_then_returns_to_its_grid() {
+    let exec = Recorder::new(Duration::ZERO);
+    let (handle, _results) = start(monitors(1, SEC), &exec, 10);
+    let (origin, _) = handle.origin();
+    sleep_until(origin + 500 * MS).await;
+    // Jumps the clock 5 s at once, as a blocked runtime would: every timer is late.
+    tokio::time::advance(5 * SEC).await;
+    sleep_until(origin + 7500 * MS).await;
+
+    let starts: Vec<Duration> = exec.starts_of(1).iter().map(|t| *t - origin).collect();
+    assert_eq!(
+        starts,
+        [0, 5500, 6000, 7000].map(|ms| ms * MS),
+        "one late run, no burst of catch-up runs"
+    );
+    let stats = handle.stats();
+    assert_eq!(
+        stats.missed, 4,
+        "slots at 2, 3, 4 and 5 s passed over: {stats:?}"
+    );
+    assert_eq!(stats.lateness.max, 4500 * MS);
+    handle.shutdown(SEC).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn live_updates_take_effect_and_unrelated_monitors_keep_their_phase() {
     let exec = Recorder::new(100 * MS);
     // m1 and m2 at 10 s; m7 alone at 7 s, the bystander.
