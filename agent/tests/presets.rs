@@ -1,11 +1,12 @@
 //! TCP presets against real servers on loopback: each is asked the question
 //! users care about, "is it accepting connections?", in the healthy state and,
 //! where the server can be put there, in the "port open but refusing" state
-//! (Redis and PostgreSQL at their client limits, memcached out of connections).
+//! (Redis, PostgreSQL and MariaDB at their client limits, memcached out of
+//! connections).
 //! Plus the generic send/expect conversation against sockets we control.
 //!
-//! Needs the Debian packages redis-server, postgresql, memcached, mosquitto and
-//! openssh-server.
+//! Needs the Debian packages redis-server, postgresql, mariadb-server, memcached,
+//! mosquitto and openssh-server.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -55,6 +56,26 @@ async fn check_until(
             return r;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes connections (`open` returns one once the server has accepted it)
+/// until the check says down, at most `max`. Checking after each one rather
+/// than counting slots copes with slots freed late, such as the one the
+/// harness's readiness probe held.
+async fn fill_until_down(
+    preset: TcpPreset,
+    port: u16,
+    max: usize,
+    open: impl Fn() -> TcpStream,
+) -> (CheckResult, Vec<TcpStream>) {
+    let mut held = Vec::new();
+    loop {
+        let r = check(preset, port).await;
+        if r.status == Status::Down || held.len() >= max {
+            return (r, held);
+        }
+        held.push(open());
     }
 }
 
@@ -355,6 +376,79 @@ async fn postgres_with_too_many_clients_is_down_with_sqlstate_53300() {
     drop(pg);
 }
 
+// ---------------------------------------------------------------- mariadb
+
+fn mariadb(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    let install = require_binary("mariadb-install-db", "mariadb-server");
+    let bin = require_binary("mariadbd", "mariadb-server");
+    let data = dir.join(format!("mariadb-{port}"));
+    let out = Command::new(install)
+        .args([
+            "--no-defaults",
+            "--user=root",
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+        ])
+        .arg(format!("--datadir={}", data.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mariadb-install-db: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--no-defaults",
+        "--user=root",
+        "--bind-address=127.0.0.1",
+        "--skip-log-bin",
+    ])
+    .arg(format!("--port={port}"))
+    .arg(format!("--datadir={}", data.display()))
+    .arg(format!("--socket={}", data.join("mariadb.sock").display()))
+    .arg(format!("--pid-file={}", data.join("mariadb.pid").display()))
+    .args(extra);
+    let mut s = Service::spawn(&format!("mariadb-{port}"), cmd, dir);
+    s.wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(30),
+    );
+    s
+}
+
+#[tokio::test]
+async fn mariadb_is_up_with_its_version() {
+    let dir = temp_dir();
+    let port = free_tcp_port();
+    let _db = mariadb(dir.path(), port, &[]);
+    let r = check(TcpPreset::Mysql, port).await;
+    assert_up(&r);
+    let version = r.details.server_info.unwrap();
+    assert!(version.contains("-MariaDB"), "{version}");
+}
+
+#[tokio::test]
+async fn mariadb_with_too_many_connections_is_down_with_error_1040() {
+    let dir = temp_dir();
+    let port = free_tcp_port();
+    // 10 is MariaDB's minimum; one more is kept for an administrator, and past
+    // that the server answers 1040 instead of its handshake, before any login.
+    let _db = mariadb(dir.path(), port, &["--max-connections=10"]);
+    let (r, held) = fill_until_down(TcpPreset::Mysql, port, 32, || {
+        let mut s = connect(port);
+        s.read_exact(&mut [0u8; 4]).unwrap();
+        s
+    })
+    .await;
+    assert_refusing(&r, "mysql refuses connections: 1040 Too many connections");
+    assert!(
+        held.len() >= 10,
+        "down after only {} connections",
+        held.len()
+    );
+}
+
 // ---------------------------------------------------------------- memcached
 
 fn memcached(dir: &Path, port: u16, extra: &[&str]) -> Service {
@@ -397,24 +491,21 @@ async fn memcached_out_of_connections_is_down_with_its_message() {
     // memcached lowers its file limit to -c, so it cannot go very low; with one
     // worker thread, -c 24 leaves about a dozen client connections.
     let _mc = memcached(dir.path(), port, &["-c", "24", "-t", "1"]);
-    let mut held = Vec::new();
-    let full = (0..64).any(|_| {
+    let (r, held) = fill_until_down(TcpPreset::Memcached, port, 64, || {
         let mut s = connect(port);
         s.write_all(b"version\r\n").unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        held.push(s);
-        buf[..n].starts_with(b"ERROR Too many open connections")
-    });
-    assert!(
-        full,
-        "memcached never ran out of connections after {} of them",
-        held.len()
-    );
-    let r = check(TcpPreset::Memcached, port).await;
+        s.read_exact(&mut [0u8; 8]).unwrap();
+        s
+    })
+    .await;
     assert_refusing(
         &r,
         "memcached refuses connections: ERROR Too many open connections",
+    );
+    assert!(
+        held.len() >= 4,
+        "down after only {} connections",
+        held.len()
     );
 }
 

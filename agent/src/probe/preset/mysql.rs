@@ -3,12 +3,21 @@
 //! when it will not take the connection (too many connections, host blocked,
 //! host not allowed). We send nothing.
 //!
-//! Caveat for users: a client that disconnects after the greeting counts as a
-//! connection error on the server, and `max_connect_errors` such errors in a
-//! row (100 by default) with no successful login in between get the host
-//! blocked (error 1129). Busy servers never get there; a server that only the
-//! monitor talks to can, and this check then reports it, with the server's own
-//! message, rather than hiding it.
+//! What this cannot see, and what it costs the server:
+//! - The too-many-connections error comes before the handshake only once every
+//!   slot, the one kept for an administrator included, is taken. With exactly
+//!   `max_connections` clients an ordinary user is refused only after logging
+//!   in, which a check without credentials never does: that state reads as up.
+//!   (MariaDB 10.11 with `max_connections=10`: connections 1 to 11 get the
+//!   handshake, the 12th gets 1040.)
+//! - A client that leaves after the greeting is an aborted connection: MariaDB
+//!   logs a warning per check ("closed normally without authentication");
+//!   and, per the MySQL and MariaDB documentation, `max_connect_errors` of them
+//!   in a row (100 by default) with no successful login from the same host get
+//!   that host blocked (error 1129; not for loopback, which skips the host
+//!   cache). A server with real traffic from the monitoring
+//!   host never gets there; if one does, this check reports the block in the
+//!   server's own words rather than hiding it.
 
 use std::borrow::Cow;
 
