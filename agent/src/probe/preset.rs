@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use regex::bytes::Regex;
 
 use crate::check::TcpPreset;
-use crate::result::Reason;
+use crate::result::{Reason, escape_excerpt};
 
 /// A conversation's reading of the reply so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +49,172 @@ pub trait Conversation: Send + Sync {
     }
 }
 
-/// The conversation for a preset.
+mod amqp;
+mod ftp;
+mod imap;
+mod kafka;
+mod memcached;
+mod mqtt;
+mod mysql;
+mod pop3;
+mod postgres;
+mod redis;
+mod smtp;
+mod ssh;
+#[cfg(test)]
+mod testing;
+
+/// The conversation for a preset. A fresh one per check: some carry per-session
+/// values (MQTT client id, Kafka correlation id).
 pub fn conversation(preset: TcpPreset) -> Box<dyn Conversation> {
-    // Filled by the preset modules.
-    let _ = preset;
-    Box::new(SendExpect::new(None, None))
+    match preset {
+        TcpPreset::Redis => Box::new(redis::Redis),
+        TcpPreset::Postgres => Box::new(postgres::Postgres::new()),
+        TcpPreset::Mysql => Box::new(mysql::Mysql),
+        TcpPreset::Smtp => Box::new(smtp::Smtp),
+        TcpPreset::Ssh => Box::new(ssh::Ssh),
+        TcpPreset::Imap => Box::new(imap::Imap),
+        TcpPreset::Pop3 => Box::new(pop3::Pop3),
+        TcpPreset::Ftp => Box::new(ftp::Ftp),
+        TcpPreset::Memcached => Box::new(memcached::Memcached),
+        TcpPreset::Amqp => Box::new(amqp::Amqp),
+        TcpPreset::Mqtt => Box::new(mqtt::Mqtt::new()),
+        TcpPreset::Kafka => Box::new(kafka::Kafka::new()),
+    }
+}
+
+/// The most bytes of server text kept in a message or in `info`.
+const TEXT_MAX: usize = 120;
+
+/// The longest line a line-based greeting may have. Real greetings are far
+/// shorter (SSH caps its identification at 255); past this the peer is not
+/// speaking the protocol and waiting for the 4 KiB reply cap would only hide that.
+const LINE_MAX: usize = 1024;
+
+/// Server text made safe to show: trimmed, escaped, cut to `TEXT_MAX`.
+fn text(bytes: &[u8]) -> String {
+    escape_excerpt(bytes.trim_ascii(), TEXT_MAX)
+}
+
+/// A server that answered in its own protocol that it will not serve us now
+/// (full, starting, shutting down, blocking our address). The message carries
+/// the server's own words: they say why better than we could.
+fn refuses(service: &str, said: impl AsRef<[u8]>) -> Verdict {
+    Verdict::Down {
+        reason: Reason::UnexpectedReply,
+        message: format!("{service} refuses connections: {}", text(said.as_ref())),
+    }
+}
+
+/// A reply that is not what the protocol says. The prober appends an excerpt
+/// of the raw reply to the message, so this only says what was wrong.
+fn unexpected(message: impl Into<String>) -> Verdict {
+    Verdict::Down {
+        reason: Reason::UnexpectedReply,
+        message: message.into(),
+    }
+}
+
+/// One line of a line-based reply, found from `start`.
+#[derive(Debug, PartialEq, Eq)]
+enum Line<'a> {
+    /// The line without its `\n` (and `\r`), and where the next one starts.
+    Complete(&'a [u8], usize),
+    /// No line end yet.
+    Partial(&'a [u8]),
+    /// No line end within `LINE_MAX` bytes.
+    TooLong,
+}
+
+fn line_at(buf: &[u8], start: usize) -> Line<'_> {
+    let rest = buf.get(start..).unwrap_or_default();
+    let scan = &rest[..rest.len().min(LINE_MAX + 1)];
+    match scan.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let line = &rest[..i];
+            Line::Complete(line.strip_suffix(b"\r").unwrap_or(line), start + i + 1)
+        }
+        None if rest.len() > LINE_MAX => Line::TooLong,
+        None => Line::Partial(rest),
+    }
+}
+
+/// Whether `buf` (possibly an incomplete prefix) can still become a reply that
+/// starts with one of `words`: lets line protocols reject a foreign service
+/// from its first bytes instead of waiting for a line end that may never come.
+fn may_start_with(buf: &[u8], words: &[&[u8]]) -> bool {
+    words.iter().any(|w| {
+        let n = buf.len().min(w.len());
+        buf[..n] == w[..n]
+    })
+}
+
+/// A numbered reply in the shape SMTP (RFC 5321) and FTP (RFC 959) share:
+/// `220 text`, or `220-first` ... `220 last` over several lines.
+#[derive(Debug, PartialEq, Eq)]
+enum Coded<'a> {
+    /// A complete reply: its code and the text of its first line.
+    Reply(u16, &'a [u8]),
+    NeedMore,
+    /// Not a numbered reply; says what was wrong.
+    Malformed(&'static str),
+}
+
+fn coded_reply(buf: &[u8]) -> Coded<'_> {
+    // Judge the code as its bytes arrive, so a foreign banner fails at once.
+    for (i, &b) in buf.iter().take(4).enumerate() {
+        let ok = if i < 3 {
+            b.is_ascii_digit()
+        } else {
+            matches!(b, b' ' | b'-' | b'\r' | b'\n')
+        };
+        if !ok {
+            return Coded::Malformed("not a numbered reply");
+        }
+    }
+    let first = match line_at(buf, 0) {
+        Line::Complete(line, next) => (line, next),
+        Line::Partial(_) => return Coded::NeedMore,
+        Line::TooLong => return Coded::Malformed("no line end"),
+    };
+    let (line, mut next) = first;
+    let Some(code_digits) = line.get(..3) else {
+        return Coded::Malformed("not a numbered reply");
+    };
+    let code = code_digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let text = line.get(4..).unwrap_or_default();
+    if line.get(3) != Some(&b'-') {
+        return Coded::Reply(code, text);
+    }
+    // A multi-line reply ends at a line that starts with the same code and a
+    // space (or is just the code). FTP allows free text in between; SMTP
+    // repeats the code with '-' on each line, which this accepts too.
+    loop {
+        match line_at(buf, next) {
+            Line::Complete(l, after) => {
+                if l.starts_with(code_digits) && matches!(l.get(3), None | Some(b' ')) {
+                    return Coded::Reply(code, text);
+                }
+                next = after;
+            }
+            Line::Partial(_) => return Coded::NeedMore,
+            Line::TooLong => return Coded::Malformed("no line end"),
+        }
+    }
+}
+
+/// Reads a big-endian u16 at `at`, if there.
+fn be16(buf: &[u8], at: usize) -> Option<u16> {
+    let b = buf.get(at..at.checked_add(2)?)?;
+    Some(u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Reads a big-endian u32 at `at`, if there.
+fn be32(buf: &[u8], at: usize) -> Option<u32> {
+    let b = buf.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Generic send/expect: send optional bytes, then read until `expect` matches.
