@@ -17,6 +17,7 @@ declare -A need=(
   [sshd]=openssh-server
   [ssh-keygen]=openssh-client
   [runuser]=util-linux
+  [mariadbd]=mariadb-server
 )
 # PostgreSQL: any initdb on PATH or under /usr/lib/postgresql will do.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -43,6 +43,15 @@ pub trait Conversation: Send + Sync {
             v => v,
         }
     }
+    /// The deadline came with `reply` (not empty) read and no verdict: the
+    /// server stalled mid-reply.
+    fn on_timeout(&self, reply: &[u8]) -> Verdict {
+        let _ = reply;
+        Verdict::Down {
+            reason: Reason::Timeout,
+            message: "the reply was incomplete when the timeout came".into(),
+        }
+    }
     /// Bytes sent best-effort after an `Up` verdict to end the session politely (QUIT...).
     fn farewell(&self) -> &[u8] {
         b""
@@ -106,8 +115,8 @@ fn refuses(service: &str, said: impl AsRef<[u8]>) -> Verdict {
     }
 }
 
-/// A reply that is not what the protocol says. The prober appends an excerpt
-/// of the raw reply to the message, so this only says what was wrong.
+/// A reply that is not what the protocol says. The prober keeps an escaped
+/// excerpt of the raw reply in `details.banner`, so this only says what was wrong.
 fn unexpected(message: impl Into<String>) -> Verdict {
     Verdict::Down {
         reason: Reason::UnexpectedReply,
@@ -225,6 +234,21 @@ pub struct SendExpect {
 }
 
 impl SendExpect {
+    fn mismatch(&self, reply: &[u8]) -> Verdict {
+        let message = match &self.expect {
+            Some(re) => format!(
+                "reply does not match /{}/: {}",
+                re.as_str(),
+                crate::result::escape_excerpt(reply, super::tcp::MESSAGE_EXCERPT)
+            ),
+            None => "the server closed the connection without a reply".into(),
+        };
+        Verdict::Down {
+            reason: Reason::UnexpectedReply,
+            message,
+        }
+    }
+
     pub fn new(send: Option<Vec<u8>>, expect: Option<Regex>) -> Self {
         SendExpect { send, expect }
     }
@@ -246,14 +270,14 @@ impl Conversation for SendExpect {
 
     fn on_eof(&self, reply: &[u8]) -> Verdict {
         match self.judge(reply) {
-            Verdict::NeedMore => Verdict::Down {
-                reason: Reason::UnexpectedReply,
-                message: match &self.expect {
-                    Some(re) => format!("reply does not match /{}/", re.as_str()),
-                    None => "the server closed the connection without a reply".into(),
-                },
-            },
+            Verdict::NeedMore => self.mismatch(reply),
             v => v,
         }
+    }
+
+    /// A banner that stays unmatched while the server keeps the connection
+    /// open is a mismatch, not a slow server.
+    fn on_timeout(&self, reply: &[u8]) -> Verdict {
+        self.mismatch(reply)
     }
 }

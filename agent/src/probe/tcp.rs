@@ -18,6 +18,8 @@ use crate::result::{CheckResult, Reason, Status, escape_excerpt, io_phrase, micr
 
 /// How much of a reply is kept for display.
 pub const BANNER_EXCERPT: usize = 120;
+/// How much of a reply a message quotes.
+pub const MESSAGE_EXCERPT: usize = 64;
 
 pub struct TcpProber;
 
@@ -193,12 +195,7 @@ pub async fn converse<S>(
                     message: "connected, but no reply before the timeout".into(),
                 };
             }
-            Err(_) => {
-                break Verdict::Down {
-                    reason: Reason::Timeout,
-                    message: "the reply was incomplete when the timeout came".into(),
-                };
-            }
+            Err(_) => break conv.on_timeout(&buf),
             Ok(Err(e)) => {
                 break Verdict::Down {
                     reason: Reason::from_io(&e),
@@ -218,7 +215,10 @@ pub async fn converse<S>(
             Verdict::NeedMore if buf.len() >= MAX_REPLY_BYTES => {
                 break Verdict::Down {
                     reason: Reason::UnexpectedReply,
-                    message: format!("no expected reply within the first {MAX_REPLY_BYTES} bytes"),
+                    message: format!(
+                        "no expected reply within the first {MAX_REPLY_BYTES} bytes: {}",
+                        escape_excerpt(&buf, MESSAGE_EXCERPT)
+                    ),
                 };
             }
             Verdict::NeedMore => continue,
@@ -240,12 +240,9 @@ pub async fn converse<S>(
                     .await;
             }
         }
+        // Presets quote the server in their own words; the raw excerpt is in
+        // `details.banner` for whoever wants the bytes.
         Verdict::Down { reason, message } => {
-            let message = if reason == Reason::UnexpectedReply && !buf.is_empty() {
-                format!("{message}: {}", escape_excerpt(&buf, 64))
-            } else {
-                message
-            };
             set(r, Status::Down, reason, message);
         }
         Verdict::NeedMore => set(

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::dns::{self, DnsQuery, DnsReply};
 use super::ntp::{self, NtpReply, NtpTime};
-use super::tcp::BANNER_EXCERPT;
+use super::tcp::{BANNER_EXCERPT, MESSAGE_EXCERPT};
 use super::{ProbeCtx, ProbeFuture, Prober};
 use crate::check::{MAX_REPLY_BYTES, Protocol, UdpMode};
 use crate::result::{CheckResult, Details, Reason, Status, escape_excerpt, micros};
@@ -31,9 +31,6 @@ use crate::result::{CheckResult, Details, Reason, Status, escape_excerpt, micros
 /// LAN errors come back in well under a millisecond; beyond a second the answer
 /// would not change, only the check would get slower.
 pub const SYSLOG_ERROR_WAIT: Duration = Duration::from_secs(1);
-
-/// How much of an unexpected reply a message quotes.
-const MESSAGE_EXCERPT: usize = 64;
 
 pub struct UdpProber;
 

@@ -7,6 +7,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,6 +94,9 @@ impl Service {
         let out = std::fs::File::create(&log).expect("create service log");
         let err = out.try_clone().expect("clone log handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // Its own process group, so a kill reaches whatever it started
+        // (runuser -> postgres -> its workers).
+        cmd.process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Service {
             name: name.to_owned(),
@@ -159,9 +163,14 @@ impl Service {
         }
     }
 
-    /// Kills the process now (SIGKILL) and waits for it.
+    /// Kills the process and everything in its process group now (SIGKILL)
+    /// and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .stderr(Stdio::null())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
