@@ -76,8 +76,6 @@ fn main() {
 
     let fire = raw_fire_and_forget(addr, d.raw);
     fire.print("raw connect+close (non-blocking, not awaited)");
-    let confirmed = raw_confirmed(addr, d.raw);
-    confirmed.print("raw connect+wait+close, one at a time (latency-bound, for reference)");
 
     let connect_only = connect_throughput(addr, d.engine, 64);
     connect_only.print("probe::tcp::connect alone, 64 in flight, current_thread");
@@ -238,33 +236,6 @@ fn raw_fire_and_forget(addr: SocketAddr, dur: Duration) -> Tally {
                 t.ok += 1;
                 t.in_progress += 1;
             }
-            Err(e) => t.fail(format!("connect: {}", errno_name(&e))),
-        }
-        drop(sock);
-    }
-    t.elapsed = start.elapsed();
-    t
-}
-
-/// Like a real check: non-blocking connect, wait until the kernel says
-/// connected (socket2's connect_timeout polls), then close.
-fn raw_confirmed(addr: SocketAddr, dur: Duration) -> Tally {
-    let mut t = Tally::default();
-    let target = addr.into();
-    let start = Instant::now();
-    for _ in 0..MAX_ITERATIONS {
-        if start.elapsed() >= dur {
-            break;
-        }
-        let sock = match Socket::new(Domain::IPV4, Type::STREAM, Some(socket2::Protocol::TCP)) {
-            Ok(s) => s,
-            Err(e) => {
-                t.fail(format!("socket: {}", errno_name(&e)));
-                continue;
-            }
-        };
-        match sock.connect_timeout(&target, Duration::from_secs(1)) {
-            Ok(()) => t.ok += 1,
             Err(e) => t.fail(format!("connect: {}", errno_name(&e))),
         }
         drop(sock);
