@@ -4,6 +4,8 @@
 //! results per monitor and location, decides incidents and serves the
 //! dashboard, API and metrics.
 //!
-//! Built issue by issue; today: the certificate authority (`ca`).
+//! Built issue by issue; today: the certificate authority (`ca`) and the
+//! configuration file (`config`).
 
 pub mod ca;
+pub mod config;
