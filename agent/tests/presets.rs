@@ -329,10 +329,7 @@ async fn postgres_asking_for_a_password_is_up_and_logs_nothing() {
         .unwrap()
         .to_owned();
     let exited = format!("server process (PID {pid}) exited with exit code");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !pg.log().contains(&exited) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    portwatch_harness::poll_until(Duration::from_secs(5), || pg.log().contains(&exited));
     let log = pg.log();
     assert!(
         log.contains(&format!("{exited} 0")),
@@ -539,10 +536,9 @@ async fn mqtt_broker_accepting_anonymous_clients_is_up() {
     assert_eq!(r.details.banner.as_deref(), Some(" \\x02\\x00\\x00"));
     // Our DISCONNECT reached the broker: it logs a clean disconnect of our
     // client, not a lost connection.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !broker.log().contains("disconnected.") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    portwatch_harness::poll_until(Duration::from_secs(5), || {
+        broker.log().contains("disconnected.")
+    });
     let log = broker.log();
     let id = log
         .split(" as ")
@@ -622,10 +618,7 @@ async fn sshd_is_up_with_its_software_version_and_logs_no_error() {
         log.matches("Connection closed by 127.0.0.1").count()
             + log.matches("Connection reset by 127.0.0.1").count()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while closed(&sshd.log()) < 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    portwatch_harness::poll_until(Duration::from_secs(5), || closed(&sshd.log()) >= 1);
     let before = sshd.log().len();
     let r = check(TcpPreset::Ssh, port).await;
     assert_up(&r);
@@ -633,9 +626,7 @@ async fn sshd_is_up_with_its_software_version_and_logs_no_error() {
     assert!(software.starts_with("OpenSSH_"), "{software}");
     // We identified ourselves, so sshd saw a client leave during key exchange,
     // not a connection that never said anything (logged as an error).
-    while closed(&sshd.log()) < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    portwatch_harness::poll_until(Duration::from_secs(5), || closed(&sshd.log()) >= 2);
     let log = sshd.log();
     let ours = &log[before..];
     assert!(

@@ -14,6 +14,22 @@ use std::time::{Duration, Instant};
 
 pub mod netns;
 
+/// Polls `ready` every 20 ms until it holds or `within` has passed; returns
+/// whether it held. For waiting on something a test cannot be told about
+/// (a log line, a process exit), never for passing time.
+pub fn poll_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel will not hand it out again soon).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
