@@ -7,5 +7,6 @@
 //! Built issue by issue; today: the certificate authority (`ca`) and the
 //! configuration file (`config`).
 
+pub mod admin;
 pub mod ca;
 pub mod config;
