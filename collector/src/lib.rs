@@ -9,4 +9,6 @@
 
 pub mod admin;
 pub mod ca;
+pub mod client;
 pub mod config;
+pub mod http;

@@ -1,0 +1,154 @@
+//! The admin CLI's side of the HTTP API: a small blocking client (ureq) that
+//! finds the collector from `--data-dir` (its discovery file and admin token)
+//! or from an explicit URL and token.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::admin::{ADMIN_TOKEN_FILE, AdminToken, Discovery};
+use crate::http::{AgentInfo, CreateToken, CreatedToken, TokenInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot find the collector: {0} (is `portwatch-collector serve` running with this --data-dir?)"
+    )]
+    Discovery(String),
+    #[error("cannot reach the collector at {url}: {why}")]
+    Unreachable { url: String, why: String },
+    #[error("the collector answered {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the collector's answer was not understood: {0}")]
+    Decode(String),
+}
+
+/// A connection to a running collector's admin API.
+pub struct AdminClient {
+    base: String,
+    token: AdminToken,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: AdminToken) -> AdminClient {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build();
+        AdminClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// Finds the collector serving `data_dir`: its URL from `collector.json`,
+    /// its admin token from `admin.token`.
+    pub fn from_data_dir(data_dir: &Path) -> Result<AdminClient, ClientError> {
+        let d = Discovery::read(data_dir).map_err(|e| ClientError::Discovery(e.to_string()))?;
+        let token = AdminToken::read(&data_dir.join(ADMIN_TOKEN_FILE))
+            .map_err(|e| ClientError::Discovery(e.to_string()))?;
+        Ok(AdminClient::new(&d.url, token))
+    }
+
+    pub fn create_token(&self, req: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.call("POST", "/api/v1/tokens", Some(req))
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/tokens", None)
+    }
+
+    pub fn delete_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            "DELETE",
+            &format!("/api/v1/tokens/{}", path_segment(id)),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    pub fn list_agents(&self) -> Result<Vec<AgentInfo>, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/agents", None)
+    }
+
+    pub fn revoke_agent(&self, name: &str) -> Result<AgentInfo, ClientError> {
+        self.call::<(), _>(
+            "POST",
+            &format!("/api/v1/agents/{}/revoke", path_segment(name)),
+            None,
+        )
+    }
+
+    fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token.secret());
+        let unreachable = |e: ureq::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            why: e.to_string(),
+        };
+        let resp = match (method, body) {
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            ("POST", None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            _ => self.agent.get(&url).header("Authorization", &auth).call(),
+        }
+        .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .into_body()
+            .read_to_string()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            let field = |k: &str| {
+                parsed
+                    .as_ref()
+                    .and_then(|v| v["error"][k].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            return Err(ClientError::Api {
+                status,
+                code: field("code"),
+                message: field("message"),
+            });
+        }
+        let text = if text.is_empty() { "null" } else { &text };
+        serde_json::from_str(text).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// Percent-encodes a path segment (names are validated server-side anyway).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,230 @@
+//! The collector's HTTP API (axum, on the same hyper/tower stack as tonic).
+//! Today: the admin endpoints the CLI uses (tokens, agents). Every endpoint
+//! takes `Authorization: Bearer <admin token>`; errors are JSON
+//! `{"error": {"code": "...", "message": "..."}}` with a matching status.
+//!
+//! The handlers talk to an `AdminBackend`, so the HTTP layer knows nothing of
+//! how tokens and agents are stored.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::AdminToken;
+
+/// The largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An API error: an HTTP status, a stable machine code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `POST /api/v1/tokens`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// e.g. "1h"; the collector's default when absent.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// A created token: the join string is shown once and never again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token_id: String,
+    pub name: String,
+    pub expires_at_unix_ms: i64,
+    pub join: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub token_id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at_unix_ms: i64,
+    pub expires_at_unix_ms: i64,
+    /// The agent that used it, if any.
+    pub used_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub enrolled_at_unix_ms: i64,
+    pub cert_expires_at_unix_ms: i64,
+    pub revoked: bool,
+    pub connected_since_unix_ms: Option<i64>,
+    pub last_seen_unix_ms: Option<i64>,
+    pub version: Option<String>,
+    pub backlog: Option<u64>,
+}
+
+/// What the admin endpoints need from the collector.
+pub trait AdminBackend: Send + Sync + 'static {
+    fn create_token(
+        &self,
+        req: CreateToken,
+    ) -> impl Future<Output = Result<CreatedToken, ApiError>> + Send;
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenInfo>, ApiError>> + Send;
+    fn delete_token(&self, id: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+    fn list_agents(&self) -> impl Future<Output = Result<Vec<AgentInfo>, ApiError>> + Send;
+    /// Revokes by name or id; the live stream closes within seconds.
+    fn revoke_agent(
+        &self,
+        name_or_id: &str,
+    ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
+}
+
+struct Api<B> {
+    backend: B,
+    admin: AdminToken,
+}
+
+/// The API router.
+pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
+    let api = Arc::new(Api { backend, admin });
+    Router::new()
+        .route(
+            "/api/v1/tokens",
+            post(create_token::<B>).get(list_tokens::<B>),
+        )
+        .route("/api/v1/tokens/{id}", delete(delete_token::<B>))
+        .route("/api/v1/agents", get(list_agents::<B>))
+        .route("/api/v1/agents/{name}/revoke", post(revoke_agent::<B>))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(api)
+}
+
+fn authorize<B>(api: &Api<B>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if api.admin.verify_bearer(header) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        ))
+    }
+}
+
+/// Turns axum's JSON rejections into our error body.
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
+}
+
+async fn create_token<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    authorize(&api, &headers)?;
+    let req = json_body(body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api.backend.create_token(req).await?),
+    ))
+}
+
+async fn list_tokens<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.list_tokens().await?))
+}
+
+async fn delete_token<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&api, &headers)?;
+    api.backend.delete_token(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_agents<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AgentInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.list_agents().await?))
+}
+
+async fn revoke_agent<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<AgentInfo>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.revoke_agent(&name).await?))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! The admin API over real HTTP on loopback, through the CLI's own client:
+//! bearer auth, JSON error bodies, body limits, and the backend's answers.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::client::{AdminClient, ClientError};
+
+/// A backend that keeps tokens and agents in memory: the HTTP layer under test
+/// here is auth, routing, JSON and errors; the real stores have their own tests.
+#[derive(Default)]
+struct Memory {
+    tokens: Mutex<Vec<TokenInfo>>,
+    agents: Mutex<Vec<AgentInfo>>,
+}
+
+impl AdminBackend for Arc<Memory> {
+    async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
+        if req.name.is_empty() {
+            return Err(ApiError::bad_request("name: must not be empty"));
+        }
+        let id = format!("t{}", self.tokens.lock().unwrap().len());
+        self.tokens.lock().unwrap().push(TokenInfo {
+            token_id: id.clone(),
+            name: req.name.clone(),
+            labels: req.labels,
+            created_at_unix_ms: 1,
+            expires_at_unix_ms: 2,
+            used_by: None,
+        });
+        Ok(CreatedToken {
+            token_id: id,
+            name: req.name,
+            expires_at_unix_ms: 2,
+            join: "pwjoin1:x".into(),
+        })
+    }
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ApiError> {
+        Ok(self.tokens.lock().unwrap().clone())
+    }
+    async fn delete_token(&self, id: &str) -> Result<(), ApiError> {
+        let mut t = self.tokens.lock().unwrap();
+        let before = t.len();
+        t.retain(|x| x.token_id != id);
+        if t.len() == before {
+            Err(ApiError::not_found(format!("no token {id:?}")))
+        } else {
+            Ok(())
+        }
+    }
+    async fn list_agents(&self) -> Result<Vec<AgentInfo>, ApiError> {
+        Ok(self.agents.lock().unwrap().clone())
+    }
+    async fn revoke_agent(&self, name: &str) -> Result<AgentInfo, ApiError> {
+        let mut a = self.agents.lock().unwrap();
+        let agent = a
+            .iter_mut()
+            .find(|x| x.name == name)
+            .ok_or_else(|| ApiError::not_found(format!("no agent {name:?}")))?;
+        agent.revoked = true;
+        Ok(agent.clone())
+    }
+}
+
+async fn serve(backend: Arc<Memory>) -> (String, AdminToken) {
+    let admin = AdminToken::new(&"a".repeat(64)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(backend, admin.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_client_creates_lists_and_revokes() {
+    let backend = Arc::new(Memory::default());
+    backend.agents.lock().unwrap().push(AgentInfo {
+        id: "bastion-1-ab12".into(),
+        name: "bastion-1".into(),
+        labels: BTreeMap::new(),
+        enrolled_at_unix_ms: 1,
+        cert_expires_at_unix_ms: 2,
+        revoked: false,
+        connected_since_unix_ms: None,
+        last_seen_unix_ms: None,
+        version: None,
+        backlog: None,
+    });
+    let (url, admin) = serve(backend.clone()).await;
+    tokio::task::spawn_blocking(move || {
+        let c = AdminClient::new(&url, admin);
+        let created = c
+            .create_token(&CreateToken {
+                name: "bastion-2".into(),
+                labels: [("site".into(), "fra".into())].into(),
+                ttl: None,
+            })
+            .unwrap();
+        assert_eq!(created.join, "pwjoin1:x");
+        assert_eq!(c.list_tokens().unwrap()[0].labels["site"], "fra");
+        c.delete_token(&created.token_id).unwrap();
+        let err = c.delete_token(&created.token_id).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 404, code, .. } if code == "not_found"),
+            "{err}"
+        );
+        assert!(c.revoke_agent("bastion-1").unwrap().revoked);
+        let err = c
+            .create_token(&CreateToken::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("400") && err.contains("name"), "{err}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_needs_the_admin_token_and_errors_are_json() {
+    let (url, _) = serve(Arc::new(Memory::default())).await;
+    tokio::task::spawn_blocking(move || {
+        let wrong = AdminClient::new(&url, AdminToken::new(&"b".repeat(64)).unwrap());
+        for r in [wrong.list_agents().map(|_| ()), wrong.list_tokens().map(|_| ()), wrong.revoke_agent("x").map(|_| ())] {
+            let err = r.unwrap_err();
+            assert!(matches!(&err, ClientError::Api { status: 401, code, .. } if code == "unauthorized"), "{err}");
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let auth = format!("Bearer {}", "a".repeat(64));
+        // Malformed JSON, unknown fields and oversized bodies are 4xx with a JSON error, never a panic.
+        for (body, status) in [
+            ("{not json".to_owned(), 400),
+            (r#"{"name":"x","evil":1}"#.to_owned(), 422),
+            (format!(r#"{{"name":"{}"}}"#, "x".repeat(MAX_BODY_BYTES + 10)), 413),
+        ] {
+            let resp = agent
+                .post(&format!("{url}/api/v1/tokens"))
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.as_bytes())
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+            let text = resp.into_body().read_to_string().unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(v["error"]["message"].as_str().is_some(), "{text}");
+        }
+        let resp = agent.get(&format!("{url}/nope")).header("Authorization", &auth).call().unwrap();
+        assert_eq!(resp.status().as_u16(), 404);
+    })
+    .await
+    .unwrap();
+}
