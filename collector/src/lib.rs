@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;

@@ -1,0 +1,304 @@
+//! The `portwatch-collector` command line. Admin subcommands talk to the
+//! running collector's HTTP API, found from `--data-dir` (or `--url` and
+//! `--admin-token-file`), like kubectl with a kubeconfig.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::AdminToken;
+use crate::client::{AdminClient, ClientError};
+use crate::http::{AgentInfo, CreateToken};
+
+/// Usage or configuration error (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// The collector could not be reached or refused the request.
+pub const EXIT_FAILURE: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portwatch-collector",
+    version,
+    about = "portwatch collector: enrollment, agent streams, incidents, dashboard"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enrollment tokens: create (prints a join string), list, delete
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List enrolled agents
+    Agents {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on one agent
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time enrollment token; the join string is the last line printed
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Name of the agent that will enroll with it
+        #[arg(long)]
+        name: String,
+        /// Labels for the agent, e.g. site=fra,env=prod
+        #[arg(long, value_name = "K=V,...")]
+        labels: Option<String>,
+        /// Lifetime, e.g. 1h (the collector caps it)
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens (secrets are never shown again)
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a token by id
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Revoke an agent: its stream closes within seconds and it cannot reconnect
+    Revoke {
+        #[command(flatten)]
+        target: Target,
+        /// Agent name or id
+        name: String,
+    },
+}
+
+/// Which collector an admin command talks to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The collector's data directory (finds its address and admin token)
+    #[arg(
+        long,
+        env = "PORTWATCH_DATA_DIR",
+        default_value = "/var/lib/portwatch-collector"
+    )]
+    pub data_dir: PathBuf,
+    /// The collector's HTTP API URL (instead of the data dir's discovery file)
+    #[arg(long, env = "PORTWATCH_URL", requires = "admin_token_file")]
+    pub url: Option<String>,
+    /// File holding the admin token (with --url)
+    #[arg(long, env = "PORTWATCH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn client(&self) -> Result<AdminClient, String> {
+        match (&self.url, &self.admin_token_file) {
+            (Some(url), Some(file)) => {
+                let token = AdminToken::read(file).map_err(|e| e.to_string())?;
+                Ok(AdminClient::new(url, token))
+            }
+            _ => AdminClient::from_data_dir(&self.data_dir).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Parses `k=v,k2=v2` labels.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("label {part:?} is not key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || v.is_empty() {
+            return Err(format!("label {part:?} is not key=value"));
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+/// Runs an admin subcommand; returns the exit code.
+pub fn run_admin(command: &Command) -> i32 {
+    let result = match command {
+        Command::Token(TokenCommand::Create {
+            target,
+            name,
+            labels,
+            ttl,
+        }) => (|| {
+            let labels = labels
+                .as_deref()
+                .map(parse_labels)
+                .transpose()
+                .map_err(|e| (EXIT_USAGE, e))?;
+            let created = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .create_token(&CreateToken {
+                    name: name.clone(),
+                    labels: labels.unwrap_or_default(),
+                    ttl: ttl.clone(),
+                })
+                .map_err(api_failure)?;
+            println!(
+                "token {} for {:?}, expires at {}",
+                created.token_id,
+                created.name,
+                fmt_ms(created.expires_at_unix_ms)
+            );
+            println!(
+                "enroll the agent with: portwatch-agent enroll '<join string>' --data-dir /var/lib/portwatch-agent"
+            );
+            println!("{}", created.join);
+            Ok(())
+        })(),
+        Command::Token(TokenCommand::List { target }) => (|| {
+            let tokens = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .list_tokens()
+                .map_err(api_failure)?;
+            println!("{:<18} {:<24} {:<22} USED BY", "ID", "NAME", "EXPIRES");
+            for t in tokens {
+                println!(
+                    "{:<18} {:<24} {:<22} {}",
+                    t.token_id,
+                    t.name,
+                    fmt_ms(t.expires_at_unix_ms),
+                    t.used_by.unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        })(),
+        Command::Token(TokenCommand::Delete { target, id }) => (|| {
+            target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .delete_token(id)
+                .map_err(api_failure)?;
+            println!("token {id} deleted");
+            Ok(())
+        })(),
+        Command::Agents { target, json } => (|| {
+            let agents = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .list_agents()
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&agents).unwrap_or_default()
+                );
+            } else {
+                print_agents(&agents);
+            }
+            Ok(())
+        })(),
+        Command::Agent(AgentCommand::Revoke { target, name }) => (|| {
+            let a = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .revoke_agent(name)
+                .map_err(api_failure)?;
+            println!("agent {} ({}) revoked", a.name, a.id);
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            eprintln!("portwatch-collector: {message}");
+            code
+        }
+    }
+}
+
+fn api_failure(e: ClientError) -> (i32, String) {
+    let code = match &e {
+        ClientError::Api { status, .. } if (400..500).contains(status) && *status != 401 => {
+            EXIT_USAGE
+        }
+        _ => EXIT_FAILURE,
+    };
+    (code, e.to_string())
+}
+
+fn print_agents(agents: &[AgentInfo]) {
+    println!(
+        "{:<24} {:<20} {:<10} {:<22} {:<22} {:<10} {:<22} BACKLOG",
+        "NAME", "LABELS", "STATE", "CONNECTED SINCE", "LAST SEEN", "VERSION", "CERT EXPIRES"
+    );
+    for a in agents {
+        let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let state = if a.revoked {
+            "revoked"
+        } else if a.connected_since_unix_ms.is_some() {
+            "connected"
+        } else {
+            "offline"
+        };
+        println!(
+            "{:<24} {:<20} {:<10} {:<22} {:<22} {:<10} {:<22} {}",
+            a.name,
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels.join(",")
+            },
+            state,
+            a.connected_since_unix_ms
+                .map(fmt_ms)
+                .unwrap_or_else(|| "-".into()),
+            a.last_seen_unix_ms
+                .map(fmt_ms)
+                .unwrap_or_else(|| "-".into()),
+            a.version.clone().unwrap_or_else(|| "-".into()),
+            fmt_ms(a.cert_expires_at_unix_ms),
+            a.backlog
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time, to the second.
+pub fn fmt_ms(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_or_say_why() {
+        let l = parse_labels("site=fra, env=prod").unwrap();
+        assert_eq!(l.get("site").map(String::as_str), Some("fra"));
+        assert_eq!(l.len(), 2);
+        assert!(parse_labels("site").unwrap_err().contains("key=value"));
+        assert!(parse_labels("=x").is_err());
+        assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(fmt_ms(0), "1970-01-01T00:00:00Z");
+    }
+}
