@@ -43,6 +43,20 @@ pub enum Command {
     /// Act on one agent
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Recent results of a monitor, from every location
+    Results {
+        #[command(flatten)]
+        target: Target,
+        /// Monitor id
+        #[arg(long)]
+        monitor: String,
+        /// How many of the newest results
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +220,51 @@ pub fn run_admin(command: &Command) -> i32 {
                 );
             } else {
                 print_agents(&agents);
+            }
+            Ok(())
+        })(),
+        Command::Results {
+            target,
+            monitor,
+            limit,
+            json,
+        } => (|| {
+            let results = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .results(monitor, *limit)
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&results).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            let ms = |us: Option<u64>| {
+                us.map(|v| format!("{:.2}ms", v as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{:<22} {:<22} {:<9} {:<17} {:<22} {:<10} TOTAL",
+                "SCHEDULED", "LOCATION", "STATUS", "REASON", "ADDRESS", "CONNECT"
+            );
+            for r in results {
+                println!(
+                    "{:<22} {:<22} {:<9} {:<17} {:<22} {:<10} {}{}",
+                    fmt_ms(r.scheduled_at_unix_ms),
+                    r.location,
+                    r.status,
+                    r.reason,
+                    r.address,
+                    ms(r.connect_us),
+                    ms(Some(r.total_us)),
+                    if r.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", r.message)
+                    }
+                );
             }
             Ok(())
         })(),

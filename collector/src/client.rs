@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin::{ADMIN_TOKEN_FILE, AdminToken, Discovery};
-use crate::http::{AgentInfo, CreateToken, CreatedToken, TokenInfo};
+use crate::http::{AgentInfo, CreateToken, CreatedToken, ResultInfo, TokenInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -85,6 +85,14 @@ impl AdminClient {
             &format!("/api/v1/agents/{}/revoke", path_segment(name)),
             None,
         )
+    }
+
+    pub fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ClientError> {
+        let path = format!(
+            "/api/v1/results?monitor={}&limit={limit}",
+            path_segment(monitor_id)
+        );
+        self.call::<(), _>("GET", &path, None)
     }
 
     fn call<B: Serialize, T: DeserializeOwned>(

@@ -118,6 +118,37 @@ pub struct AgentInfo {
     pub backlog: Option<u64>,
 }
 
+/// One stored check result, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultInfo {
+    pub monitor_id: String,
+    /// The location that ran it: `agent:<name>`.
+    pub location: String,
+    pub seq: u64,
+    pub scheduled_at_unix_ms: i64,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub address: String,
+    pub connect_us: Option<u64>,
+    pub tls_us: Option<u64>,
+    pub first_byte_us: Option<u64>,
+    pub total_us: u64,
+}
+
+/// `GET /api/v1/results?monitor=ID&limit=N`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsQuery {
+    pub monitor: String,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
 /// What the admin endpoints need from the collector.
 pub trait AdminBackend: Send + Sync + 'static {
     fn create_token(
@@ -132,6 +163,12 @@ pub trait AdminBackend: Send + Sync + 'static {
         &self,
         name_or_id: &str,
     ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
+    /// The newest `limit` results of a monitor, oldest first.
+    fn results(
+        &self,
+        monitor_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ResultInfo>, ApiError>> + Send;
 }
 
 struct Api<B> {
@@ -150,6 +187,7 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/tokens/{id}", delete(delete_token::<B>))
         .route("/api/v1/agents", get(list_agents::<B>))
         .route("/api/v1/agents/{name}/revoke", post(revoke_agent::<B>))
+        .route("/api/v1/results", get(results::<B>))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -224,6 +262,19 @@ async fn revoke_agent<B: AdminBackend>(
 ) -> Result<Json<AgentInfo>, ApiError> {
     authorize(&api, &headers)?;
     Ok(Json(api.backend.revoke_agent(&name).await?))
+}
+
+async fn results<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<ResultInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if q.limit == 0 || q.limit > 10_000 {
+        return Err(ApiError::bad_request("limit: must be 1-10000"));
+    }
+    Ok(Json(api.backend.results(&q.monitor, q.limit).await?))
 }
 
 #[cfg(test)]

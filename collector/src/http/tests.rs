@@ -51,6 +51,23 @@ impl AdminBackend for Arc<Memory> {
     async fn list_agents(&self) -> Result<Vec<AgentInfo>, ApiError> {
         Ok(self.agents.lock().unwrap().clone())
     }
+    async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {
+        let r = ResultInfo {
+            monitor_id: monitor_id.to_owned(),
+            location: "agent:bastion-1".into(),
+            seq: 1,
+            scheduled_at_unix_ms: 1,
+            status: "up".into(),
+            reason: "ok".into(),
+            message: String::new(),
+            address: "127.0.0.1:1".into(),
+            connect_us: Some(80),
+            tls_us: None,
+            first_byte_us: None,
+            total_us: 100,
+        };
+        Ok(vec![r; limit.min(3)])
+    }
     async fn revoke_agent(&self, name: &str) -> Result<AgentInfo, ApiError> {
         let mut a = self.agents.lock().unwrap();
         let agent = a
@@ -105,6 +122,14 @@ async fn the_cli_client_creates_lists_and_revokes() {
             "{err}"
         );
         assert!(c.revoke_agent("bastion-1").unwrap().revoked);
+        let r = c.results("pg main", 2).unwrap();
+        assert_eq!(
+            (r.len(), r[0].monitor_id.as_str()),
+            (2, "pg main"),
+            "query string encoded and decoded"
+        );
+        let err = c.results("pg", 0).unwrap_err().to_string();
+        assert!(err.contains("limit"), "{err}");
         let err = c
             .create_token(&CreateToken::default())
             .unwrap_err()
