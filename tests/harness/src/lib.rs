@@ -134,6 +134,14 @@ impl Service {
         s
     }
 
+    /// Whether the process has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     /// Panics with the service's log if it exited.
     pub fn assert_running(&mut self) {
         if let Some(c) = self.child.as_mut()
