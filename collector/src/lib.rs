@@ -6,4 +6,8 @@
 //!
 //! Built issue by issue; today: the certificate authority (`ca`).
 
+pub mod agents;
 pub mod ca;
+pub mod enroll;
+pub mod state;
+pub mod token;
