@@ -84,6 +84,17 @@ impl EnrollService {
         agents: AgentRegistry,
         config: EnrollConfig,
     ) -> EnrollService {
+        EnrollService::with_clock(ca, tokens, agents, config, SystemTime::now)
+    }
+
+    /// `new` with another wall clock (token expiry is judged by it), for tests.
+    pub fn with_clock(
+        ca: Arc<Ca>,
+        tokens: TokenStore,
+        agents: AgentRegistry,
+        config: EnrollConfig,
+        clock: impl Fn() -> SystemTime + Send + Sync + 'static,
+    ) -> EnrollService {
         EnrollService {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(config.rate_limit, config.rate_window),
@@ -91,19 +102,8 @@ impl EnrollService {
                 tokens,
                 agents,
                 config,
-                clock: Arc::new(SystemTime::now),
-                requests: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    /// The same service with another wall clock, for tests of expiry.
-    pub fn with_clock(self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        let inner = Arc::into_inner(self.inner).expect("with_clock before the service is shared");
-        EnrollService {
-            inner: Arc::new(Inner {
                 clock: Arc::new(clock),
-                ..inner
+                requests: AtomicU64::new(0),
             }),
         }
     }

@@ -179,7 +179,10 @@ impl TokenStore {
             .compare_and_swap(id.as_bytes(), None::<&[u8]>, Some(encode(&stored)))
             .map_err(StateError::from)?;
         if prev.is_err() {
-            return Err(StateError::Corrupt(format!("token id {id} generated twice")).into());
+            return Err(StateError::Corrupt(format!(
+                "token id {id} generated twice: the system random number generator is broken"
+            ))
+            .into());
         }
         self.tree.flush().map_err(StateError::from)?;
         Ok(NewToken { record, secret })
@@ -247,8 +250,11 @@ impl TokenStore {
 
     /// Consumes the token and registers `agent` in one transaction: either the
     /// token is marked used by the agent and the agent is in the registry, or
-    /// neither happened. The agent's name is chosen inside the transaction by
-    /// `AgentRegistry::claim_name` (the token's name, suffixed when taken).
+    /// neither happened. `registry` must live in the same `State` as this
+    /// store (a sled transaction spans the trees of one database only).
+    /// The agent's name is chosen inside the transaction by
+    /// `AgentRegistry::claim_name` (the token's name, suffixed when taken);
+    /// its labels are the token's.
     pub fn redeem(
         &self,
         id: &str,

@@ -183,6 +183,48 @@ async fn raw_client(c: &Collector, server: &Server) -> EnrollmentClient<tonic::t
     EnrollmentClient::new(channel)
 }
 
+/// Everything logged by the test binary (tonic's server tasks run on other
+/// threads, so the subscriber is global).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            tracing_subscriber::fmt()
+                .with_writer(logs.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .init();
+            logs
+        })
+        .clone()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 fn csr() -> Vec<u8> {
     let key = rcgen::KeyPair::generate().unwrap();
     rcgen::CertificateParams::default()
@@ -347,9 +389,13 @@ async fn expired_tokens_are_refused() {
         Duration::from_secs(3600),
     );
     assert_eq!(c.tokens.list().unwrap().len(), 2);
-    let svc = c
-        .service(EnrollConfig::default())
-        .with_clock(move || now + Duration::from_secs(120));
+    let svc = EnrollService::with_clock(
+        c.ca.clone(),
+        c.tokens.clone(),
+        c.agents.clone(),
+        EnrollConfig::default(),
+        move || now + Duration::from_secs(120),
+    );
     let server = Server::start(svc, server_tls(&c.ca, &names()).unwrap()).await;
     for tok in [&old, &short] {
         let dir = tempfile::tempdir().unwrap();
@@ -553,6 +599,7 @@ async fn attempts_beyond_the_rate_limit_are_refused_without_using_the_token() {
 
 #[tokio::test]
 async fn refusals_look_alike_and_bad_requests_are_told_apart() {
+    let logs = Logs::capture();
     let c = Collector::new();
     let now = SystemTime::now();
     let server = Server::for_collector(&c, EnrollConfig::default()).await;
@@ -624,6 +671,21 @@ async fn refusals_look_alike_and_bad_requests_are_told_apart() {
     assert_eq!(resp.name, "raw");
     assert_eq!(resp.ca_cert_der, c.ca.cert_der().to_vec());
     server.stop().await;
+
+    // Every attempt is logged with its token id and source, never a secret.
+    let text = logs.text();
+    for t in [&tok, &used, &expired] {
+        assert!(text.contains(&format!("token={}", t.record.id)), "{text}");
+        assert!(!text.contains(t.secret()), "a secret was logged: {text}");
+    }
+    assert!(
+        text.contains("enrollment refused") && text.contains("source=127.0.0.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("agent enrolled token={}", tok.record.id)),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -766,4 +828,106 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// The guarantee under the service: redemptions that all passed the cheap
+/// check race to consume the token, and the transaction lets one through.
+#[test]
+fn redemption_is_atomic_when_many_race_past_the_check() {
+    use portwatch_collector::agents::AgentRecord;
+    let c = Collector::new();
+    let tok = c.token("race");
+    let now = SystemTime::now();
+    let barrier = Arc::new(std::sync::Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let (tokens, agents, barrier) = (c.tokens.clone(), c.agents.clone(), barrier.clone());
+            let (id, secret) = (tok.record.id.clone(), tok.secret().to_owned());
+            std::thread::spawn(move || {
+                tokens
+                    .check(&id, &secret, now)
+                    .expect("every racer passes the check");
+                barrier.wait();
+                let agent = AgentRecord {
+                    id: format!("race-{i:08x}"),
+                    name: String::new(),
+                    labels: BTreeMap::new(),
+                    enrolled_at_unix_ms: 0,
+                    cert_serial: String::new(),
+                    cert_not_after_unix_ms: 0,
+                    revoked: false,
+                    revoked_at_unix_ms: None,
+                    hostname: String::new(),
+                    agent_version: String::new(),
+                };
+                tokens.redeem(&id, &secret, now, &agents, agent)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| e.is_invalid_token()),
+        "{results:?}"
+    );
+    assert_eq!(c.agents.list().unwrap().len(), 1);
+    assert_eq!(
+        c.tokens
+            .get(&tok.record.id)
+            .unwrap()
+            .unwrap()
+            .used_by
+            .as_deref(),
+        Some(winners[0].id.as_str())
+    );
+    assert_eq!(winners[0].name, "race", "the name comes from the token");
+}
+
+#[tokio::test]
+async fn a_broken_identity_dir_names_the_file_and_the_fix() {
+    let c = Collector::new();
+    let server = Server::for_collector(&c, EnrollConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    enroll(
+        &c.join(&server.addr_ip(), &c.token("id")),
+        dir.path(),
+        &opts(),
+    )
+    .await
+    .unwrap();
+    server.stop().await;
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = AgentIdentity::load(empty.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("agent.json not found") && err.contains("portwatch-agent enroll"),
+        "{err}"
+    );
+
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let good_key = std::fs::read(dir.path().join("agent.key")).unwrap();
+    std::fs::write(dir.path().join("agent.key"), other_key).unwrap();
+    let err = AgentIdentity::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("agent.key")
+            && err.contains("does not belong to agent.pem")
+            && err.contains("--force"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("agent.key"), good_key).unwrap();
+    AgentIdentity::load(dir.path()).unwrap();
+
+    std::fs::write(dir.path().join("ca.pem"), "garbage").unwrap();
+    let err = AgentIdentity::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("ca.pem") && err.contains("not a PEM certificate"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("agent.pem")).unwrap();
+    let err = AgentIdentity::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("agent.pem not found"), "{err}");
 }
