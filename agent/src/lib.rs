@@ -12,6 +12,9 @@
 pub mod buffer;
 pub mod check;
 pub mod cli;
+pub mod enroll;
+pub mod identity;
+pub mod join;
 pub mod probe;
 pub mod resolve;
 pub mod result;

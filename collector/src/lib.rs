@@ -4,12 +4,18 @@
 //! results per monitor and location, decides incidents and serves the
 //! dashboard, API and metrics.
 //!
-//! Built issue by issue; today: the certificate authority (`ca`) and the
-//! configuration file (`config`).
+//! - `ca`: the agent CA; `token`, `agents`, `state`: enrollment tokens and the
+//!   agent registry in the collector's sled state; `enroll`: the Enroll RPC.
+//! - `config`: the configuration file; `admin`, `http`, `client`, `cli`: the
+//!   admin API and the command line that talks to it.
 
 pub mod admin;
+pub mod agents;
 pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod enroll;
 pub mod http;
+pub mod state;
+pub mod token;
