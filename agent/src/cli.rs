@@ -18,6 +18,22 @@ use crate::result::{CheckResult, Status};
 
 /// Nagios "UNKNOWN": bad usage or a check that could not run.
 pub const EXIT_UNKNOWN: i32 = 3;
+/// The agent's state directory when none is given.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/portwatch-agent";
+/// Usage or configuration error (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The join string printed by `portwatch-collector token create`
+    pub join: String,
+    /// Where the agent keeps its key, certificate and result buffer
+    #[arg(long, env = "PORTWATCH_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Replace an existing identity in the data dir
+    #[arg(long)]
+    pub force: bool,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +49,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one check now and print the result (exit 0 up, 1 degraded, 2 down, 3 unknown)
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
+    /// Enroll this agent with a collector, once, using the join string from `portwatch-collector token create`
+    Enroll(EnrollArgs),
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +173,37 @@ impl CheckArgs {
             },
             other => other,
         })
+    }
+}
+
+/// `portwatch-agent enroll`: one-time enrollment with a join string.
+pub async fn run_enroll(args: &EnrollArgs) -> i32 {
+    let join = match crate::join::JoinString::parse(args.join.trim()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("portwatch-agent enroll: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let opts = crate::enroll::EnrollOptions {
+        force: args.force,
+        ..Default::default()
+    };
+    match crate::enroll::enroll(&join, &args.data_dir, &opts).await {
+        Ok(id) => {
+            println!(
+                "enrolled as {} ({}) with the collector at {}; start it with: portwatch-agent run --data-dir {}",
+                id.info.name,
+                id.agent_id(),
+                id.collector_addr(),
+                args.data_dir.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("portwatch-agent enroll: {e}");
+            1
+        }
     }
 }
 

@@ -37,6 +37,7 @@ fn main() {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Check(args) => portwatch_agent::cli::run_check(&args).await,
+            Command::Enroll(args) => portwatch_agent::cli::run_enroll(&args).await,
         }
     });
     std::process::exit(code);
