@@ -12,6 +12,7 @@
 pub mod buffer;
 pub mod check;
 pub mod cli;
+pub mod link;
 pub mod probe;
 pub mod resolve;
 pub mod result;

@@ -7,3 +7,5 @@
 //! Built issue by issue; today: the certificate authority (`ca`).
 
 pub mod ca;
+pub mod ingest;
+pub mod results;
