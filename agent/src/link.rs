@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portwatch_proto::v1 as pb;
@@ -166,6 +167,9 @@ pub struct Link {
     buffer: Arc<dyn ResultBuffer>,
     config: LinkConfig,
     status: Arc<watch::Sender<LinkStatus>>,
+    /// Most results per batch now: halved each time the collector rejects a
+    /// message as too large, so a batch of large results still gets through.
+    batch_limit: AtomicUsize,
 }
 
 impl Link {
@@ -178,6 +182,7 @@ impl Link {
         Link {
             identity,
             buffer,
+            batch_limit: AtomicUsize::new(config.max_batch.max(1)),
             config,
             status: Arc::new(status),
         }
@@ -313,7 +318,12 @@ impl Link {
         established: &mut bool,
     ) -> Ended {
         let cfg = &self.config;
-        let channel = match endpoint.connect().await {
+        // Until the stream is up, shutdown does not wait for the collector.
+        let connect = tokio::select! {
+            c = endpoint.connect() => c,
+            _ = flag_set(&mut stop) => return Ended::Stopped,
+        };
+        let channel = match connect {
             Ok(c) => c,
             Err(e) => return classify_error(&e),
         };
@@ -327,14 +337,21 @@ impl Link {
         let _ = out_tx
             .send(agent_msg(pb::agent_message::Msg::Hello(hello)))
             .await;
-        let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return classify_status(&s),
+        let opened = tokio::select! {
+            r = client.session(ReceiverStream::new(out_rx)) => r,
+            _ = flag_set(&mut stop) => return Ended::Stopped,
         };
-        let first = tokio::time::timeout(cfg.assignment_timeout, inbound.message()).await;
+        let mut inbound = match opened {
+            Ok(r) => r.into_inner(),
+            Err(s) => return self.classify_status(&s),
+        };
+        let first = tokio::select! {
+            m = tokio::time::timeout(cfg.assignment_timeout, inbound.message()) => m,
+            _ = flag_set(&mut stop) => return Ended::Stopped,
+        };
         match first {
             Err(_) => return Ended::Transient("no assignment from the collector in time".into()),
-            Ok(Err(s)) => return classify_status(&s),
+            Ok(Err(s)) => return self.classify_status(&s),
             Ok(Ok(None)) => {
                 return Ended::Transient(
                     "the collector closed the stream before the assignment".into(),
@@ -375,9 +392,11 @@ impl Link {
                 };
                 last_sent = last_sent.max(batch.last_record);
                 gaps_sent_through = gaps_sent_through.max(batch.last_gap);
+                // Only undecodable records: nothing to send, read on.
+                let Some(msg) = batch.msg else { continue };
                 window.push_back(batch.high);
                 if out_tx
-                    .send(agent_msg(pb::agent_message::Msg::Results(batch.msg)))
+                    .send(agent_msg(pb::agent_message::Msg::Results(msg)))
                     .await
                     .is_err()
                 {
@@ -417,7 +436,7 @@ impl Link {
                         None => {}
                     },
                     Ok(None) => return Ended::Transient("the collector closed the stream".into()),
-                    Err(s) => return classify_status(&s),
+                    Err(s) => return self.classify_status(&s),
                 },
                 _ = appended.notified(), if window.len() < cfg.window => {}
                 _ = heartbeat.tick() => {
@@ -436,6 +455,22 @@ impl Link {
                 _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {}
             }
         }
+    }
+
+    /// Like [`classify_status`], and a message the collector found too large
+    /// halves the batch size for the next attempts.
+    fn classify_status(&self, s: &tonic::Status) -> Ended {
+        if s.code() == tonic::Code::ResourceExhausted {
+            let old = self.batch_limit.load(Ordering::Relaxed);
+            let new = (old / 2).max(1);
+            self.batch_limit.store(new, Ordering::Relaxed);
+            tracing::warn!(
+                error = %s.message(),
+                batch = new,
+                "the collector rejected a message as too large: sending smaller batches"
+            );
+        }
+        classify_status(s)
     }
 
     /// Builds monitors from the assignment (skipping, logging and counting
@@ -495,7 +530,7 @@ impl Link {
     /// after `gaps_after`; `None` when there is nothing new.
     async fn next_batch(&self, after: u64, gaps_after: u64) -> Result<Option<Batch>, BufferError> {
         let buffer = Arc::clone(&self.buffer);
-        let max = self.config.max_batch.max(1);
+        let max = self.batch_limit.load(Ordering::Relaxed).max(1);
         let (records, gaps) = tokio::task::spawn_blocking(move || {
             Ok::<_, BufferError>((buffer.read_after(after, max)?, buffer.gaps()?))
         })
@@ -535,11 +570,9 @@ impl Link {
             .chain(gaps.iter().map(|g| g.to_seq))
             .max()
             .unwrap_or(0);
-        if high == 0 {
-            return Ok(None);
-        }
+        let msg = (high > 0).then_some(pb::ResultBatch { results, gaps });
         Ok(Some(Batch {
-            msg: pb::ResultBatch { results, gaps },
+            msg,
             high,
             last_record,
             last_gap,
@@ -548,7 +581,8 @@ impl Link {
 }
 
 struct Batch {
-    msg: pb::ResultBatch,
+    /// `None` when every record read failed to decode.
+    msg: Option<pb::ResultBatch>,
     /// The ack that covers this whole batch.
     high: u64,
     last_record: u64,

@@ -48,6 +48,9 @@ use crate::results::ResultStore;
 /// Default bound on one decoded agent message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long a closing stream waits to hand the agent its final status.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why an agent may not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -337,11 +340,12 @@ impl AgentLink for Ingest {
             agent_id,
             id,
             tx,
+            close: close_rx,
             assigned: HashSet::new(),
             sent_version: None,
             acked: 0,
         };
-        tokio::spawn(session.run(request.into_inner(), close_rx));
+        tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -352,6 +356,8 @@ struct Session {
     agent_id: String,
     id: u64,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+    /// Revocation, replacement or collector shutdown: end with this status.
+    close: mpsc::Receiver<Status>,
     /// Monitor ids in the assignment last sent.
     assigned: HashSet<String>,
     sent_version: Option<u64>,
@@ -359,11 +365,13 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, inbound: Streaming<pb::AgentMessage>, close: mpsc::Receiver<Status>) {
-        let end = self.serve(inbound, close).await;
+    async fn run(mut self, inbound: Streaming<pb::AgentMessage>) {
+        let end = self.serve(inbound).await;
         if let Err(status) = end {
             tracing::info!(agent = %self.agent_id, code = ?status.code(), error = %status.message(), "agent stream closed");
-            let _ = self.tx.send(Err(status)).await;
+            // An agent that stopped reading must not keep the task (and its
+            // stream) alive: without the status it still sees the stream end.
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, self.tx.send(Err(status))).await;
         } else {
             tracing::info!(agent = %self.agent_id, "agent stream ended");
         }
@@ -377,17 +385,13 @@ impl Session {
         }
     }
 
-    async fn serve(
-        &mut self,
-        mut inbound: Streaming<pb::AgentMessage>,
-        mut close: mpsc::Receiver<Status>,
-    ) -> Result<(), Status> {
+    async fn serve(&mut self, mut inbound: Streaming<pb::AgentMessage>) -> Result<(), Status> {
         let config = self.ingest.inner.config.clone();
         let first = tokio::select! {
             m = tokio::time::timeout(config.hello_timeout, inbound.message()) => m
                 .map_err(|_| Status::deadline_exceeded("no hello in time"))?
                 .map_err(|s| reject(&self.agent_id, s))?,
-            Some(status) = close.recv() => return Err(status),
+            Some(status) = self.close.recv() => return Err(status),
         };
         let Some(pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Hello(hello)),
@@ -407,7 +411,7 @@ impl Session {
         recheck.tick().await;
         loop {
             tokio::select! {
-                Some(status) = close.recv() => return Err(status),
+                Some(status) = self.close.recv() => return Err(status),
                 _ = recheck.tick() => {
                     if let Err(denied) = self.ingest.inner.directory.check(&self.agent_id) {
                         return Err(Status::permission_denied(format!(
@@ -440,11 +444,15 @@ impl Session {
         }
     }
 
-    async fn send(&self, msg: pb::collector_message::Msg) -> Result<(), Status> {
-        self.tx
-            .send(Ok(pb::CollectorMessage { msg: Some(msg) }))
-            .await
-            .map_err(|_| Status::cancelled("the agent went away"))
+    /// Sends to the agent; a close (revocation, replacement) wins over an
+    /// agent that does not read.
+    async fn send(&mut self, msg: pb::collector_message::Msg) -> Result<(), Status> {
+        tokio::select! {
+            r = self.tx.send(Ok(pb::CollectorMessage { msg: Some(msg) })) => {
+                r.map_err(|_| Status::cancelled("the agent went away"))
+            }
+            Some(status) = self.close.recv() => Err(status),
+        }
     }
 
     async fn push_assignment(&mut self) -> Result<(), Status> {

@@ -56,7 +56,7 @@ pub struct BatchOutcome {
     pub stored: u64,
     /// Results whose (agent, seq) was already stored: not written again.
     pub duplicates: u64,
-    /// Gaps written (a gap already stored is not counted).
+    /// Gaps written (a gap already stored, with the same or a later end, is not counted).
     pub gaps: u64,
 }
 
@@ -164,7 +164,11 @@ impl ResultStore {
         }
         for g in gaps {
             let key = agent_key(b'g', agent_id, g.from_seq);
-            if self.db.contains_key(&key)? {
+            // The agent extends its newest gap while its buffer stays full:
+            // the same start with a later end replaces the stored one.
+            if let Some(old) = self.db.get(&key)?
+                && be_u64(&old).is_some_and(|to| to >= g.to_seq)
+            {
                 continue;
             }
             let mut v = Vec::with_capacity(16);
@@ -308,12 +312,18 @@ mod tests {
         };
         assert_eq!(store.store_batch("a1", &[], &[gap]).unwrap().gaps, 1);
         assert_eq!(store.store_batch("a1", &[], &[gap]).unwrap().gaps, 0);
+        let extended = pb::Gap {
+            to_seq: 12,
+            count: 8,
+            ..gap
+        };
+        assert_eq!(store.store_batch("a1", &[], &[extended]).unwrap().gaps, 1);
         assert_eq!(
             store.gaps_of_agent("a1").unwrap(),
             [StoredGap {
                 from: 5,
-                to: 9,
-                count: 5
+                to: 12,
+                count: 8
             }]
         );
         assert!(store.gaps_of_agent("a2").unwrap().is_empty());
