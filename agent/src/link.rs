@@ -173,6 +173,7 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link that authenticates as `identity` and streams what `buffer` holds.
     pub fn new(identity: LinkIdentity, buffer: Arc<dyn ResultBuffer>, config: LinkConfig) -> Link {
         let backlog = buffer.stats().records;
         let (status, _) = watch::channel(LinkStatus {

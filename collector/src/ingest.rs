@@ -26,8 +26,18 @@
 //! through N. Acks on a stream never go down.
 //!
 //! A message that fails to decode or exceeds [`IngestConfig::max_message_bytes`]
-//! ends the stream with an error and is not acked: the agent keeps the results
-//! and sends them again.
+//! ends the stream with an error (`ResourceExhausted` for the size) and is not
+//! acked: the agent keeps the results, sends smaller batches, and sends again.
+//!
+//! ## Serving
+//! Add [`Ingest::service`] to a tonic server whose `ServerTlsConfig` has the
+//! collector's identity (leaf + CA chain), `client_ca_root(<collector CA>)`
+//! and `client_auth_optional(true)` (enrollment shares the port). Without
+//! `client_ca_root` rustls asks for no client certificate at all, so every
+//! stream is refused as unauthenticated rather than trusted. Set
+//! `http2_keepalive_interval` on the server so a silently dead agent
+//! connection is noticed. On shutdown call [`Ingest::close_all`] so a graceful
+//! server shutdown does not wait for the long-lived streams.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -90,6 +100,7 @@ impl Default for StaticAssignments {
 }
 
 impl StaticAssignments {
+    /// No agent has monitors yet.
     pub fn new() -> StaticAssignments {
         StaticAssignments::default()
     }
@@ -186,6 +197,8 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// The service over `store`, admitting agents `directory` allows and
+    /// assigning them what `assignments` says.
     pub fn new(
         store: Arc<ResultStore>,
         directory: Arc<dyn AgentDirectory>,

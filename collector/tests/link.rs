@@ -805,3 +805,124 @@ async fn an_oversized_message_is_rejected_and_the_agent_keeps_its_results() {
         .collect();
     assert_eq!(seqs, (1..=produced).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_dropped_by_a_full_agent_buffer_arrive_as_a_gap() {
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    s.assignments
+        .set(AGENT, vec![monitor("m1", t), monitor("m2", t)]);
+    let c = s.collector(any_port(), IngestConfig::default()).await;
+    // Room for a handful of results only.
+    let buffer = Arc::new(SledBuffer::open(&s.path("buffer"), 600).unwrap());
+    let agent = Agent::start(
+        s.pki.identity(c.addr, AGENT),
+        Arc::clone(&buffer),
+        link_config(),
+    );
+    wait_until("first results stored", Duration::from_secs(10), || {
+        c.store.count() >= 1
+    })
+    .await;
+
+    let addr = c.kill();
+    wait_until(
+        "the full buffer drops results",
+        Duration::from_secs(15),
+        || buffer.stats().dropped_total >= 3,
+    )
+    .await;
+    assert!(!buffer.gaps().unwrap().is_empty());
+
+    let c = s.collector(addr, IngestConfig::default()).await;
+    wait_until("buffer and its gaps acked", Duration::from_secs(15), || {
+        buffer.stats().records == 0 && buffer.gaps().unwrap().is_empty()
+    })
+    .await;
+    agent.shutdown().await.unwrap();
+
+    // Never silent: every seq the agent produced is either stored or inside a
+    // gap the collector recorded, and the gap counts match the agent's drops.
+    let produced = buffer.stats().next_seq - 1;
+    let gaps = c.store.gaps_of_agent(AGENT).unwrap();
+    let dropped: u64 = gaps.iter().map(|g| g.count).sum();
+    assert_eq!(dropped, buffer.stats().dropped_total, "{gaps:?}");
+    let stored: HashSet<u64> = c
+        .store
+        .results_of_agent(AGENT)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    for seq in 1..=produced {
+        let in_gap = gaps.iter().any(|g| (g.from..=g.to).contains(&seq));
+        assert!(
+            stored.contains(&seq) != in_gap,
+            "seq {seq}: stored {} in a gap {in_gap}",
+            stored.contains(&seq)
+        );
+    }
+}
+
+/// Replay throughput of a pre-filled agent buffer, for the resolve note:
+/// `PORTWATCH_REPLAY_N=1000000 cargo test --release -p portwatch-collector
+/// --test link replay_rate -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn replay_rate() {
+    use prost::Message;
+    let n: u64 = std::env::var("PORTWATCH_REPLAY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    // Assigned (so results are kept) but never due within the test.
+    let mut m = monitor("m1", t);
+    m.interval_ms = 3_600_000;
+    s.assignments.set(AGENT, vec![m]);
+    let buffer = Arc::new(SledBuffer::open(&s.path("buffer"), 4 * DEFAULT_MAX_BYTES).unwrap());
+    let template = pb::CheckResult {
+        address: t.to_string(),
+        message: "connected".into(),
+        phases: Some(pb::Phases {
+            connect_us: Some(180),
+            total_us: 200,
+            ..Default::default()
+        }),
+        ..result_for("m1")
+    };
+    let payload = template.encode_to_vec();
+    let fill = std::time::Instant::now();
+    for chunk in 0..n.div_ceil(1000) {
+        let k = 1000.min(n - chunk * 1000) as usize;
+        buffer.append(&vec![payload.clone(); k]).unwrap();
+    }
+    let fill = fill.elapsed();
+    let buffer_dir_bytes: u64 = std::fs::read_dir(s.path("buffer"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let c = s.collector(any_port(), IngestConfig::default()).await;
+    let start = std::time::Instant::now();
+    let agent = Agent::start(
+        s.pki.identity(c.addr, AGENT),
+        Arc::clone(&buffer),
+        link_config(),
+    );
+    wait_until("the backlog drains", Duration::from_secs(600), || {
+        buffer.stats().records == 0
+    })
+    .await;
+    let took = start.elapsed();
+    agent.shutdown().await.unwrap();
+    assert_eq!(c.store.count() as u64, n);
+    println!(
+        "replayed {n} results in {took:.2?}: {:.0} results/s (payload {} bytes, buffer fill {fill:.2?}, buffer files {} bytes = {} bytes/result)",
+        n as f64 / took.as_secs_f64(),
+        payload.len(),
+        buffer_dir_bytes,
+        buffer_dir_bytes / n.max(1),
+    );
+}
