@@ -7,6 +7,8 @@
 //! - `resolve`: DNS with a real failure taxonomy.
 //! - `result`: what a check returns (status, reason, phases, details).
 //! - `scheduler`: runs thousands of monitors on their intervals.
+//! - `join`, `enroll`, `identity`: one-time enrollment and the agent's files.
+//! - `link`: the mTLS stream to the collector (buffer in, acks out).
 //! - `cli`: the `portwatch-agent` command line.
 
 pub mod buffer;
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod enroll;
 pub mod identity;
 pub mod join;
+pub mod link;
 pub mod probe;
 pub mod resolve;
 pub mod result;

@@ -5,7 +5,8 @@
 //! dashboard, API and metrics.
 //!
 //! - `ca`: the agent CA; `token`, `agents`, `state`: enrollment tokens and the
-//!   agent registry in the collector's sled state; `enroll`: the Enroll RPC.
+//!   agent registry in the collector's sled state; `enroll`: the Enroll RPC;
+//!   `ingest`: the agents' mTLS result streams; `results`: the durable store.
 //! - `config`: the configuration file; `admin`, `http`, `client`, `cli`: the
 //!   admin API and the command line that talks to it.
 
@@ -17,5 +18,7 @@ pub mod client;
 pub mod config;
 pub mod enroll;
 pub mod http;
+pub mod ingest;
+pub mod results;
 pub mod state;
 pub mod token;

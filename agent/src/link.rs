@@ -1,0 +1,870 @@
+//! The agent's link to its collector: one mutual-TLS gRPC stream
+//! (`AgentLink.Session`) that brings assignments and acks down and carries
+//! results up.
+//!
+//! Data flow:
+//! ```text
+//! scheduler --results--> appender --append (fsync)--> ResultBuffer
+//!                                                        | read_after(last sent)
+//! collector <--ResultBatch (<= max_batch, window)-- sender
+//! collector --Ack N--> buffer.ack_through(N)
+//! collector --Assignment--> spec_from_proto --> scheduler.update
+//! ```
+//! - A result counts as produced only once the buffer has fsynced it; results
+//!   arriving within [`LinkConfig::append_linger`] share one append (one fsync).
+//! - The scheduler and the appender run whether or not the collector is
+//!   reachable: results pile up in the buffer and are sent, oldest first with
+//!   their original timestamps, after the next connect. Everything not acked
+//!   is sent again on every new stream; the collector deduplicates.
+//! - At most [`LinkConfig::window`] batches are unacked at once (backpressure).
+//! - Errors are transient (unreachable, reset, timeouts, a stream closed or
+//!   replaced: reconnect with exponential backoff and jitter) or fatal (the
+//!   collector refused this agent, or TLS rejected a certificate: stop and say so).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portwatch_proto::v1 as pb;
+use portwatch_proto::v1::agent_link_client::AgentLinkClient;
+use prost::Message;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::buffer::{BufferError, ResultBuffer};
+use crate::check::spec_from_proto;
+use crate::scheduler::{Executor, Monitor, ScheduleError, ScheduledResult, Scheduler};
+
+/// Where the collector is and who this agent is.
+#[derive(Clone)]
+pub struct LinkIdentity {
+    /// The collector's agent address, `host:port`.
+    pub collector: String,
+    /// The name the collector's certificate must carry (DNS name or IP).
+    pub server_name: String,
+    /// This agent's certificate (PEM), issued by the collector's CA.
+    pub cert_pem: String,
+    /// This agent's private key (PEM).
+    pub key_pem: String,
+    /// The collector's CA (PEM): the only root trusted for the collector.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for LinkIdentity {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkIdentity")
+            .field("collector", &self.collector)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timings and limits of the link. `Default` is what the agent daemon uses.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// First reconnect delay; each further attempt waits `backoff_factor` times
+    /// longer, up to `backoff_max`, each delay +-`backoff_jitter` (a fraction).
+    pub backoff_base: Duration,
+    pub backoff_factor: f64,
+    pub backoff_jitter: f64,
+    pub backoff_max: Duration,
+    /// How often a heartbeat (with the backlog) goes up on an open stream.
+    pub heartbeat: Duration,
+    /// Most results in one `ResultBatch` (and in one buffer append).
+    pub max_batch: usize,
+    /// Most batches sent and not yet acked.
+    pub window: usize,
+    /// Results arriving within this time share one buffer append (one fsync).
+    pub append_linger: Duration,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// How long the collector may take to send the assignment after hello.
+    pub assignment_timeout: Duration,
+    /// Most checks the scheduler runs at once.
+    pub max_in_flight: usize,
+    /// On shutdown: how long in-flight checks may finish, and then how long
+    /// the link may spend sending what is buffered before it closes.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            backoff_base: Duration::from_secs(1),
+            backoff_factor: 1.6,
+            backoff_jitter: 0.2,
+            backoff_max: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(20),
+            max_batch: 500,
+            window: 4,
+            append_linger: Duration::from_millis(20),
+            connect_timeout: Duration::from_secs(10),
+            assignment_timeout: Duration::from_secs(15),
+            max_in_flight: 256,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The link as the CLI shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// A stream is open and the assignment was received.
+    pub connected: bool,
+    /// The last error that ended a stream or a connect attempt.
+    pub last_error: Option<String>,
+    /// Results in the buffer (not yet acked).
+    pub backlog: u64,
+    /// Highest seq the collector acked.
+    pub acked_through: u64,
+    /// Version of the assignment running now (0 = none yet).
+    pub assignment_version: u64,
+    /// Monitors running now.
+    pub monitors: usize,
+    /// Monitor specs from the collector this agent could not run, ever.
+    pub bad_monitors: u64,
+    /// Results that could not be written to the buffer, ever (lost).
+    pub append_failures: u64,
+    /// Streams established, ever.
+    pub sessions: u64,
+}
+
+/// Why the link stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "the collector refused this agent ({code:?}: {message}); if it was revoked or its certificate expired, re-enroll with a new token"
+    )]
+    Refused { code: tonic::Code, message: String },
+    #[error(
+        "TLS with the collector failed: {0}; check the agent certificate and the collector CA, or re-enroll"
+    )]
+    Tls(String),
+    #[error("invalid link configuration: {0}")]
+    Config(String),
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] ScheduleError),
+}
+
+/// How one connect attempt or stream ended.
+#[derive(Debug)]
+enum Ended {
+    /// Shutdown was asked and the stream closed cleanly.
+    Stopped,
+    Transient(String),
+    Fatal(LinkError),
+}
+
+/// The agent link. Build it with [`Link::new`], read its status with
+/// [`Link::status`], then [`Link::run`] it.
+pub struct Link {
+    identity: LinkIdentity,
+    buffer: Arc<dyn ResultBuffer>,
+    config: LinkConfig,
+    status: Arc<watch::Sender<LinkStatus>>,
+    /// Most results per batch now: halved each time the collector rejects a
+    /// message as too large, so a batch of large results still gets through.
+    batch_limit: AtomicUsize,
+}
+
+impl Link {
+    /// A link that authenticates as `identity` and streams what `buffer` holds.
+    pub fn new(identity: LinkIdentity, buffer: Arc<dyn ResultBuffer>, config: LinkConfig) -> Link {
+        let backlog = buffer.stats().records;
+        let (status, _) = watch::channel(LinkStatus {
+            backlog,
+            ..LinkStatus::default()
+        });
+        Link {
+            identity,
+            buffer,
+            batch_limit: AtomicUsize::new(config.max_batch.max(1)),
+            config,
+            status: Arc::new(status),
+        }
+    }
+
+    /// A live view of the link's status.
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs the scheduler with `executor` and keeps the stream to the collector
+    /// up until `shutdown` completes (Ok) or a fatal error (Err). Either way
+    /// the scheduler is stopped (in-flight checks may finish within
+    /// `shutdown_grace`) and every result it produced is in the buffer; on
+    /// shutdown the link also tries, within `shutdown_grace`, to send what is
+    /// buffered before it closes the stream. Nothing unacked is ever deleted.
+    pub async fn run<E: Executor>(
+        self,
+        executor: E,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LinkError> {
+        let endpoint = endpoint(&self.identity, &self.config)?;
+        let (res_tx, res_rx) = mpsc::channel(1024);
+        let scheduler = Scheduler::spawn(Vec::new(), executor, self.config.max_in_flight, res_tx)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let on_shutdown = {
+            let stop_tx = Arc::clone(&stop_tx);
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+        };
+        // The scheduler's owner: applies assignments, and on stop drains it.
+        let (mon_tx, mut mon_rx) = mpsc::channel::<Vec<Monitor>>(4);
+        let grace = self.config.shutdown_grace;
+        let owner = {
+            let mut stop_rx = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        m = mon_rx.recv() => match m {
+                            Some(monitors) => {
+                                if let Err(e) = scheduler.update(monitors).await {
+                                    tracing::error!(error = %e, "applying the assignment failed");
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = flag_set(&mut stop_rx) => break,
+                    }
+                }
+                let report = scheduler.shutdown(grace).await;
+                tracing::info!(
+                    drained = report.drained,
+                    cancelled = report.cancelled,
+                    abandoned = report.abandoned,
+                    "scheduler stopped"
+                );
+            })
+        };
+        let appended = Arc::new(Notify::new());
+        let (done_tx, done_rx) = watch::channel(false);
+        let appender = tokio::spawn(append_loop(
+            res_rx,
+            Arc::clone(&self.buffer),
+            self.config.clone(),
+            Arc::clone(&appended),
+            Arc::clone(&self.status),
+            done_tx,
+        ));
+
+        let mut backoff = Backoff::new(&self.config);
+        let mut stop = stop_rx.clone();
+        let outcome = loop {
+            if *stop.borrow() {
+                break Ok(());
+            }
+            let mut established = false;
+            let ended = self
+                .session(
+                    &endpoint,
+                    &mon_tx,
+                    &appended,
+                    stop.clone(),
+                    done_rx.clone(),
+                    &mut established,
+                )
+                .await;
+            self.status.send_modify(|s| s.connected = false);
+            match ended {
+                Ended::Stopped => break Ok(()),
+                Ended::Fatal(e) => {
+                    tracing::error!(error = %e, "agent link stopped");
+                    self.status
+                        .send_modify(|s| s.last_error = Some(e.to_string()));
+                    break Err(e);
+                }
+                Ended::Transient(why) => {
+                    if established {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "collector link down");
+                    self.status.send_modify(|s| s.last_error = Some(why));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = flag_set(&mut stop) => break Ok(()),
+                    }
+                }
+            }
+        };
+        // Stop the scheduler (also on a fatal error) and let the appender put
+        // every result it produced into the buffer.
+        let _ = stop_tx.send(true);
+        on_shutdown.abort();
+        drop(mon_tx);
+        let _ = owner.await;
+        let _ = appender.await;
+        let backlog = self.buffer.stats().records;
+        self.status.send_modify(|s| s.backlog = backlog);
+        outcome
+    }
+
+    /// One connect attempt and, if it succeeds, the stream until it ends.
+    async fn session(
+        &self,
+        endpoint: &Endpoint,
+        mon_tx: &mpsc::Sender<Vec<Monitor>>,
+        appended: &Notify,
+        mut stop: watch::Receiver<bool>,
+        mut appender_done: watch::Receiver<bool>,
+        established: &mut bool,
+    ) -> Ended {
+        let cfg = &self.config;
+        // Until the stream is up, shutdown does not wait for the collector.
+        let connect = tokio::select! {
+            c = endpoint.connect() => c,
+            _ = flag_set(&mut stop) => return Ended::Stopped,
+        };
+        let channel = match connect {
+            Ok(c) => c,
+            Err(e) => return classify_error(&e),
+        };
+        let mut client = AgentLinkClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+        let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(cfg.window + 4);
+        let hello = pb::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            assignment_version: self.status.borrow().assignment_version,
+            backlog: self.buffer.stats().records,
+        };
+        let _ = out_tx
+            .send(agent_msg(pb::agent_message::Msg::Hello(hello)))
+            .await;
+        let opened = tokio::select! {
+            r = client.session(ReceiverStream::new(out_rx)) => r,
+            _ = flag_set(&mut stop) => return Ended::Stopped,
+        };
+        let mut inbound = match opened {
+            Ok(r) => r.into_inner(),
+            Err(s) => return self.classify_status(&s),
+        };
+        let first = tokio::select! {
+            m = tokio::time::timeout(cfg.assignment_timeout, inbound.message()) => m,
+            _ = flag_set(&mut stop) => return Ended::Stopped,
+        };
+        match first {
+            Err(_) => return Ended::Transient("no assignment from the collector in time".into()),
+            Ok(Err(s)) => return self.classify_status(&s),
+            Ok(Ok(None)) => {
+                return Ended::Transient(
+                    "the collector closed the stream before the assignment".into(),
+                );
+            }
+            Ok(Ok(Some(pb::CollectorMessage {
+                msg: Some(pb::collector_message::Msg::Assignment(a)),
+            }))) => self.apply_assignment(a, mon_tx).await,
+            Ok(Ok(Some(_))) => {
+                return Ended::Transient(
+                    "the collector sent something before the assignment".into(),
+                );
+            }
+        }
+        *established = true;
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.sessions += 1;
+        });
+        tracing::info!(collector = %self.identity.collector, "collector link up");
+
+        // Sent and not yet acked: each batch's highest seq, oldest first.
+        let mut window: VecDeque<u64> = VecDeque::new();
+        let mut last_sent = 0u64;
+        let mut gaps_sent_through = 0u64;
+        let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+        heartbeat.tick().await;
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            while window.len() < cfg.window {
+                let batch = match self.next_batch(last_sent, gaps_sent_through).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The buffer still holds the results: retry on the next stream.
+                        return Ended::Transient(format!("reading the result buffer: {e}"));
+                    }
+                };
+                last_sent = last_sent.max(batch.last_record);
+                gaps_sent_through = gaps_sent_through.max(batch.last_gap);
+                // Only undecodable records: nothing to send, read on.
+                let Some(msg) = batch.msg else { continue };
+                window.push_back(batch.high);
+                if out_tx
+                    .send(agent_msg(pb::agent_message::Msg::Results(msg)))
+                    .await
+                    .is_err()
+                {
+                    return Ended::Transient("the stream to the collector closed".into());
+                }
+            }
+            if let Some(until) = drain_until {
+                let all_sent = *appender_done.borrow() && window.is_empty();
+                if all_sent || Instant::now() >= until {
+                    // Dropping the sender half-closes the stream: a clean end.
+                    drop(out_tx);
+                    tracing::info!(
+                        backlog = self.buffer.stats().records,
+                        "collector link closed for shutdown"
+                    );
+                    return Ended::Stopped;
+                }
+            }
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(msg)) => match msg.msg {
+                        Some(pb::collector_message::Msg::Assignment(a)) => {
+                            self.apply_assignment(a, mon_tx).await;
+                        }
+                        Some(pb::collector_message::Msg::Ack(ack)) => {
+                            let through = ack.durable_through_seq;
+                            while window.front().is_some_and(|&h| h <= through) {
+                                window.pop_front();
+                            }
+                            if let Err(e) = self.ack(through).await {
+                                return Ended::Transient(format!("acknowledging in the result buffer: {e}"));
+                            }
+                        }
+                        Some(pb::collector_message::Msg::Rotate(r)) => {
+                            tracing::info!(reason = %r.reason, "the collector asks for a certificate renewal");
+                        }
+                        None => {}
+                    },
+                    Ok(None) => return Ended::Transient("the collector closed the stream".into()),
+                    Err(s) => return self.classify_status(&s),
+                },
+                _ = appended.notified(), if window.len() < cfg.window => {}
+                _ = heartbeat.tick() => {
+                    let hb = pb::Heartbeat {
+                        sent_at_unix_ms: unix_ms(SystemTime::now()),
+                        backlog: self.buffer.stats().records,
+                    };
+                    if out_tx.send(agent_msg(pb::agent_message::Msg::Heartbeat(hb))).await.is_err() {
+                        return Ended::Transient("the stream to the collector closed".into());
+                    }
+                }
+                _ = flag_set(&mut stop), if drain_until.is_none() => {
+                    drain_until = Some(Instant::now() + cfg.shutdown_grace * 2);
+                }
+                _ = flag_set(&mut appender_done), if drain_until.is_some() && !*appender_done.borrow() => {}
+                _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {}
+            }
+        }
+    }
+
+    /// Like [`classify_status`], and a message the collector found too large
+    /// halves the batch size for the next attempts.
+    fn classify_status(&self, s: &tonic::Status) -> Ended {
+        if s.code() == tonic::Code::ResourceExhausted {
+            let old = self.batch_limit.load(Ordering::Relaxed);
+            let new = (old / 2).max(1);
+            self.batch_limit.store(new, Ordering::Relaxed);
+            tracing::warn!(
+                error = %s.message(),
+                batch = new,
+                "the collector rejected a message as too large: sending smaller batches"
+            );
+        }
+        classify_status(s)
+    }
+
+    /// Builds monitors from the assignment (skipping, logging and counting
+    /// specs this agent cannot run) and hands them to the scheduler.
+    async fn apply_assignment(&self, a: pb::Assignment, mon_tx: &mpsc::Sender<Vec<Monitor>>) {
+        let mut monitors = Vec::with_capacity(a.monitors.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut bad = 0u64;
+        for m in &a.monitors {
+            if !seen.insert(m.id.clone()) {
+                tracing::error!(monitor = %m.id, "monitor assigned twice: the second is skipped");
+                bad += 1;
+                continue;
+            }
+            match spec_from_proto(m) {
+                Ok((spec, interval)) => monitors.push(Monitor {
+                    id: m.id.clone(),
+                    interval,
+                    spec: Arc::new(spec),
+                }),
+                Err(e) => {
+                    tracing::error!(monitor = %m.id, error = %e, "assigned monitor cannot run: skipped");
+                    bad += 1;
+                }
+            }
+        }
+        tracing::info!(
+            version = a.version,
+            monitors = monitors.len(),
+            skipped = bad,
+            "assignment received"
+        );
+        let count = monitors.len();
+        let _ = mon_tx.send(monitors).await;
+        self.status.send_modify(|s| {
+            s.assignment_version = a.version;
+            s.monitors = count;
+            s.bad_monitors += bad;
+        });
+    }
+
+    async fn ack(&self, through: u64) -> Result<(), BufferError> {
+        let buffer = Arc::clone(&self.buffer);
+        let removed = tokio::task::spawn_blocking(move || buffer.ack_through(through))
+            .await
+            .unwrap_or(Ok(0))?;
+        let backlog = self.buffer.stats().records;
+        tracing::debug!(through, removed, backlog, "collector acked");
+        self.status.send_modify(|s| {
+            s.acked_through = s.acked_through.max(through);
+            s.backlog = backlog;
+        });
+        Ok(())
+    }
+
+    /// The next batch to send: buffered records after `after` and gaps ending
+    /// after `gaps_after`; `None` when there is nothing new.
+    async fn next_batch(&self, after: u64, gaps_after: u64) -> Result<Option<Batch>, BufferError> {
+        let buffer = Arc::clone(&self.buffer);
+        let max = self.batch_limit.load(Ordering::Relaxed).max(1);
+        let (records, gaps) = tokio::task::spawn_blocking(move || {
+            Ok::<_, BufferError>((buffer.read_after(after, max)?, buffer.gaps()?))
+        })
+        .await
+        .unwrap_or_else(|_| Ok((Vec::new(), Vec::new())))?;
+        let gaps: Vec<pb::Gap> = gaps
+            .into_iter()
+            .filter(|g| g.to > gaps_after)
+            .map(|g| pb::Gap {
+                from_seq: g.from,
+                to_seq: g.to,
+                count: g.count,
+            })
+            .collect();
+        if records.is_empty() && gaps.is_empty() {
+            return Ok(None);
+        }
+        let last_record = records.last().map_or(after, |r| r.seq);
+        let last_gap = gaps.iter().map(|g| g.to_seq).max().unwrap_or(gaps_after);
+        let mut results = Vec::with_capacity(records.len());
+        for r in records {
+            match pb::CheckResult::decode(&*r.payload) {
+                Ok(result) => results.push(pb::SequencedResult {
+                    seq: r.seq,
+                    result: Some(result),
+                }),
+                // Checksummed, so this is a bug rather than a disk fault: the
+                // record cannot be sent; a later ack deletes it.
+                Err(e) => {
+                    tracing::error!(seq = r.seq, error = %e, "buffered result does not decode: skipped")
+                }
+            }
+        }
+        let high = results
+            .iter()
+            .map(|r| r.seq)
+            .chain(gaps.iter().map(|g| g.to_seq))
+            .max()
+            .unwrap_or(0);
+        let msg = (high > 0).then_some(pb::ResultBatch { results, gaps });
+        Ok(Some(Batch {
+            msg,
+            high,
+            last_record,
+            last_gap,
+        }))
+    }
+}
+
+struct Batch {
+    /// `None` when every record read failed to decode.
+    msg: Option<pb::ResultBatch>,
+    /// The ack that covers this whole batch.
+    high: u64,
+    last_record: u64,
+    last_gap: u64,
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+async fn flag_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn agent_msg(msg: pb::agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Moves scheduler results into the buffer, grouping those that arrive close
+/// together into one append (one fsync). Ends when the scheduler has stopped
+/// and every result is appended.
+async fn append_loop(
+    mut rx: mpsc::Receiver<ScheduledResult>,
+    buffer: Arc<dyn ResultBuffer>,
+    config: LinkConfig,
+    appended: Arc<Notify>,
+    status: Arc<watch::Sender<LinkStatus>>,
+    done: watch::Sender<bool>,
+) {
+    let encode = |r: ScheduledResult| {
+        r.result
+            .to_proto(
+                &r.monitor_id,
+                unix_ms(r.scheduled_at),
+                unix_ms(r.started_at),
+            )
+            .encode_to_vec()
+    };
+    let max = config.max_batch.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![encode(first)];
+        let deadline = Instant::now() + config.append_linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => batch.push(encode(r)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let buf = Arc::clone(&buffer);
+        match tokio::task::spawn_blocking(move || buf.append(&batch)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, lost = n, "results could not be buffered");
+                status.send_modify(|s| s.append_failures += n);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, lost = n, "results could not be buffered");
+                status.send_modify(|s| s.append_failures += n);
+            }
+        }
+        let backlog = buffer.stats().records;
+        status.send_modify(|s| s.backlog = backlog);
+        appended.notify_one();
+    }
+    let _ = done.send(true);
+    appended.notify_one();
+}
+
+/// The tonic endpoint: mTLS with the collector CA as the only root.
+fn endpoint(id: &LinkIdentity, cfg: &LinkConfig) -> Result<Endpoint, LinkError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&id.ca_pem))
+        .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
+        .domain_name(id.server_name.clone());
+    Endpoint::from_shared(format!("https://{}", id.collector))
+        .map_err(|e| LinkError::Config(format!("collector address {:?}: {e}", id.collector)))?
+        .tls_config(tls)
+        .map_err(|e| LinkError::Config(format!("TLS settings: {}", error_chain(&e))))
+        .map(|e| {
+            e.connect_timeout(cfg.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
+        })
+}
+
+/// Exponential backoff with jitter: base, x factor, capped, +-jitter.
+struct Backoff {
+    base: Duration,
+    factor: f64,
+    jitter: f64,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(cfg: &LinkConfig) -> Backoff {
+        Backoff {
+            base: cfg.backoff_base,
+            factor: cfg.backoff_factor.max(1.0),
+            jitter: cfg.backoff_jitter.clamp(0.0, 1.0),
+            max: cfg.backoff_max,
+            next: cfg.backoff_base,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.base;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        use rand::Rng;
+        let d = self.next;
+        self.next = self.next.mul_f64(self.factor).min(self.max);
+        let j = if self.jitter > 0.0 {
+            rand::rng().random_range(-self.jitter..=self.jitter)
+        } else {
+            0.0
+        };
+        d.mul_f64(1.0 + j).min(self.max)
+    }
+}
+
+/// Sorts a failed RPC: the collector refusing this agent, or TLS rejecting a
+/// certificate, is fatal; anything else (unavailable, reset, timeout, a
+/// stream replaced or closed) is worth retrying.
+fn classify_status(s: &tonic::Status) -> Ended {
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            Ended::Fatal(LinkError::Refused {
+                code: s.code(),
+                message: s.message().to_owned(),
+            })
+        }
+        _ => match tls_rejection(s) {
+            Some(why) => Ended::Fatal(LinkError::Tls(why)),
+            None => Ended::Transient(format!("{:?}: {}", s.code(), error_chain(s))),
+        },
+    }
+}
+
+fn classify_error(e: &(dyn std::error::Error + 'static)) -> Ended {
+    match tls_rejection(e) {
+        Some(why) => Ended::Fatal(LinkError::Tls(why)),
+        None => Ended::Transient(error_chain(e)),
+    }
+}
+
+/// A certificate problem anywhere in the error's source chain: our
+/// verification of the collector failed, or the collector sent a
+/// certificate alert (TLS 1.3 reports a rejected client certificate on the
+/// first RPC, as an alert buried under "transport error").
+fn tls_rejection(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>()
+            && fatal_rustls(r)
+        {
+            return Some(r.to_string());
+        }
+        // io::Error::source() skips the wrapped error itself: look inside.
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+            && fatal_rustls(r)
+        {
+            return Some(r.to_string());
+        }
+        // tokio-rustls can hand the alert up as text only.
+        let text = err.to_string();
+        if let Some(alert) = text.strip_prefix("received fatal alert: ")
+            && FATAL_ALERTS.contains(&alert.trim())
+        {
+            return Some(text);
+        }
+        if text.starts_with("invalid peer certificate") {
+            return Some(text);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The alerts (by rustls' names) that say a certificate was refused: no
+/// retry can fix them.
+const FATAL_ALERTS: &[&str] = &[
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "CertificateRequired",
+    "AccessDenied",
+    "HandshakeFailure",
+    "DecryptError",
+];
+
+fn fatal_rustls(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
+        rustls::Error::AlertReceived(a) => FATAL_ALERTS.contains(&format!("{a:?}").as_str()),
+        _ => false,
+    }
+}
+
+/// "outer: inner: innermost", skipping repeats.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_by_the_factor_within_jitter_and_caps() {
+        let cfg = LinkConfig {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(120),
+            ..LinkConfig::default()
+        };
+        let mut b = Backoff::new(&cfg);
+        let mut nominal = 1.0f64;
+        for _ in 0..20 {
+            let d = b.next_delay().as_secs_f64();
+            assert!(
+                d >= nominal * 0.8 - 1e-9 && d <= (nominal * 1.2).min(120.0) + 1e-9,
+                "{d} vs {nominal}"
+            );
+            nominal = (nominal * 1.6).min(120.0);
+        }
+        assert!(nominal >= 120.0);
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn refusals_and_certificate_alerts_are_fatal_the_rest_transient() {
+        assert!(matches!(
+            classify_status(&tonic::Status::permission_denied("revoked")),
+            Ended::Fatal(LinkError::Refused { .. })
+        ));
+        assert!(matches!(
+            classify_status(&tonic::Status::unauthenticated("no cert")),
+            Ended::Fatal(_)
+        ));
+        assert!(matches!(
+            classify_status(&tonic::Status::unavailable("down")),
+            Ended::Transient(_)
+        ));
+        let alert = std::io::Error::other(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        assert!(matches!(
+            classify_error(&alert),
+            Ended::Fatal(LinkError::Tls(_))
+        ));
+        // What tokio-rustls hands up when the collector rejects our certificate.
+        let text = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: DecryptError",
+        );
+        assert!(matches!(
+            classify_error(&text),
+            Ended::Fatal(LinkError::Tls(_))
+        ));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(classify_error(&refused), Ended::Transient(_)));
+    }
+}
