@@ -52,6 +52,8 @@ pub enum Command {
     Check(Box<CheckArgs>),
     /// Enroll this agent with a collector, once, using the join string from `portwatch-collector token create`
     Enroll(EnrollArgs),
+    /// Run the agent: hold the stream to the collector, run the assigned checks, buffer every result on disk
+    Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +178,16 @@ impl CheckArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The data dir given to `enroll`
+    #[arg(long, env = "PORTWATCH_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Bound on the on-disk result buffer, in MiB (oldest dropped, with a gap record, when full)
+    #[arg(long, default_value_t = 256)]
+    pub buffer_mib: u64,
+}
+
 /// `portwatch-agent enroll`: one-time enrollment with a join string.
 pub async fn run_enroll(args: &EnrollArgs) -> i32 {
     let join = match crate::join::JoinString::parse(args.join.trim()) {
@@ -204,6 +216,79 @@ pub async fn run_enroll(args: &EnrollArgs) -> i32 {
             eprintln!("portwatch-agent enroll: {e}");
             1
         }
+    }
+}
+
+/// `portwatch-agent run`: the daemon. SIGTERM and SIGINT drain: checks in
+/// flight finish, results are flushed to the buffer, the stream closes.
+pub async fn run_daemon(args: &RunArgs) -> i32 {
+    let identity = match crate::identity::AgentIdentity::load(&args.data_dir) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("portwatch-agent run: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let buffer = match crate::buffer::SledBuffer::open(
+        &args.data_dir.join("buffer"),
+        args.buffer_mib * 1024 * 1024,
+    ) {
+        Ok(b) => std::sync::Arc::new(b),
+        Err(e) => {
+            eprintln!("portwatch-agent run: {e}");
+            return 1;
+        }
+    };
+    let resolver = Resolver::system().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no system resolver: only monitors with IP addresses will work");
+        Resolver::literal_only()
+    });
+    let engine = std::sync::Arc::new(Engine::with_resolver(resolver));
+    let link = crate::link::Link::new(
+        crate::link::LinkIdentity {
+            collector: identity.collector_addr().to_owned(),
+            server_name: server_name_of(identity.collector_addr()),
+            cert_pem: identity.cert_pem().to_owned(),
+            key_pem: identity.key_pem().to_owned(),
+            ca_pem: identity.ca_pem().to_owned(),
+        },
+        buffer,
+        crate::link::LinkConfig::default(),
+    );
+    tracing::info!(agent = %identity.agent_id(), collector = %identity.collector_addr(), "agent starting");
+    match link.run(engine, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("agent stopped");
+            0
+        }
+        Err(e) => {
+            eprintln!("portwatch-agent run: {e}");
+            1
+        }
+    }
+}
+
+/// The host part of `host:port` (brackets stripped from IPv6).
+fn server_name_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
 }
 

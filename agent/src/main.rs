@@ -3,6 +3,14 @@
 use clap::Parser;
 use portwatch_agent::cli::{Cli, Command, EXIT_UNKNOWN};
 
+/// `check` prints its result: only warnings on stderr. The daemon logs its life.
+fn default_log(command: &Command) -> &'static str {
+    match command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    }
+}
+
 fn main() {
     // Exactly one crypto provider, installed before anything touches rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -19,9 +27,10 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PORTWATCH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_log(&cli.command).into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -38,6 +47,7 @@ fn main() {
         match cli.command {
             Command::Check(args) => portwatch_agent::cli::run_check(&args).await,
             Command::Enroll(args) => portwatch_agent::cli::run_enroll(&args).await,
+            Command::Run(args) => portwatch_agent::cli::run_daemon(&args).await,
         }
     });
     std::process::exit(code);

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::admin::AdminToken;
 use crate::client::{AdminClient, ClientError};
+use crate::config::Config;
 use crate::http::{AgentInfo, CreateToken};
 
 /// Usage or configuration error (sysexits EX_USAGE).
@@ -29,6 +30,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the collector: agent port (enrollment + mTLS streams) and the HTTP API
+    Serve(ServeArgs),
+    /// Try portwatch on this machine: a collector, a really enrolled local agent, real local ports
+    Demo(DemoArgs),
     /// Enrollment tokens: create (prints a join string), list, delete
     #[command(subcommand)]
     Token(TokenCommand),
@@ -129,6 +134,129 @@ impl Target {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the collector keeps its CA, admin token, state and results
+    #[arg(
+        long,
+        env = "PORTWATCH_DATA_DIR",
+        default_value = "/var/lib/portwatch-collector"
+    )]
+    pub data_dir: PathBuf,
+    /// Configuration file (TOML); defaults apply without one
+    #[arg(long, env = "PORTWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address agents connect to (overrides the config file)
+    #[arg(long)]
+    pub agent_addr: Option<std::net::SocketAddr>,
+    /// Address of the HTTP API (overrides the config file)
+    #[arg(long)]
+    pub http_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's state here (default: a new directory under the temp dir)
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub agent_addr: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Check interval of the demo monitors
+    #[arg(long, default_value = "5s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    pub interval: std::time::Duration,
+}
+
+/// `serve`: exit 64 with one line on a bad config, 1 on a runtime failure.
+pub async fn run_serve(args: &ServeArgs) -> i32 {
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("portwatch-collector serve: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(a) = args.agent_addr {
+        config.agent_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        config.http_addr = a;
+    }
+    let (agent_addr, http_addr) = (config.agent_addr, config.http_addr);
+    let (collector, admin) = match crate::server::open(&args.data_dir, config, agent_addr) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("portwatch-collector serve: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listening on {addr}: {e}"))
+    };
+    let (agent_listener, http_listener) = match (bind(agent_addr).await, bind(http_addr).await) {
+        (Ok(a), Ok(h)) => (a, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("portwatch-collector serve: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match crate::server::serve(
+        &args.data_dir,
+        collector,
+        admin,
+        agent_listener,
+        http_listener,
+        shutdown_signal(),
+    )
+    .await
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("portwatch-collector serve: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `demo`
+pub async fn run_demo(args: &DemoArgs) -> i32 {
+    let opts = crate::demo::DemoOptions {
+        data_dir: args.data_dir.clone(),
+        agent_addr: args.agent_addr,
+        http_addr: args.http_addr,
+        interval: args.interval,
+    };
+    match crate::demo::run(opts, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("portwatch-collector demo: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Parses `k=v,k2=v2` labels.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
@@ -148,6 +276,10 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 /// Runs an admin subcommand; returns the exit code.
 pub fn run_admin(command: &Command) -> i32 {
     let result = match command {
+        Command::Serve(_) | Command::Demo(_) => Err((
+            EXIT_USAGE,
+            "serve and demo are not admin commands".to_owned(),
+        )),
         Command::Token(TokenCommand::Create {
             target,
             name,

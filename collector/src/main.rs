@@ -1,7 +1,9 @@
 //! `portwatch-collector`: parse the command line, set up logging, call the library.
 
 use clap::Parser;
-use portwatch_collector::cli::{Cli, EXIT_USAGE, run_admin};
+use portwatch_collector::cli::{
+    Cli, Command, EXIT_FAILURE, EXIT_USAGE, run_admin, run_demo, run_serve,
+};
 
 fn main() {
     // Exactly one crypto provider, installed before anything touches rustls.
@@ -20,6 +22,29 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    std::process::exit(run_admin(&cli.command));
+    let code = match &cli.command {
+        Command::Serve(_) | Command::Demo(_) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("portwatch-collector: cannot start the async runtime: {e}");
+                    std::process::exit(EXIT_FAILURE);
+                }
+            };
+            runtime.block_on(async {
+                match &cli.command {
+                    Command::Serve(args) => run_serve(args).await,
+                    Command::Demo(args) => run_demo(args).await,
+                    other => run_admin(other),
+                }
+            })
+        }
+        other => run_admin(other),
+    };
+    std::process::exit(code);
 }

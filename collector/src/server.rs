@@ -1,0 +1,412 @@
+//! `portwatch-collector serve`: everything the collector runs, wired together.
+//! The agent port carries enrollment (server-auth TLS) and the agents' mTLS
+//! streams on one TLS listener; the HTTP port carries the admin API. One
+//! shutdown future stops both, after which the stores are flushed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use portwatch_agent::join::JoinString;
+use portwatch_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{AdminToken, Discovery};
+use crate::agents::AgentRegistry;
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::enroll::{EnrollConfig, EnrollService, server_tls};
+use crate::http::{
+    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
+};
+use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig};
+use crate::results::ResultStore;
+use crate::state::{State, unix_ms};
+use crate::token::{TokenSpec, TokenStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Setup(e.to_string())
+}
+
+/// The running collector's parts, for the admin API and the demo.
+#[derive(Clone)]
+pub struct Collector {
+    pub ca: Arc<Ca>,
+    pub tokens: TokenStore,
+    pub agents: AgentRegistry,
+    pub results: Arc<ResultStore>,
+    pub ingest: Ingest,
+    pub config: Arc<Config>,
+    /// The address agents are told to use (in join strings).
+    pub public_agent_addr: String,
+}
+
+/// Opens (creating on first start) everything under `data_dir`.
+pub fn open(
+    data_dir: &Path,
+    config: Config,
+    agent_addr: SocketAddr,
+) -> Result<(Collector, AdminToken), ServeError> {
+    create_private_dir(data_dir)?;
+    let ca = Arc::new(Ca::load_or_create(data_dir).map_err(setup)?);
+    let admin = AdminToken::load_or_create(data_dir).map_err(setup)?;
+    let state = State::open(data_dir).map_err(setup)?;
+    let tokens = TokenStore::open(&state, config.token_max_ttl).map_err(setup)?;
+    let agents = AgentRegistry::open(&state).map_err(setup)?;
+    let results = Arc::new(ResultStore::open(&data_dir.join("results")).map_err(setup)?);
+    let config = Arc::new(config);
+    let (changes, _) = watch::channel(1u64);
+    let assignments = Arc::new(ConfigAssignments {
+        config: config.clone(),
+        agents: agents.clone(),
+        changes,
+    });
+    let ingest = Ingest::new(
+        results.clone(),
+        Arc::new(RegistryDirectory(agents.clone())),
+        assignments,
+        IngestConfig::default(),
+    );
+    let host = match agent_addr.ip() {
+        ip if ip.is_unspecified() => config
+            .server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into()),
+        ip => ip.to_string(),
+    };
+    let public_agent_addr = if host.contains(':') {
+        format!("[{host}]:{}", agent_addr.port())
+    } else {
+        format!("{host}:{}", agent_addr.port())
+    };
+    Ok((
+        Collector {
+            ca,
+            tokens,
+            agents,
+            results,
+            ingest,
+            config,
+            public_agent_addr,
+        },
+        admin,
+    ))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| ServeError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)
+}
+
+/// Serves the agent port and the HTTP API until `shutdown` resolves.
+pub async fn serve(
+    data_dir: &Path,
+    collector: Collector,
+    admin: AdminToken,
+    agent_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let tls = server_tls(&collector.ca, &collector.config.server_names).map_err(setup)?;
+    let enroll = EnrollService::new(
+        collector.ca.clone(),
+        collector.tokens.clone(),
+        collector.agents.clone(),
+        EnrollConfig {
+            cert_lifetime: collector.config.agent_cert_lifetime,
+            ..EnrollConfig::default()
+        },
+    );
+    let http_addr = http_listener.local_addr().map_err(setup)?;
+    let agent_addr = agent_listener.local_addr().map_err(setup)?;
+    Discovery {
+        url: format!("http://{http_addr}"),
+        agent_addr: collector.public_agent_addr.clone(),
+        pid: std::process::id(),
+    }
+    .write(data_dir)
+    .map_err(setup)?;
+    tracing::info!(agents = %agent_addr, http = %http_addr, "collector serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let ingest = collector.ingest.clone();
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(setup)?
+        .add_service(enroll.into_server())
+        .add_service(ingest.service())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(agent_listener),
+            stopped(stop_rx.clone()),
+        );
+    let app = router(Backend(collector.clone()), admin);
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let (g, h) = tokio::join!(grpc, async { http.await });
+    collector.ingest.close_all();
+    g.map_err(|e| ServeError::Serve(e.to_string()))?;
+    h.map_err(|e| ServeError::Serve(e.to_string()))?;
+    Ok(())
+}
+
+/// The registry decides who may stream: unknown and revoked agents may not.
+struct RegistryDirectory(AgentRegistry);
+
+impl AgentDirectory for RegistryDirectory {
+    fn check(&self, agent_id: &str) -> Result<(), Denied> {
+        match self.0.get(agent_id) {
+            Ok(Some(a)) if !a.revoked => Ok(()),
+            Ok(Some(_)) => Err(Denied {
+                reason: "this agent was revoked: enroll it again with a new token".into(),
+            }),
+            Ok(None) => Err(Denied {
+                reason: "unknown agent".into(),
+            }),
+            Err(e) => Err(Denied {
+                reason: format!("agent registry unavailable: {e}"),
+            }),
+        }
+    }
+}
+
+/// Monitors from the config file, matched by agent name and labels.
+struct ConfigAssignments {
+    config: Arc<Config>,
+    agents: AgentRegistry,
+    changes: watch::Sender<u64>,
+}
+
+impl Assignments for ConfigAssignments {
+    fn assignment(&self, agent_id: &str) -> pb::Assignment {
+        match self.agents.get(agent_id) {
+            Ok(Some(a)) => pb::Assignment {
+                version: 1,
+                monitors: self.config.assignment_for(&a.name, &a.labels),
+            },
+            _ => pb::Assignment {
+                version: 0,
+                monitors: Vec::new(),
+            },
+        }
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+struct Backend(Collector);
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+impl AdminBackend for Backend {
+    async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
+        let c = &self.0;
+        if req.name.is_empty() || req.name.len() > 64 {
+            return Err(ApiError::bad_request("name: must be 1-64 characters"));
+        }
+        let ttl = match &req.ttl {
+            Some(t) => Some(
+                humantime::parse_duration(t)
+                    .map_err(|e| ApiError::bad_request(format!("ttl: {t:?}: {e}")))?,
+            ),
+            None => Some(c.config.token_ttl),
+        };
+        let new = c
+            .tokens
+            .create(
+                TokenSpec {
+                    name: req.name.clone(),
+                    labels: req.labels,
+                    ttl,
+                },
+                SystemTime::now(),
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let join = JoinString::new(
+            c.public_agent_addr.clone(),
+            new.record.id.clone(),
+            new.secret(),
+            c.ca.pin(),
+        )
+        .map_err(internal)?
+        .encode();
+        tracing::info!(token = %new.record.id, name = %new.record.name, "enrollment token created");
+        Ok(CreatedToken {
+            token_id: new.record.id.clone(),
+            name: new.record.name.clone(),
+            expires_at_unix_ms: new.record.expires_at_unix_ms,
+            join,
+        })
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ApiError> {
+        let _ = self.0.tokens.purge_expired(SystemTime::now());
+        Ok(self
+            .0
+            .tokens
+            .list()
+            .map_err(internal)?
+            .into_iter()
+            .map(|t| TokenInfo {
+                token_id: t.id,
+                name: t.name,
+                labels: t.labels,
+                created_at_unix_ms: t.created_at_unix_ms,
+                expires_at_unix_ms: t.expires_at_unix_ms,
+                used_by: t.used_by,
+            })
+            .collect())
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<(), ApiError> {
+        match self.0.tokens.delete(id).map_err(internal)? {
+            true => Ok(()),
+            false => Err(ApiError::not_found(format!("no token {id:?}"))),
+        }
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentInfo>, ApiError> {
+        let c = &self.0;
+        Ok(c.agents
+            .list()
+            .map_err(internal)?
+            .into_iter()
+            .map(|a| agent_info(c, a))
+            .collect())
+    }
+
+    async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {
+        results_info(&self.0, monitor_id, limit)
+    }
+
+    async fn revoke_agent(&self, name_or_id: &str) -> Result<AgentInfo, ApiError> {
+        let c = &self.0;
+        let rec = c
+            .agents
+            .revoke(name_or_id, SystemTime::now())
+            .map_err(|e| ApiError::not_found(e.to_string()))?;
+        c.ingest.revoke(&rec.id);
+        tracing::warn!(agent = %rec.id, name = %rec.name, "agent revoked");
+        Ok(agent_info(c, rec))
+    }
+}
+
+fn agent_info(c: &Collector, a: crate::agents::AgentRecord) -> AgentInfo {
+    let live = c.ingest.agent_stats(&a.id).filter(|s| s.connected);
+    AgentInfo {
+        connected_since_unix_ms: live.as_ref().and_then(|s| s.connected_since).map(unix_ms),
+        last_seen_unix_ms: c
+            .ingest
+            .agent_stats(&a.id)
+            .and_then(|s| s.last_seen)
+            .map(unix_ms),
+        version: Some(
+            live.as_ref()
+                .map(|s| s.agent_version.clone())
+                .unwrap_or_else(|| a.agent_version.clone()),
+        ),
+        backlog: live.as_ref().map(|s| s.backlog),
+        id: a.id,
+        name: a.name,
+        labels: a.labels,
+        enrolled_at_unix_ms: a.enrolled_at_unix_ms,
+        cert_expires_at_unix_ms: a.cert_not_after_unix_ms,
+        revoked: a.revoked,
+    }
+}
+
+fn results_info(
+    c: &Collector,
+    monitor_id: &str,
+    limit: usize,
+) -> Result<Vec<ResultInfo>, ApiError> {
+    let names: std::collections::HashMap<String, String> = c
+        .agents
+        .list()
+        .map_err(internal)?
+        .into_iter()
+        .map(|a| (a.id, a.name))
+        .collect();
+    let mut all = c.results.results_for(monitor_id).map_err(internal)?;
+    all.sort_by_key(|s| (s.result.scheduled_at_unix_ms, s.seq));
+    let start = all.len().saturating_sub(limit);
+    Ok(all[start..]
+        .iter()
+        .map(|s| {
+            let r = &s.result;
+            let ph = r.phases.unwrap_or_default();
+            ResultInfo {
+                monitor_id: r.monitor_id.clone(),
+                location: format!(
+                    "agent:{}",
+                    names
+                        .get(&s.agent_id)
+                        .cloned()
+                        .unwrap_or_else(|| s.agent_id.clone())
+                ),
+                seq: s.seq,
+                scheduled_at_unix_ms: r.scheduled_at_unix_ms,
+                status: pb::Status::try_from(r.status)
+                    .map(|v| {
+                        v.as_str_name()
+                            .trim_start_matches("STATUS_")
+                            .to_ascii_lowercase()
+                    })
+                    .unwrap_or_default(),
+                reason: pb::Reason::try_from(r.reason)
+                    .map(|v| {
+                        v.as_str_name()
+                            .trim_start_matches("REASON_")
+                            .to_ascii_lowercase()
+                    })
+                    .unwrap_or_default(),
+                message: r.message.clone(),
+                address: r.address.clone(),
+                connect_us: ph.connect_us,
+                tls_us: ph.tls_us,
+                first_byte_us: ph.first_byte_us,
+                total_us: ph.total_us,
+            }
+        })
+        .collect())
+}

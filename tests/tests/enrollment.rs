@@ -1,0 +1,205 @@
+//! The user journey of issue 3 with the real binaries: `serve`, `token
+//! create`, `enroll`, `run`, `agents`, results arriving over mTLS, token
+//! replay refused, the collector killed -9 and restarted with nothing lost or
+//! duplicated, and revocation stopping the agent.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use portwatch_harness::{self as h, Service};
+use serde_json::Value;
+
+fn collector(args: &[&str]) -> Output {
+    Command::new(h::cargo_bin("portwatch-collector"))
+        .args(args)
+        .output()
+        .expect("run portwatch-collector")
+}
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(h::cargo_bin("portwatch-agent"))
+        .args(args)
+        .output()
+        .expect("run portwatch-agent")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn start_collector(
+    dir: &Path,
+    data: &Path,
+    config: &Path,
+    agent_port: u16,
+    http_port: u16,
+) -> Service {
+    let _ = std::fs::remove_file(data.join("collector.json"));
+    let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config);
+    cmd.args([
+        "--agent-addr",
+        &format!("127.0.0.1:{agent_port}"),
+        "--http-addr",
+        &format!("127.0.0.1:{http_port}"),
+    ]);
+    let mut s = Service::spawn("collector", cmd, dir);
+    s.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(20));
+    assert!(h::poll_until(Duration::from_secs(10), || data
+        .join("collector.json")
+        .exists()));
+    s
+}
+
+fn results(data: &Path, monitor: &str) -> Vec<Value> {
+    let o = collector(&[
+        "results",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--monitor",
+        monitor,
+        "--limit",
+        "10000",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
+}
+
+fn agents(data: &Path) -> Vec<Value> {
+    let o = collector(&["agents", "--data-dir", data.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
+}
+
+#[test]
+fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
+    let dir = h::temp_dir();
+    let data = dir.path().join("collector");
+    let agent_dir = dir.path().join("agent");
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[monitors]]\nid = \"svc\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"1s\"\nagents = [\"site=lab\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut coll = start_collector(dir.path(), &data, &config, agent_port, http_port);
+    let d = data.to_str().unwrap();
+
+    // 1. A one-time token; the join string is the last line.
+    let o = collector(&[
+        "token",
+        "create",
+        "--data-dir",
+        d,
+        "--name",
+        "bastion-1",
+        "--labels",
+        "site=lab,env=test",
+        "--ttl",
+        "10m",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let join = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(join.starts_with("pwjoin1:"), "{join}");
+
+    // 2. Enroll: key generated here, mode 0600.
+    let a = agent_dir.to_str().unwrap();
+    let o = agent(&["enroll", &join, "--data-dir", a]);
+    assert!(o.status.success(), "{}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent_dir.join("agent.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // The same token again: refused.
+    let other = dir.path().join("agent-2");
+    let o = agent(&["enroll", &join, "--data-dir", other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("invalid or expired token"),
+        "{}",
+        text(&o)
+    );
+
+    // 3. Run: connected, results stored.
+    let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
+    cmd.args(["run", "--data-dir", a]);
+    let mut run = Service::spawn("agent", cmd, dir.path());
+    assert!(
+        h::poll_until(Duration::from_secs(20), || agents(&data)
+            .iter()
+            .any(
+                |x| x["name"] == "bastion-1" && x["connected_since_unix_ms"].is_i64()
+            )),
+        "agent never connected: {}\n{}",
+        run.log(),
+        coll.log()
+    );
+    assert!(
+        h::poll_until(Duration::from_secs(20), || results(&data, "svc").len() >= 3),
+        "{}",
+        run.log()
+    );
+    let r = results(&data, "svc");
+    assert!(
+        r.iter().all(|x| x["status"] == "up"
+            && x["reason"] == "ok"
+            && x["location"] == "agent:bastion-1"),
+        "{r:?}"
+    );
+
+    // 4. The collector dies (kill -9) for a while; the agent keeps checking.
+    let before = results(&data, "svc").len();
+    coll.kill();
+    // The outage itself: time has to pass for checks to pile up in the agent's buffer.
+    std::thread::sleep(Duration::from_secs(3));
+    let coll = start_collector(dir.path(), &data, &config, agent_port, http_port);
+    assert!(
+        h::poll_until(Duration::from_secs(30), || results(&data, "svc").len()
+            >= before + 3),
+        "backlog never arrived: {}",
+        run.log()
+    );
+    let r = results(&data, "svc");
+    let mut seqs: Vec<u64> = r.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "no duplicates after the outage");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no holes: every result arrived: {seqs:?}"
+    );
+
+    // 5. Revoke: the agent's stream closes and it stops with a clear error.
+    let o = collector(&["agent", "revoke", "--data-dir", d, "bastion-1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        h::poll_until(Duration::from_secs(15), || run.exited()),
+        "agent still running after revocation"
+    );
+    assert!(run.log().contains("revoked"), "{}", run.log());
+    drop(coll);
+}
