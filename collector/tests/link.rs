@@ -906,11 +906,14 @@ async fn replay_rate() {
         .sum();
     let c = s.collector(any_port(), IngestConfig::default()).await;
     let start = std::time::Instant::now();
-    let agent = Agent::start(
-        s.pki.identity(c.addr, AGENT),
-        Arc::clone(&buffer),
-        link_config(),
-    );
+    let mut config = link_config();
+    if let Some(w) = std::env::var("PORTWATCH_REPLAY_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.window = w;
+    }
+    let agent = Agent::start(s.pki.identity(c.addr, AGENT), Arc::clone(&buffer), config);
     wait_until("the backlog drains", Duration::from_secs(600), || {
         buffer.stats().records == 0
     })
