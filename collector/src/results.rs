@@ -110,7 +110,7 @@ impl ResultStore {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(16 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput);
+            .mode(sled::Mode::LowSpace);
         // A store closed a moment ago (a restart in the same process) may still
         // hold sled's file lock while its background flusher exits.
         let give_up = Instant::now() + Duration::from_secs(5);
