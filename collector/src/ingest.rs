@@ -392,11 +392,19 @@ impl Session {
         } else {
             tracing::info!(agent = %self.agent_id, "agent stream ended");
         }
-        // Deregister unless a newer stream already took the slot.
+        // Deregister unless a newer stream already took the slot (a revoked
+        // or closed stream was deregistered by the close itself).
         let mut live = self.ingest.lock_live();
-        if live.get(&self.agent_id).is_some_and(|l| l.id == self.id) {
-            live.remove(&self.agent_id);
-            drop(live);
+        let disconnected = match live.get(&self.agent_id) {
+            Some(l) if l.id == self.id => {
+                live.remove(&self.agent_id);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        };
+        drop(live);
+        if disconnected {
             self.ingest
                 .update_stats(&self.agent_id, |s| s.connected = false);
         }

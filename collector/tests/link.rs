@@ -658,6 +658,12 @@ async fn revoking_an_agent_mid_stream_closes_it_and_the_agent_stops() {
         "{err:?}"
     );
     assert!(c.ingest.connected().is_empty());
+    wait_until(
+        "the collector shows it disconnected",
+        Duration::from_secs(5),
+        || !c.ingest.agent_stats(AGENT).unwrap().connected,
+    )
+    .await;
     // And it cannot come back.
     let again = raw_session(c.addr, s.pki.ca.cert_pem(), Some(&cert))
         .await
