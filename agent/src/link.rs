@@ -210,6 +210,9 @@ impl Link {
         let scheduler = Scheduler::spawn(Vec::new(), executor, self.config.max_in_flight, res_tx)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
+        // Should this future be dropped rather than run to the end, the
+        // scheduler still stops and the appender still drains into the buffer.
+        let _stop_on_drop = StopOnDrop(Arc::clone(&stop_tx));
         let on_shutdown = {
             let stop_tx = Arc::clone(&stop_tx);
             tokio::spawn(async move {
@@ -256,6 +259,15 @@ impl Link {
             done_tx,
         ));
 
+        // The highest seq the collector acked; the acker deletes through it
+        // off the send path, coalescing acks that arrive while it fsyncs.
+        let (acked_tx, acked_rx) = watch::channel(0u64);
+        let acker = tokio::spawn(ack_loop(
+            acked_rx,
+            Arc::clone(&self.buffer),
+            Arc::clone(&self.status),
+        ));
+
         let mut backoff = Backoff::new(&self.config);
         let mut stop = stop_rx.clone();
         let outcome = loop {
@@ -265,9 +277,12 @@ impl Link {
             let mut established = false;
             let ended = self
                 .session(
-                    &endpoint,
-                    &mon_tx,
-                    &appended,
+                    &Wiring {
+                        endpoint: &endpoint,
+                        mon_tx: &mon_tx,
+                        appended: &appended,
+                        acked: &acked_tx,
+                    },
                     stop.clone(),
                     done_rx.clone(),
                     &mut established,
@@ -303,6 +318,8 @@ impl Link {
         drop(mon_tx);
         let _ = owner.await;
         let _ = appender.await;
+        drop(acked_tx);
+        let _ = acker.await;
         let backlog = self.buffer.stats().records;
         self.status.send_modify(|s| s.backlog = backlog);
         outcome
@@ -311,14 +328,18 @@ impl Link {
     /// One connect attempt and, if it succeeds, the stream until it ends.
     async fn session(
         &self,
-        endpoint: &Endpoint,
-        mon_tx: &mpsc::Sender<Vec<Monitor>>,
-        appended: &Notify,
+        wiring: &Wiring<'_>,
         mut stop: watch::Receiver<bool>,
         mut appender_done: watch::Receiver<bool>,
         established: &mut bool,
     ) -> Ended {
         let cfg = &self.config;
+        let Wiring {
+            endpoint,
+            mon_tx,
+            appended,
+            acked,
+        } = *wiring;
         // Until the stream is up, shutdown does not wait for the collector.
         let connect = tokio::select! {
             c = endpoint.connect() => c,
@@ -376,23 +397,35 @@ impl Link {
 
         // Sent and not yet acked: each batch's highest seq, oldest first.
         let mut window: VecDeque<u64> = VecDeque::new();
-        let mut last_sent = 0u64;
-        let mut gaps_sent_through = 0u64;
+        // Everything unacked goes again, oldest first; what was acked is
+        // durable on the collector even if the buffer has not deleted it yet.
+        let mut last_read = *acked.borrow();
+        let mut gaps_read = 0u64;
+        // Read from the buffer, not yet sent (the window was full).
+        let mut ready: VecDeque<Batch> = VecDeque::new();
         let mut heartbeat = tokio::time::interval(cfg.heartbeat);
         heartbeat.tick().await;
         let mut drain_until: Option<Instant> = None;
         loop {
             while window.len() < cfg.window {
-                let batch = match self.next_batch(last_sent, gaps_sent_through).await {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        // The buffer still holds the results: retry on the next stream.
-                        return Ended::Transient(format!("reading the result buffer: {e}"));
+                if ready.is_empty() {
+                    // One buffer read for all the room in the window: each
+                    // read costs more than its size (it waits on fsyncs).
+                    let room = cfg.window - window.len();
+                    match self.read_batches(last_read, gaps_read, room).await {
+                        Ok(batches) => ready.extend(batches),
+                        Err(e) => {
+                            // The buffer still holds the results: retry on the next stream.
+                            return Ended::Transient(format!("reading the result buffer: {e}"));
+                        }
                     }
+                    let Some(last) = ready.back() else { break };
+                    last_read = last_read.max(last.last_record);
+                    gaps_read = gaps_read.max(last.last_gap);
+                }
+                let Some(batch) = ready.pop_front() else {
+                    break;
                 };
-                last_sent = last_sent.max(batch.last_record);
-                gaps_sent_through = gaps_sent_through.max(batch.last_gap);
                 // Only undecodable records: nothing to send, read on.
                 let Some(msg) = batch.msg else { continue };
                 window.push_back(batch.high);
@@ -427,9 +460,12 @@ impl Link {
                             while window.front().is_some_and(|&h| h <= through) {
                                 window.pop_front();
                             }
-                            if let Err(e) = self.ack(through).await {
-                                return Ended::Transient(format!("acknowledging in the result buffer: {e}"));
-                            }
+                            acked.send_if_modified(|v| {
+                                let newer = through > *v;
+                                *v = (*v).max(through);
+                                newer
+                            });
+                            self.status.send_modify(|s| s.acked_through = s.acked_through.max(through));
                         }
                         Some(pb::collector_message::Msg::Rotate(r)) => {
                             tracing::info!(reason = %r.reason, "the collector asks for a certificate renewal");
@@ -513,31 +549,26 @@ impl Link {
         });
     }
 
-    async fn ack(&self, through: u64) -> Result<(), BufferError> {
-        let buffer = Arc::clone(&self.buffer);
-        let removed = tokio::task::spawn_blocking(move || buffer.ack_through(through))
-            .await
-            .unwrap_or(Ok(0))?;
-        let backlog = self.buffer.stats().records;
-        tracing::debug!(through, removed, backlog, "collector acked");
-        self.status.send_modify(|s| {
-            s.acked_through = s.acked_through.max(through);
-            s.backlog = backlog;
-        });
-        Ok(())
-    }
-
-    /// The next batch to send: buffered records after `after` and gaps ending
-    /// after `gaps_after`; `None` when there is nothing new.
-    async fn next_batch(&self, after: u64, gaps_after: u64) -> Result<Option<Batch>, BufferError> {
+    /// The next batches to send (at most `count`): buffered records after
+    /// `after`, and gaps ending after `gaps_after` (with the first batch).
+    /// Empty when there is nothing new.
+    async fn read_batches(
+        &self,
+        after: u64,
+        gaps_after: u64,
+        count: usize,
+    ) -> Result<Vec<Batch>, BufferError> {
         let buffer = Arc::clone(&self.buffer);
         let max = self.batch_limit.load(Ordering::Relaxed).max(1);
         let (records, gaps) = tokio::task::spawn_blocking(move || {
-            Ok::<_, BufferError>((buffer.read_after(after, max)?, buffer.gaps()?))
+            Ok::<_, BufferError>((
+                buffer.read_after(after, max.saturating_mul(count.max(1)))?,
+                buffer.gaps()?,
+            ))
         })
         .await
         .unwrap_or_else(|_| Ok((Vec::new(), Vec::new())))?;
-        let gaps: Vec<pb::Gap> = gaps
+        let mut gaps: Vec<pb::Gap> = gaps
             .into_iter()
             .filter(|g| g.to > gaps_after)
             .map(|g| pb::Gap {
@@ -546,39 +577,54 @@ impl Link {
                 count: g.count,
             })
             .collect();
-        if records.is_empty() && gaps.is_empty() {
-            return Ok(None);
-        }
-        let last_record = records.last().map_or(after, |r| r.seq);
         let last_gap = gaps.iter().map(|g| g.to_seq).max().unwrap_or(gaps_after);
-        let mut results = Vec::with_capacity(records.len());
-        for r in records {
-            match pb::CheckResult::decode(&*r.payload) {
-                Ok(result) => results.push(pb::SequencedResult {
-                    seq: r.seq,
-                    result: Some(result),
-                }),
-                // Checksummed, so this is a bug rather than a disk fault: the
-                // record cannot be sent; a later ack deletes it.
-                Err(e) => {
-                    tracing::error!(seq = r.seq, error = %e, "buffered result does not decode: skipped")
+        let mut out = Vec::new();
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() || !gaps.is_empty() {
+            let chunk: Vec<_> = records.by_ref().take(max).collect();
+            let last_record = chunk.last().map_or(after, |r| r.seq);
+            let mut results = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                match pb::CheckResult::decode(&*r.payload) {
+                    Ok(result) => results.push(pb::SequencedResult {
+                        seq: r.seq,
+                        result: Some(result),
+                    }),
+                    // Checksummed, so this is a bug rather than a disk fault:
+                    // the record cannot be sent; a later ack deletes it.
+                    Err(e) => {
+                        tracing::error!(seq = r.seq, error = %e, "buffered result does not decode: skipped")
+                    }
                 }
             }
+            let gaps = std::mem::take(&mut gaps);
+            let high = results
+                .iter()
+                .map(|r| r.seq)
+                .chain(gaps.iter().map(|g| g.to_seq))
+                .max()
+                .unwrap_or(0);
+            out.push(Batch {
+                msg: (high > 0).then_some(pb::ResultBatch { results, gaps }),
+                high,
+                last_record,
+                last_gap,
+            });
         }
-        let high = results
-            .iter()
-            .map(|r| r.seq)
-            .chain(gaps.iter().map(|g| g.to_seq))
-            .max()
-            .unwrap_or(0);
-        let msg = (high > 0).then_some(pb::ResultBatch { results, gaps });
-        Ok(Some(Batch {
-            msg,
-            high,
-            last_record,
-            last_gap,
-        }))
+        Ok(out)
     }
+}
+
+/// What a stream attempt shares with the rest of the link.
+#[derive(Clone, Copy)]
+struct Wiring<'a> {
+    endpoint: &'a Endpoint,
+    /// Assignments to the scheduler's owner.
+    mon_tx: &'a mpsc::Sender<Vec<Monitor>>,
+    /// Signalled when results were appended to the buffer.
+    appended: &'a Notify,
+    /// The highest seq the collector acked, for the acker.
+    acked: &'a watch::Sender<u64>,
 }
 
 struct Batch {
@@ -588,6 +634,14 @@ struct Batch {
     high: u64,
     last_record: u64,
     last_gap: u64,
+}
+
+struct StopOnDrop(Arc<watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// Resolves once the flag is true (or its sender is gone).
@@ -602,6 +656,39 @@ fn agent_msg(msg: pb::agent_message::Msg) -> pb::AgentMessage {
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Deletes acked results from the buffer: always through the newest ack, so
+/// acks that arrive during one deletion's fsync cost one more, not many.
+/// Applies the last ack before it ends (when the sender is dropped).
+async fn ack_loop(
+    mut acked: watch::Receiver<u64>,
+    buffer: Arc<dyn ResultBuffer>,
+    status: Arc<watch::Sender<LinkStatus>>,
+) {
+    let mut applied = 0u64;
+    loop {
+        let open = acked.changed().await.is_ok();
+        let through = *acked.borrow_and_update();
+        if through > applied {
+            let buf = Arc::clone(&buffer);
+            match tokio::task::spawn_blocking(move || buf.ack_through(through)).await {
+                Ok(Ok(removed)) => {
+                    applied = through;
+                    let backlog = buffer.stats().records;
+                    tracing::debug!(through, removed, backlog, "acked results deleted");
+                    status.send_modify(|s| s.backlog = backlog);
+                }
+                // Kept records are deleted by the next ack (it covers them);
+                // they are not sent again, the collector has them.
+                Ok(Err(e)) => tracing::error!(through, error = %e, "deleting acked results failed"),
+                Err(e) => tracing::error!(through, error = %e, "deleting acked results failed"),
+            }
+        }
+        if !open {
+            break;
+        }
+    }
 }
 
 /// Moves scheduler results into the buffer, grouping those that arrive close

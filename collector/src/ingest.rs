@@ -16,8 +16,9 @@
 //!   [`ResultStore`] (deduplicated on (agent, seq), fsynced), then acked.
 //!
 //! ## What an `Ack` means
-//! `Ack { durable_through_seq: N }` is sent after a batch has been processed,
-//! with `N` the highest sequence number (of a result or a gap's `to_seq`) seen
+//! `Ack { durable_through_seq: N }` is sent after a batch has been processed
+//! (batches already waiting when one arrives are stored together, with one
+//! fsync, and share one ack), with `N` the highest sequence number (of a result or a gap's `to_seq`) seen
 //! on this stream so far. Batches on one stream are processed in order and
 //! each is flushed before its ack, so every result and gap the agent sent on
 //! this stream with a seq <= N is on disk (or was dropped as unassigned, which
@@ -60,6 +61,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a closing stream waits to hand the agent its final status.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most waiting result batches stored with one fsync.
+const MAX_COALESCED_BATCHES: usize = 16;
 
 /// Why an agent may not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -388,11 +392,19 @@ impl Session {
         } else {
             tracing::info!(agent = %self.agent_id, "agent stream ended");
         }
-        // Deregister unless a newer stream already took the slot.
+        // Deregister unless a newer stream already took the slot (a revoked
+        // or closed stream was deregistered by the close itself).
         let mut live = self.ingest.lock_live();
-        if live.get(&self.agent_id).is_some_and(|l| l.id == self.id) {
-            live.remove(&self.agent_id);
-            drop(live);
+        let disconnected = match live.get(&self.agent_id) {
+            Some(l) if l.id == self.id => {
+                live.remove(&self.agent_id);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        };
+        drop(live);
+        if disconnected {
             self.ingest
                 .update_stats(&self.agent_id, |s| s.connected = false);
         }
@@ -443,17 +455,55 @@ impl Session {
                     };
                     self.ingest.update_stats(&self.agent_id, |s| s.last_seen = Some(SystemTime::now()));
                     match m.msg {
-                        Some(pb::agent_message::Msg::Results(batch)) => self.on_batch(batch).await?,
-                        Some(pb::agent_message::Msg::Heartbeat(hb)) => {
-                            self.ingest.update_stats(&self.agent_id, |s| s.backlog = hb.backlog);
+                        Some(pb::agent_message::Msg::Results(batch)) => {
+                            // Batches already waiting share one write and
+                            // one fsync (the store's cost is mostly the
+                            // fsync); the ack then covers them all.
+                            let mut batches = vec![batch];
+                            let mut after = None;
+                            while batches.len() < MAX_COALESCED_BATCHES {
+                                // A zero timeout polls once: only what is already here.
+                                match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
+                                    Ok(Ok(Some(pb::AgentMessage {
+                                        msg: Some(pb::agent_message::Msg::Results(b)),
+                                    }))) => batches.push(b),
+                                    Ok(next) => {
+                                        after = Some(next);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            self.on_batches(batches).await?;
+                            match after {
+                                None => {}
+                                Some(Ok(None)) => return Ok(()),
+                                Some(Err(s)) => return Err(reject(&self.agent_id, s)),
+                                Some(Ok(Some(m))) => self.on_other(m)?,
+                            }
                         }
-                        Some(pb::agent_message::Msg::Hello(_)) => {
-                            return Err(Status::invalid_argument("hello sent twice"));
-                        }
-                        None => return Err(Status::invalid_argument("empty agent message")),
+                        other => self.on_other(pb::AgentMessage { msg: other })?,
                     }
                 }
             }
+        }
+    }
+
+    /// Anything but a result batch, after the hello.
+    fn on_other(&mut self, m: pb::AgentMessage) -> Result<(), Status> {
+        match m.msg {
+            Some(pb::agent_message::Msg::Heartbeat(hb)) => {
+                self.ingest
+                    .update_stats(&self.agent_id, |s| s.backlog = hb.backlog);
+                Ok(())
+            }
+            Some(pb::agent_message::Msg::Hello(_)) => {
+                Err(Status::invalid_argument("hello sent twice"))
+            }
+            Some(pb::agent_message::Msg::Results(_)) => {
+                Err(Status::internal("a result batch was not handled"))
+            }
+            None => Err(Status::invalid_argument("empty agent message")),
         }
     }
 
@@ -479,26 +529,31 @@ impl Session {
         self.send(pb::collector_message::Msg::Assignment(a)).await
     }
 
-    async fn on_batch(&mut self, batch: pb::ResultBatch) -> Result<(), Status> {
+    /// Stores batches (in order, as one write), then acks through the highest
+    /// seq among them.
+    async fn on_batches(&mut self, batches: Vec<pb::ResultBatch>) -> Result<(), Status> {
         let mut high = self.acked;
-        let mut keep = Vec::with_capacity(batch.results.len());
+        let mut keep = Vec::new();
+        let mut gaps = Vec::new();
         let mut dropped = 0u64;
-        for sr in batch.results {
-            high = high.max(sr.seq);
-            match sr.result {
-                Some(r) if self.assigned.contains(&r.monitor_id) => keep.push((sr.seq, r)),
-                _ => dropped += 1,
+        for batch in batches {
+            for sr in batch.results {
+                high = high.max(sr.seq);
+                match sr.result {
+                    Some(r) if self.assigned.contains(&r.monitor_id) => keep.push((sr.seq, r)),
+                    _ => dropped += 1,
+                }
             }
-        }
-        for g in &batch.gaps {
-            high = high.max(g.to_seq);
+            for g in batch.gaps {
+                high = high.max(g.to_seq);
+                gaps.push(g);
+            }
         }
         if dropped > 0 {
             tracing::warn!(agent = %self.agent_id, dropped, "results for monitors not assigned to this agent dropped");
         }
         let store = Arc::clone(&self.ingest.inner.store);
         let agent = self.agent_id.clone();
-        let gaps = batch.gaps;
         let n_gaps = gaps.len() as u64;
         let outcome = tokio::task::spawn_blocking(move || store.store_batch(&agent, &keep, &gaps))
             .await

@@ -295,11 +295,37 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A hand-driven stream (no `Link`): for what the real agent never sends.
+fn hello() -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: "test".into(),
+            assignment_version: 0,
+            backlog: 0,
+        })),
+    }
+}
+
+/// A hand-driven stream (no `Link`) that starts with a hello.
 async fn raw_session(
     addr: SocketAddr,
     ca_pem: &str,
     cert: Option<&(String, String)>,
+) -> Result<
+    (
+        mpsc::Sender<pb::AgentMessage>,
+        Streaming<pb::CollectorMessage>,
+    ),
+    tonic::Status,
+> {
+    raw_session_with(addr, ca_pem, cert, hello()).await
+}
+
+/// A hand-driven stream: for what the real agent never sends.
+async fn raw_session_with(
+    addr: SocketAddr,
+    ca_pem: &str,
+    cert: Option<&(String, String)>,
+    first: pb::AgentMessage,
 ) -> Result<
     (
         mpsc::Sender<pb::AgentMessage>,
@@ -321,15 +347,7 @@ async fn raw_session(
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(16);
-    tx.send(pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
-            agent_version: "test".into(),
-            assignment_version: 0,
-            backlog: 0,
-        })),
-    })
-    .await
-    .unwrap();
+    tx.send(first).await.unwrap();
     let inbound = AgentLinkClient::new(channel)
         .session(ReceiverStream::new(rx))
         .await?
@@ -640,6 +658,12 @@ async fn revoking_an_agent_mid_stream_closes_it_and_the_agent_stops() {
         "{err:?}"
     );
     assert!(c.ingest.connected().is_empty());
+    wait_until(
+        "the collector shows it disconnected",
+        Duration::from_secs(5),
+        || !c.ingest.agent_stats(AGENT).unwrap().connected,
+    )
+    .await;
     // And it cannot come back.
     let again = raw_session(c.addr, s.pki.ca.cert_pem(), Some(&cert))
         .await
@@ -906,11 +930,14 @@ async fn replay_rate() {
         .sum();
     let c = s.collector(any_port(), IngestConfig::default()).await;
     let start = std::time::Instant::now();
-    let agent = Agent::start(
-        s.pki.identity(c.addr, AGENT),
-        Arc::clone(&buffer),
-        link_config(),
-    );
+    let mut config = link_config();
+    if let Some(w) = std::env::var("PORTWATCH_REPLAY_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.window = w;
+    }
+    let agent = Agent::start(s.pki.identity(c.addr, AGENT), Arc::clone(&buffer), config);
     wait_until("the backlog drains", Duration::from_secs(600), || {
         buffer.stats().records == 0
     })
@@ -925,4 +952,30 @@ async fn replay_rate() {
         buffer_dir_bytes,
         buffer_dir_bytes / n.max(1),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_does_not_start_with_hello_is_refused_before_anything_is_stored() {
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    s.assignments.set(AGENT, vec![monitor("m1", t)]);
+    let c = s.collector(any_port(), IngestConfig::default()).await;
+    let cert = s.pki.agent(AGENT);
+    let batch = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Results(pb::ResultBatch {
+            results: vec![pb::SequencedResult {
+                seq: 1,
+                result: Some(result_for("m1")),
+            }],
+            gaps: vec![],
+        })),
+    };
+    let (_tx, mut inbound) = raw_session_with(c.addr, s.pki.ca.cert_pem(), Some(&cert), batch)
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("the collector answers");
+    assert_eq!(end.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(c.store.count(), 0);
 }
