@@ -160,8 +160,12 @@ pub async fn serve(
     tracing::info!(agents = %agent_addr, http = %http_addr, "collector serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let closer = collector.ingest.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Agent streams never end by themselves: close them first, or the
+        // graceful shutdown would wait for them forever.
+        closer.close_all();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -169,6 +173,9 @@ pub async fn serve(
     };
     let ingest = collector.ingest.clone();
     let grpc = tonic::transport::Server::builder()
+        // Agents send keepalives every ~30 s; answer pings and drop dead peers.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .tls_config(tls)
         .map_err(setup)?
         .add_service(enroll.into_server())
@@ -180,7 +187,6 @@ pub async fn serve(
     let app = router(Backend(collector.clone()), admin);
     let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let (g, h) = tokio::join!(grpc, async { http.await });
-    collector.ingest.close_all();
     g.map_err(|e| ServeError::Serve(e.to_string()))?;
     h.map_err(|e| ServeError::Serve(e.to_string()))?;
     Ok(())
