@@ -111,6 +111,23 @@ fn unframe(v: &[u8]) -> Option<&[u8]> {
     (u32::from_be_bytes(crc.try_into().ok()?) == crc32fast::hash(payload)).then_some(payload)
 }
 
+/// Opens a sled database, waiting (up to 5 s) for the file lock that sled's
+/// background flusher keeps for a moment after the previous handle, or a
+/// process that just exited, let go. Every sled store in portwatch opens here.
+pub fn open_sled(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// In-memory mirror of the counters, guarded so appends and acks serialise.
 #[derive(Debug, Default)]
 struct State {
@@ -136,26 +153,10 @@ impl SledBuffer {
             // Memory near DB size is a known sled problem: keep its cache small.
             .cache_capacity(8 * 1024 * 1024)
             .mode(sled::Mode::LowSpace);
-        // sled's background flusher keeps the file lock for a moment after the
-        // previous handle (or a process that just exited) let go: wait for it.
-        let give_up = Instant::now() + Duration::from_secs(5);
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < give_up =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(BufferError::Open {
-                        path: dir.display().to_string(),
-                        source,
-                    });
-                }
-            }
-        };
+        let db = open_sled(&config).map_err(|source| BufferError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let get = |k: &[u8]| -> Result<u64, BufferError> {
             Ok(db.get(k)?.as_deref().and_then(be_u64).unwrap_or(0))
         };

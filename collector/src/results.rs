@@ -18,7 +18,6 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use portwatch_proto::v1 as pb;
 use prost::Message;
@@ -111,26 +110,11 @@ impl ResultStore {
             .path(dir)
             .cache_capacity(16 * 1024 * 1024)
             .mode(sled::Mode::LowSpace);
-        // A store closed a moment ago (a restart in the same process) may still
-        // hold sled's file lock while its background flusher exits.
-        let give_up = Instant::now() + Duration::from_secs(5);
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < give_up =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(StoreError::Open {
-                        path: dir.display().to_string(),
-                        source,
-                    });
-                }
-            }
-        };
+        let db =
+            portwatch_agent::buffer::open_sled(&config).map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
         Ok(ResultStore {
             db,
             write: Mutex::new(()),

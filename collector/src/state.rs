@@ -33,10 +33,8 @@ impl State {
     /// Opens (creating on first start) `<data_dir>/state`.
     pub fn open(data_dir: &Path) -> Result<State, StateError> {
         let path = data_dir.join("state");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
+        let config = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES);
+        let db = portwatch_agent::buffer::open_sled(&config)
             .map_err(|source| StateError::Open { path, source })?;
         Ok(State { db })
     }
