@@ -203,3 +203,91 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
     assert!(run.log().contains("revoked"), "{}", run.log());
     drop(coll);
 }
+
+/// Every result the agent flushed reaches the collector exactly once, however
+/// often the agent dies: kill -9 at random points, 20 times, then let it drain.
+/// Sequence numbers are given only to flushed results, so after the final
+/// drain the stored sequence numbers of each monitor-set must be exactly
+/// 1..=N with no hole and no duplicate.
+#[test]
+fn agent_killed_at_random_points_loses_and_duplicates_nothing() {
+    let dir = h::temp_dir();
+    let data = dir.path().join("collector");
+    let agent_dir = dir.path().join("agent");
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let closed_port = h::free_tcp_port();
+    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
+    let config = dir.path().join("collector.toml");
+    let mut monitors = String::new();
+    for (id, port) in [
+        ("up-a", target_port),
+        ("up-b", target_port),
+        ("down-c", closed_port),
+    ] {
+        monitors.push_str(&format!(
+            "[[monitors]]\nid = \"{id}\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nagents = [\"crashy\"]\n"
+        ));
+    }
+    std::fs::write(&config, monitors).unwrap();
+    let coll = start_collector(dir.path(), &data, &config, agent_port, http_port);
+    let d = data.to_str().unwrap();
+    let o = collector(&["token", "create", "--data-dir", d, "--name", "crashy"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let join = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let a = agent_dir.to_str().unwrap();
+    let o = agent(&["enroll", &join, "--data-dir", a]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A deterministic spread of kill points (no RNG crate needed): 150..1450 ms.
+    for i in 0..20u64 {
+        let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
+        cmd.args(["run", "--data-dir", a]);
+        let mut run = Service::spawn(&format!("agent-{i}"), cmd, dir.path());
+        let after = Duration::from_millis(150 + (i * 7919) % 1300);
+        // Waiting here is the point: the agent must be killed mid-work.
+        std::thread::sleep(after);
+        assert!(
+            !run.exited(),
+            "agent exited by itself in iteration {i}:\n{}",
+            run.log()
+        );
+        run.kill(); // SIGKILL
+    }
+    // A last, undisturbed run drains whatever the crashes left in the buffer.
+    let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
+    cmd.args(["run", "--data-dir", a]);
+    let run = Service::spawn("agent-final", cmd, dir.path());
+    let all_seqs = || {
+        let mut seqs: Vec<u64> = ["up-a", "up-b", "down-c"]
+            .iter()
+            .flat_map(|m| results(&data, m))
+            .map(|x| x["seq"].as_u64().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    };
+    let contiguous =
+        |s: &[u64]| !s.is_empty() && s[0] == 1 && s.windows(2).all(|w| w[1] == w[0] + 1);
+    assert!(
+        h::poll_until(Duration::from_secs(30), || {
+            let s = all_seqs();
+            contiguous(&s) && s.len() >= 20
+        }),
+        "stored seqs have holes or duplicates: {:?}\n{}",
+        all_seqs(),
+        run.log()
+    );
+    let s = all_seqs();
+    let mut dedup = s.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), s.len(), "no duplicates");
+    let down = results(&data, "down-c");
+    assert!(down.iter().all(|x| x["reason"] == "refused"), "{down:?}");
+    drop(run);
+    drop(coll);
+}
