@@ -173,12 +173,19 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
     // 4. The collector dies (kill -9) for a while; the agent keeps checking.
     let before = results(&data, "svc").len();
     coll.kill();
-    // The outage itself: time has to pass for checks to pile up in the agent's buffer.
-    std::thread::sleep(Duration::from_secs(3));
+    // The outage itself (60 s, as an operator's restart or a network cut might
+    // last): time has to pass for checks to pile up in the agent's buffer.
+    // PW_E2E_OUTAGE_SECS shortens it for quick local runs.
+    let outage: u64 = std::env::var("PW_E2E_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    std::thread::sleep(Duration::from_secs(outage));
     let coll = start_collector(dir.path(), &data, &config, agent_port, http_port);
     assert!(
-        h::poll_until(Duration::from_secs(30), || results(&data, "svc").len()
-            >= before + 3),
+        // The agent's backoff may have grown to ~40 s during the outage.
+        h::poll_until(Duration::from_secs(90), || results(&data, "svc").len()
+            >= before + outage as usize / 2),
         "backlog never arrived: {}",
         run.log()
     );
