@@ -135,6 +135,13 @@ impl Assignments for StaticAssignments {
     }
 }
 
+/// Issues a new certificate for an authenticated agent's fresh key (the
+/// `Renew` RPC). The collector's CA implements it; without one, `Renew`
+/// answers `Unimplemented`.
+pub trait Renewer: Send + Sync + 'static {
+    fn renew(&self, agent_id: &str, csr_der: &[u8]) -> Result<pb::RenewResponse, Status>;
+}
+
 /// Limits and timings of the ingest service.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -192,6 +199,7 @@ struct Inner {
     live: Mutex<HashMap<String, Live>>,
     stats: Mutex<HashMap<String, AgentLinkStats>>,
     next_id: AtomicU64,
+    renewer: std::sync::OnceLock<Arc<dyn Renewer>>,
 }
 
 /// The `AgentLink` service and the handle to its live streams. Cheap to clone.
@@ -218,6 +226,7 @@ impl Ingest {
                 live: Mutex::new(HashMap::new()),
                 stats: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
+                renewer: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -229,6 +238,11 @@ impl Ingest {
         AgentLinkServer::new(self.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES.max(max))
+    }
+
+    /// Serves `Renew` with `renewer` (set once, before agents connect).
+    pub fn set_renewer(&self, renewer: Arc<dyn Renewer>) {
+        let _ = self.inner.renewer.set(renewer);
     }
 
     /// Closes `agent_id`'s live stream with `PermissionDenied`. Call it after
@@ -311,11 +325,25 @@ impl AgentLink for Ingest {
 
     async fn renew(
         &self,
-        _request: Request<pb::RenewRequest>,
+        request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        Err(Status::unimplemented(
-            "certificate renewal is not served yet",
-        ))
+        // The identity comes from the verified certificate being renewed,
+        // never from the CSR (whose subject the CA ignores anyway).
+        let agent_id = identity(&request)?;
+        if let Err(denied) = self.inner.directory.check(&agent_id) {
+            tracing::warn!(agent = %agent_id, reason = %denied, "certificate renewal refused");
+            return Err(Status::permission_denied(format!(
+                "agent {agent_id} may not renew: {denied}"
+            )));
+        }
+        let Some(renewer) = self.inner.renewer.get() else {
+            return Err(Status::unimplemented(
+                "this collector does not renew certificates",
+            ));
+        };
+        let resp = renewer.renew(&agent_id, &request.get_ref().csr_der)?;
+        tracing::info!(agent = %agent_id, not_after_unix_ms = resp.not_after_unix_ms, "agent certificate renewed");
+        Ok(Response::new(resp))
     }
 
     async fn session(

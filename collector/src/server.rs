@@ -23,7 +23,7 @@ use crate::enroll::{EnrollConfig, EnrollService, server_tls};
 use crate::http::{
     AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
 };
-use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig};
+use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
 use crate::results::ResultStore;
 use crate::state::{State, unix_ms};
 use crate::token::{TokenSpec, TokenStore};
@@ -89,6 +89,11 @@ pub fn open(
         assignments,
         IngestConfig::default(),
     );
+    ingest.set_renewer(Arc::new(CaRenewer {
+        ca: ca.clone(),
+        agents: agents.clone(),
+        lifetime: config.agent_cert_lifetime,
+    }));
     let host = match agent_addr.ip() {
         ip if ip.is_unspecified() => config
             .server_names
@@ -209,6 +214,33 @@ impl AgentDirectory for RegistryDirectory {
                 reason: format!("agent registry unavailable: {e}"),
             }),
         }
+    }
+}
+
+/// Renewal: the CA signs the agent's fresh key with the identity it already
+/// has (from its current certificate) and the registry records the new one.
+struct CaRenewer {
+    ca: Arc<Ca>,
+    agents: AgentRegistry,
+    lifetime: std::time::Duration,
+}
+
+impl Renewer for CaRenewer {
+    fn renew(&self, agent_id: &str, csr_der: &[u8]) -> Result<pb::RenewResponse, tonic::Status> {
+        let issued = self
+            .ca
+            .issue_agent(csr_der, agent_id, self.lifetime)
+            .map_err(|e| match e {
+                crate::ca::CaError::BadCsr(_) => tonic::Status::invalid_argument(e.to_string()),
+                other => tonic::Status::internal(other.to_string()),
+            })?;
+        self.agents
+            .record_cert(agent_id, &issued.serial_hex, issued.not_after)
+            .map_err(|e| tonic::Status::internal(format!("recording the new certificate: {e}")))?;
+        Ok(pb::RenewResponse {
+            cert_der: issued.cert_der.to_vec(),
+            not_after_unix_ms: unix_ms(issued.not_after),
+        })
     }
 }
 

@@ -1,0 +1,177 @@
+//! `Renew` through the real `serve` wiring: an enrolled agent trades a CSR for
+//! a fresh key for a new certificate with the same identity, over its mTLS
+//! connection; no certificate, a bad CSR or a revoked agent are refused.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use portwatch_agent::enroll::{EnrollOptions, enroll};
+use portwatch_agent::identity::AgentIdentity;
+use portwatch_agent::join::JoinString;
+use portwatch_collector::ca::agent_id_of;
+use portwatch_collector::config::Config;
+use portwatch_collector::server::{self, Collector};
+use portwatch_collector::token::TokenSpec;
+use portwatch_proto::v1 as pb;
+use portwatch_proto::v1::agent_link_client::AgentLinkClient;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+struct Running {
+    collector: Collector,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start() -> Running {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = agent_listener.local_addr().unwrap();
+    let config = Config {
+        agent_cert_lifetime: Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let (collector, admin) = server::open(&data, config, addr).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let c = collector.clone();
+    tokio::spawn(async move {
+        server::serve(&data, c, admin, agent_listener, http_listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Running {
+        collector,
+        addr,
+        stop: Some(stop),
+        _dir: dir,
+    }
+}
+
+async fn enrolled(r: &Running, name: &str) -> AgentIdentity {
+    let new = r
+        .collector
+        .tokens
+        .create(
+            TokenSpec {
+                name: name.into(),
+                labels: Default::default(),
+                ttl: None,
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+    let join = JoinString::new(
+        r.collector.public_agent_addr.clone(),
+        new.record.id.clone(),
+        new.secret(),
+        r.collector.ca.pin(),
+    )
+    .unwrap();
+    let agent_dir = r._dir.path().join(name);
+    enroll(&join, &agent_dir, &EnrollOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn channel(r: &Running, id: Option<&AgentIdentity>) -> Channel {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(r.collector.ca.cert_pem()))
+        .domain_name("127.0.0.1");
+    if let Some(id) = id {
+        tls = tls.identity(Identity::from_pem(id.cert_pem(), id.key_pem()));
+    }
+    Endpoint::from_shared(format!("https://{}", r.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn csr() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(vec!["someone-else".to_owned()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_agent_renews_with_a_fresh_key_and_keeps_its_identity() {
+    let r = start().await;
+    let id = enrolled(&r, "bastion-1").await;
+    let before = r.collector.agents.get(id.agent_id()).unwrap().unwrap();
+    let mut client = AgentLinkClient::new(channel(&r, Some(&id)).await);
+    let resp = client
+        .renew(pb::RenewRequest { csr_der: csr() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        agent_id_of(&resp.cert_der).as_deref(),
+        Some(id.agent_id()),
+        "same identity, whatever the CSR asked"
+    );
+    assert!(resp.not_after_unix_ms >= before.cert_not_after_unix_ms);
+    let after = r.collector.agents.get(id.agent_id()).unwrap().unwrap();
+    assert_ne!(
+        after.cert_serial, before.cert_serial,
+        "the registry records the new certificate"
+    );
+    assert_eq!(after.cert_not_after_unix_ms, resp.not_after_unix_ms);
+
+    // A CSR that is not one: a clear InvalidArgument, the old certificate still recorded.
+    let err = client
+        .renew(pb::RenewRequest {
+            csr_der: b"garbage".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        r.collector
+            .agents
+            .get(id.agent_id())
+            .unwrap()
+            .unwrap()
+            .cert_serial,
+        after.cert_serial
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_needs_a_client_certificate_and_an_unrevoked_agent() {
+    let r = start().await;
+    let id = enrolled(&r, "bastion-2").await;
+    let err = AgentLinkClient::new(channel(&r, None).await)
+        .renew(pb::RenewRequest { csr_der: csr() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    r.collector
+        .agents
+        .revoke("bastion-2", SystemTime::now())
+        .unwrap();
+    let err = AgentLinkClient::new(channel(&r, Some(&id)).await)
+        .renew(pb::RenewRequest { csr_der: csr() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("revoked"), "{err:?}");
+}
