@@ -229,6 +229,14 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if identity.cert_not_after() <= std::time::SystemTime::now() {
+        eprintln!(
+            "portwatch-agent run: this agent's certificate expired at {} while it could not reach the collector: \
+             re-enroll it with a new token (portwatch-collector token create, then portwatch-agent enroll --force)",
+            humantime::format_rfc3339_seconds(identity.cert_not_after())
+        );
+        return 1;
+    }
     let buffer = match crate::buffer::SledBuffer::open(
         &args.data_dir.join("buffer"),
         args.buffer_mib * 1024 * 1024,
@@ -254,7 +262,8 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         },
         buffer,
         crate::link::LinkConfig::default(),
-    );
+    )
+    .with_rotation(persist_into(args.data_dir.clone()));
     tracing::info!(agent = %identity.agent_id(), collector = %identity.collector_addr(), "agent starting");
     match link.run(engine, shutdown_signal()).await {
         Ok(()) => {
@@ -266,6 +275,14 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
             1
         }
     }
+}
+
+/// Saves renewed certificates into the agent's data dir (crash-safely).
+pub fn persist_into(data_dir: PathBuf) -> crate::link::PersistIdentity {
+    std::sync::Arc::new(move |key_pem: &str, cert_pem: &str| {
+        crate::identity::AgentIdentity::save_rotated(&data_dir, key_pem, cert_pem)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// The host part of `host:port` (brackets stripped from IPv6).

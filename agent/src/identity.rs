@@ -24,6 +24,9 @@ pub const KEY_FILE: &str = "agent.key";
 pub const CERT_FILE: &str = "agent.pem";
 pub const CA_FILE: &str = "ca.pem";
 pub const INFO_FILE: &str = "agent.json";
+/// A renewed key and certificate, written before they replace the current pair.
+pub const NEXT_KEY_FILE: &str = "agent.key.next";
+pub const NEXT_CERT_FILE: &str = "agent.pem.next";
 /// The URI SAN prefix of an agent identity (as the collector's CA writes it).
 pub const AGENT_URI_PREFIX: &str = "portwatch://agent/";
 
@@ -67,8 +70,13 @@ pub struct AgentIdentity {
 }
 
 impl AgentIdentity {
-    /// Reads and cross-checks the identity files in `data_dir`.
+    /// Reads and cross-checks the identity files in `data_dir`, first
+    /// finishing a certificate rotation a crash interrupted.
     pub fn load(data_dir: &Path) -> Result<AgentIdentity, IdentityError> {
+        recover_rotation(data_dir).map_err(|source| IdentityError::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
         let read = |name: &str| {
             let path = data_dir.join(name);
             fs::read_to_string(&path).map_err(|source| match source.kind() {
@@ -128,6 +136,22 @@ impl AgentIdentity {
         })
     }
 
+    /// Replaces the key and certificate after a renewal, crash-safely: the new
+    /// pair is written in full as `.next` files, then renamed over the current
+    /// one (key first); `load` completes whatever a crash left half done.
+    pub fn save_rotated(
+        data_dir: &Path,
+        key_pem: &str,
+        cert_pem: &str,
+    ) -> Result<(), IdentityError> {
+        let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
+        let next_key = data_dir.join(NEXT_KEY_FILE);
+        let next_cert = data_dir.join(NEXT_CERT_FILE);
+        write_atomic(&next_key, key_pem.as_bytes(), 0o600).map_err(io(next_key.clone()))?;
+        write_atomic(&next_cert, cert_pem.as_bytes(), 0o644).map_err(io(next_cert.clone()))?;
+        recover_rotation(data_dir).map_err(io(data_dir.to_owned()))
+    }
+
     /// Whether any identity file exists in `data_dir` (a previous enrollment,
     /// complete or not, that `enroll` must not overwrite without `--force`).
     pub fn exists(data_dir: &Path) -> bool {
@@ -171,6 +195,25 @@ impl fmt::Debug for AgentIdentity {
             .field("key_pem", &"<redacted>")
             .finish_non_exhaustive()
     }
+}
+
+/// Finishes or discards a rotation: both `.next` files present means the new
+/// pair is complete (each was written and synced before its rename), so it
+/// replaces the current one; only the certificate left means the key was
+/// already moved; only the key means the new pair never got its
+/// certificate, and the current pair is still whole.
+fn recover_rotation(dir: &Path) -> std::io::Result<()> {
+    let (next_key, next_cert) = (dir.join(NEXT_KEY_FILE), dir.join(NEXT_CERT_FILE));
+    match (next_key.exists(), next_cert.exists()) {
+        (true, true) => {
+            fs::rename(&next_key, dir.join(KEY_FILE))?;
+            fs::rename(&next_cert, dir.join(CERT_FILE))?;
+        }
+        (false, true) => fs::rename(&next_cert, dir.join(CERT_FILE))?,
+        (true, false) => fs::remove_file(&next_key)?,
+        (false, false) => return Ok(()),
+    }
+    fs::File::open(dir)?.sync_all()
 }
 
 fn pem_cert(pem: &str) -> Result<Vec<u8>, String> {
@@ -232,4 +275,55 @@ pub(crate) fn write_atomic(path: &Path, body: &[u8], mode: u32) -> std::io::Resu
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> (String, String) {
+        (
+            fs::read_to_string(dir.join(KEY_FILE)).unwrap_or_default(),
+            fs::read_to_string(dir.join(CERT_FILE)).unwrap_or_default(),
+        )
+    }
+
+    /// Each point where a crash can stop `save_rotated` leaves a directory
+    /// from which the next `load` gets a matching pair: the new one once both
+    /// halves were complete, the old one otherwise.
+    #[test]
+    fn an_interrupted_rotation_is_finished_or_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let reset = || {
+            for f in [KEY_FILE, CERT_FILE, NEXT_KEY_FILE, NEXT_CERT_FILE] {
+                let _ = fs::remove_file(d.join(f));
+            }
+            fs::write(d.join(KEY_FILE), "old key").unwrap();
+            fs::write(d.join(CERT_FILE), "old cert").unwrap();
+        };
+        // Crashed after writing the new key only: the old pair stays.
+        reset();
+        fs::write(d.join(NEXT_KEY_FILE), "new key").unwrap();
+        recover_rotation(d).unwrap();
+        assert_eq!(files(d), ("old key".into(), "old cert".into()));
+        assert!(!d.join(NEXT_KEY_FILE).exists());
+        // Crashed with both halves written: the new pair takes over.
+        reset();
+        fs::write(d.join(NEXT_KEY_FILE), "new key").unwrap();
+        fs::write(d.join(NEXT_CERT_FILE), "new cert").unwrap();
+        recover_rotation(d).unwrap();
+        assert_eq!(files(d), ("new key".into(), "new cert".into()));
+        // Crashed between the two renames: the certificate follows its key.
+        reset();
+        fs::write(d.join(KEY_FILE), "new key").unwrap();
+        fs::write(d.join(NEXT_CERT_FILE), "new cert").unwrap();
+        recover_rotation(d).unwrap();
+        assert_eq!(files(d), ("new key".into(), "new cert".into()));
+        assert!(!d.join(NEXT_CERT_FILE).exists());
+        // Nothing pending: nothing changes.
+        reset();
+        recover_rotation(d).unwrap();
+        assert_eq!(files(d), ("old key".into(), "old cert".into()));
+    }
 }

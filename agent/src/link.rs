@@ -20,6 +20,10 @@
 //! - Errors are transient (unreachable, reset, timeouts, a stream closed or
 //!   replaced: reconnect with exponential backoff and jitter) or fatal (the
 //!   collector refused this agent, or TLS rejected a certificate: stop and say so).
+//! - With [`Link::with_rotation`], the agent certificate is renewed over the
+//!   link (`Renew`, a fresh key each time) at a jittered 70-90 % of its
+//!   remaining lifetime; the new pair is persisted, then used from the next connect on
+//!   (an established stream is not interrupted).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -160,6 +164,9 @@ enum Ended {
     Fatal(LinkError),
 }
 
+/// Persists a renewed identity (key PEM, certificate PEM) before it is used.
+pub type PersistIdentity = Arc<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
+
 /// The agent link. Build it with [`Link::new`], read its status with
 /// [`Link::status`], then [`Link::run`] it.
 pub struct Link {
@@ -167,6 +174,8 @@ pub struct Link {
     buffer: Arc<dyn ResultBuffer>,
     config: LinkConfig,
     status: Arc<watch::Sender<LinkStatus>>,
+    /// Where renewed identities are saved; `None`: no rotation.
+    rotation: Option<PersistIdentity>,
     /// Most results per batch now: halved each time the collector rejects a
     /// message as too large, so a batch of large results still gets through.
     batch_limit: AtomicUsize,
@@ -186,7 +195,15 @@ impl Link {
             batch_limit: AtomicUsize::new(config.max_batch.max(1)),
             config,
             status: Arc::new(status),
+            rotation: None,
         }
+    }
+
+    /// Renews the certificate before it expires and hands each new key and
+    /// certificate to `persist` (which must store them durably) before use.
+    pub fn with_rotation(mut self, persist: PersistIdentity) -> Link {
+        self.rotation = Some(persist);
+        self
     }
 
     /// A live view of the link's status.
@@ -205,7 +222,7 @@ impl Link {
         executor: E,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), LinkError> {
-        let endpoint = endpoint(&self.identity, &self.config)?;
+        let mut endpoint = endpoint(&self.identity, &self.config)?;
         let (res_tx, res_rx) = mpsc::channel(1024);
         let scheduler = Scheduler::spawn(Vec::new(), executor, self.config.max_in_flight, res_tx)?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -268,11 +285,30 @@ impl Link {
             Arc::clone(&self.status),
         ));
 
+        let (id_tx, mut id_rx) = watch::channel(self.identity.clone());
+        let renewer = self.rotation.clone().map(|persist| {
+            tokio::spawn(renew_loop(
+                self.identity.clone(),
+                self.config.clone(),
+                persist,
+                id_tx,
+                stop_rx.clone(),
+            ))
+        });
+
         let mut backoff = Backoff::new(&self.config);
         let mut stop = stop_rx.clone();
         let outcome = loop {
             if *stop.borrow() {
                 break Ok(());
+            }
+            // A renewed certificate is used from the next connect on.
+            if id_rx.has_changed().unwrap_or(false) {
+                let id = id_rx.borrow_and_update().clone();
+                match self::endpoint(&id, &self.config) {
+                    Ok(e) => endpoint = e,
+                    Err(e) => break Err(e),
+                }
             }
             let mut established = false;
             let ended = self
@@ -315,6 +351,9 @@ impl Link {
         // every result it produced into the buffer.
         let _ = stop_tx.send(true);
         on_shutdown.abort();
+        if let Some(r) = renewer {
+            r.abort();
+        }
         drop(mon_tx);
         let _ = owner.await;
         let _ = appender.await;
@@ -759,6 +798,111 @@ fn endpoint(id: &LinkIdentity, cfg: &LinkConfig) -> Result<Endpoint, LinkError> 
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
         })
+}
+
+/// Renews the agent certificate at a jittered 70-90 % of each certificate's
+/// lifetime, retrying on failure until it expires (then the operator must
+/// re-enroll: said once, loudly).
+async fn renew_loop(
+    mut identity: LinkIdentity,
+    cfg: LinkConfig,
+    persist: PersistIdentity,
+    id_tx: watch::Sender<LinkIdentity>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let Some((_, not_after)) = validity(&identity.cert_pem) else {
+            tracing::error!("the agent certificate cannot be read: no renewal");
+            return;
+        };
+        // 70-90 % of the time the certificate has left: its lifetime when it
+        // is fresh. Measured from now, not from notBefore, which the CA
+        // backdates for clock skew (that would make short lifetimes due at once).
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let wait = left.mul_f64(rand::random_range(0.7..0.9));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = flag_set(&mut stop) => return,
+        }
+        loop {
+            match renew_once(&identity, &cfg).await {
+                Ok(renewed) => {
+                    if let Err(e) = persist(&renewed.key_pem, &renewed.cert_pem) {
+                        tracing::error!(error = %e, "saving the renewed certificate failed: it is used until the agent restarts");
+                    }
+                    let until = validity(&renewed.cert_pem)
+                        .map(|(_, na)| unix_ms(na))
+                        .unwrap_or(0);
+                    tracing::info!(not_after_unix_ms = until, "agent certificate renewed");
+                    identity = renewed;
+                    let _ = id_tx.send(identity.clone());
+                    break;
+                }
+                Err(e) => {
+                    let left = not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    if left.is_zero() {
+                        tracing::error!(error = %e, "the agent certificate expired before it could be renewed: re-enroll this agent with a new token");
+                        return;
+                    }
+                    let delay = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "certificate renewal failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = flag_set(&mut stop) => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One renewal: a fresh key, a CSR, `Renew` over mTLS with the current
+/// certificate, and a check that the answer certifies the new key.
+async fn renew_once(id: &LinkIdentity, cfg: &LinkConfig) -> Result<LinkIdentity, String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("key: {e}"))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| format!("csr: {e}"))?;
+    let channel = endpoint(id, cfg)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let resp = AgentLinkClient::new(channel)
+        .renew(pb::RenewRequest {
+            csr_der: csr.der().to_vec(),
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let (_, cert) = x509_parser::parse_x509_certificate(&resp.cert_der)
+        .map_err(|e| format!("the renewed certificate is unreadable: {e}"))?;
+    if cert.tbs_certificate.subject_pki.raw != rcgen::PublicKeyData::subject_public_key_info(&key) {
+        return Err("the renewed certificate is not for the new key".into());
+    }
+    Ok(LinkIdentity {
+        cert_pem: crate::identity::cert_to_pem(&resp.cert_der),
+        key_pem: key.serialize_pem(),
+        ..id.clone()
+    })
+}
+
+/// A certificate's validity (notBefore, notAfter).
+fn validity(cert_pem: &str) -> Option<(SystemTime, SystemTime)> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    Some((
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    ))
 }
 
 /// Exponential backoff with jitter: base, x factor, capped, +-jitter.

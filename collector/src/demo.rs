@@ -193,7 +193,8 @@ agents = ["site=demo"]
         },
         buffer,
         LinkConfig::default(),
-    );
+    )
+    .with_rotation(portwatch_agent::cli::persist_into(agent_dir.clone()));
     let engine = Arc::new(Engine::with_resolver(Resolver::literal_only()));
     let agent = tokio::spawn(link.run(engine, stopped(stop_rx.clone())));
 

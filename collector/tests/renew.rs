@@ -33,16 +33,20 @@ impl Drop for Running {
 }
 
 async fn start() -> Running {
+    start_with(Config {
+        agent_cert_lifetime: Duration::from_secs(3600),
+        ..Config::default()
+    })
+    .await
+}
+
+async fn start_with(config: Config) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("collector");
     let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = agent_listener.local_addr().unwrap();
-    let config = Config {
-        agent_cert_lifetime: Duration::from_secs(3600),
-        ..Config::default()
-    };
     let (collector, admin) = server::open(&data, config, addr).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let c = collector.clone();
@@ -174,4 +178,118 @@ async fn renewal_needs_a_client_certificate_and_an_unrevoked_agent() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("revoked"), "{err:?}");
+}
+
+/// A certificate that lives 4 s, renewed over the link while it streams:
+/// after the first one has expired, a forced reconnect (which the old
+/// certificate could no longer make) succeeds with the renewed one, and
+/// results keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_renews_a_short_lived_certificate_mid_stream() {
+    use portwatch_agent::buffer::SledBuffer;
+    use portwatch_agent::link::{Link, LinkConfig, LinkIdentity};
+    use portwatch_agent::probe::Engine;
+    use portwatch_agent::resolve::Resolver;
+    use std::sync::Arc;
+
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    let mut config = Config::parse(
+        &format!("[[monitors]]\nid = \"svc\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nagents = [\"rot-1\"]\n"),
+        "test",
+    )
+    .unwrap();
+    config.agent_cert_lifetime = Duration::from_secs(4);
+    let r = start_with(config).await;
+    let enrolled_at = std::time::Instant::now();
+    let id = enrolled(&r, "rot-1").await;
+    let agent_dir = r._dir.path().join("rot-1");
+    let first_serial = r
+        .collector
+        .agents
+        .get(id.agent_id())
+        .unwrap()
+        .unwrap()
+        .cert_serial;
+
+    let buffer = Arc::new(SledBuffer::open(&agent_dir.join("buffer"), 16 << 20).unwrap());
+    let link = Link::new(
+        LinkIdentity {
+            collector: id.collector_addr().to_owned(),
+            server_name: "127.0.0.1".into(),
+            cert_pem: id.cert_pem().to_owned(),
+            key_pem: id.key_pem().to_owned(),
+            ca_pem: id.ca_pem().to_owned(),
+        },
+        buffer,
+        LinkConfig {
+            backoff_base: Duration::from_millis(50),
+            ..LinkConfig::default()
+        },
+    )
+    .with_rotation(portwatch_agent::cli::persist_into(agent_dir.clone()));
+    let status = link.status();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = Arc::new(Engine::with_resolver(Resolver::literal_only()));
+    let running = tokio::spawn(link.run(engine, async {
+        let _ = stop_rx.await;
+    }));
+
+    let renewed = || {
+        let now = r
+            .collector
+            .agents
+            .get(id.agent_id())
+            .unwrap()
+            .unwrap()
+            .cert_serial;
+        now != first_serial
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !renewed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal within 10 s: {:?}",
+            status.borrow().last_error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Saved by the agent too (the collector records before it answers).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let reloaded = loop {
+        let i = AgentIdentity::load(&agent_dir).unwrap();
+        if i.key_pem() != id.key_pem() {
+            break i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed pair never reached the disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        reloaded.agent_id(),
+        id.agent_id(),
+        "same identity after rotation"
+    );
+    assert!(
+        !agent_dir.join("agent.key.next").exists() && !agent_dir.join("agent.pem.next").exists()
+    );
+
+    // Let the first certificate expire, then force a reconnect: only the
+    // renewed certificate can make it.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(enrolled_at.elapsed())).await;
+    let before = r.collector.results.count();
+    r.collector.ingest.close_all();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.collector.results.count() < before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline && !running.is_finished(),
+            "no results after the reconnect: {:?}",
+            status.borrow().last_error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
 }
