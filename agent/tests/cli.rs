@@ -42,7 +42,8 @@ fn up_prints_one_line_with_phases_and_exits_0() {
 
 #[test]
 fn json_has_every_phase_key_and_down_exits_2() {
-    let port = h::free_tcp_port();
+    let closed = h::ClosedPort::on("127.0.0.1");
+    let port = closed.port();
     let o = agent(&["check", &format!("tcp://127.0.0.1:{port}"), "--json"]);
     assert_eq!(o.status.code(), Some(2));
     let v: Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");

@@ -45,7 +45,8 @@ async fn open_port_is_up_with_connect_time() {
 
 #[tokio::test]
 async fn closed_port_is_refused() {
-    let port = h::free_tcp_port();
+    let closed = h::ClosedPort::on("127.0.0.1");
+    let port = closed.port();
     let r = literal_engine()
         .run(&spec(&format!("tcp://127.0.0.1:{port}"), 1000))
         .await;
@@ -66,9 +67,9 @@ async fn ipv6_loopback_up_and_refused() {
         .await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Ok), "{r:?}");
     assert_eq!(r.address_display(), format!("[::1]:{port}"));
-    drop(listener);
+    let closed = h::ClosedPort::on("::1");
     let r = literal_engine()
-        .run(&spec(&format!("tcp://[::1]:{port}"), 1000))
+        .run(&spec(&format!("tcp://[::1]:{}", closed.port()), 1000))
         .await;
     assert_eq!(r.reason, Reason::Refused, "{r:?}");
 }
@@ -85,7 +86,10 @@ async fn expect_closed_inverts_the_verdict() {
         (Status::Down, Reason::Exposed),
         "{r:?}"
     );
-    drop(listener);
+    let closed = h::ClosedPort::on("127.0.0.1");
+    s.target = format!("tcp://127.0.0.1:{}", closed.port())
+        .parse()
+        .unwrap();
     let r = literal_engine().run(&s).await;
     assert_eq!((r.status, r.reason), (Status::Up, Reason::Refused), "{r:?}");
 }

@@ -61,6 +61,19 @@ fn start_collector(
     s
 }
 
+/// A local service for the monitors: accepts and closes every connection, so
+/// its accept queue never fills however long the test runs.
+fn accepting_listener() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            drop(conn);
+        }
+    });
+    port
+}
+
 fn results(data: &Path, monitor: &str) -> Vec<Value> {
     let o = collector(&[
         "results",
@@ -87,8 +100,7 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
     let dir = h::temp_dir();
     let data = dir.path().join("collector");
     let agent_dir = dir.path().join("agent");
-    let target = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target_port = target.local_addr().unwrap().port();
+    let target_port = accepting_listener();
     let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
     let config = dir.path().join("collector.toml");
     std::fs::write(
@@ -221,9 +233,9 @@ fn agent_killed_at_random_points_loses_and_duplicates_nothing() {
     let dir = h::temp_dir();
     let data = dir.path().join("collector");
     let agent_dir = dir.path().join("agent");
-    let target = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target_port = target.local_addr().unwrap().port();
-    let closed_port = h::free_tcp_port();
+    let target_port = accepting_listener();
+    let closed = h::ClosedPort::on("127.0.0.1");
+    let closed_port = closed.port();
     let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
     let config = dir.path().join("collector.toml");
     let mut monitors = String::new();

@@ -38,6 +38,42 @@ pub fn free_tcp_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// A TCP port that is certainly closed: bound by this guard but not listening,
+/// so a connect gets a RST (refused) and no other test can take the port while
+/// the guard lives. Freeing a port and hoping it stays free is a race.
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    /// On `ip` (e.g. "127.0.0.1" or "::1"), a port the kernel picks.
+    pub fn on(ip: &str) -> ClosedPort {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        let addr = SocketAddr::new(ip, 0);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("tcp socket");
+        socket.bind(&addr.into()).expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("inet address");
+        ClosedPort {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
