@@ -76,11 +76,14 @@ fn main() {
 
     let fire = raw_fire_and_forget(addr, d.raw);
     fire.print("raw connect+close (non-blocking, not awaited)");
+    listener.settle();
 
     let connect_only = connect_throughput(addr, d.engine, 64);
     connect_only.print("probe::tcp::connect alone, 64 in flight, current_thread");
+    listener.settle();
     let engine = engine_throughput(addr, d.engine, 64);
     engine.print("engine Engine::run tcp connect, 64 in flight, current_thread");
+    listener.settle();
     if fire.ok > 0 {
         println!(
             "engine / raw connect+close: {:.0}% (goal >= 50%); tcp::connect alone / raw: {:.0}%",
@@ -141,6 +144,22 @@ impl Listener {
             accepted,
             thread,
         })
+    }
+
+    /// Waits (at most 5 s) until the accept thread has caught up: a phase that
+    /// left thousands of connections in the accept queue would otherwise make
+    /// the next phase pay for 1 s SYN retransmits of an overflowing queue.
+    fn settle(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut last = self.accepted.load(Ordering::Relaxed);
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.accepted.load(Ordering::Relaxed);
+            if now == last {
+                return;
+            }
+            last = now;
+        }
     }
 
     fn stop(self) -> u64 {
