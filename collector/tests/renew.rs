@@ -256,10 +256,18 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
     }
     // Saved by the agent too (the collector records before it answers).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Load only once the agent finished its save (no `.next` file left and the
+    // key replaced): `load` completes interrupted rotations, and running it
+    // beside the writer would race it (the agent itself loads only at start).
+    let settled = || {
+        !agent_dir.join("agent.key.next").exists()
+            && !agent_dir.join("agent.pem.next").exists()
+            && std::fs::read_to_string(agent_dir.join("agent.key")).unwrap_or_default()
+                != id.key_pem()
+    };
     let reloaded = loop {
-        let i = AgentIdentity::load(&agent_dir).unwrap();
-        if i.key_pem() != id.key_pem() {
-            break i;
+        if settled() {
+            break AgentIdentity::load(&agent_dir).unwrap();
         }
         assert!(
             std::time::Instant::now() < deadline,
