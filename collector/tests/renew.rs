@@ -201,7 +201,6 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
     .unwrap();
     config.agent_cert_lifetime = Duration::from_secs(4);
     let r = start_with(config).await;
-    let enrolled_at = std::time::Instant::now();
     let id = enrolled(&r, "rot-1").await;
     let agent_dir = r._dir.path().join("rot-1");
     let first_serial = r
@@ -286,7 +285,13 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
 
     // Let the first certificate expire, then force a reconnect: only the
     // renewed certificate can make it.
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(enrolled_at.elapsed())).await;
+    let expired = id.cert_not_after() + Duration::from_secs(1);
+    tokio::time::sleep(
+        expired
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
     let before = r.collector.results.count();
     r.collector.ingest.close_all();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
