@@ -287,10 +287,7 @@ pub fn persist_into(data_dir: PathBuf) -> crate::link::PersistIdentity {
 
 /// The host part of `host:port` (brackets stripped from IPv6).
 fn server_name_of(addr: &str) -> String {
-    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned()
+    crate::join::split_host_port(addr).map_or_else(|| addr.to_owned(), |(host, _)| host.to_owned())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -175,7 +175,7 @@ impl JoinString {
 }
 
 /// `host:port`, `[v6]:port`; the host non-empty, the port non-zero.
-fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_host_port(addr: &str) -> Option<(&str, u16)> {
     let (host, port) = addr.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     let host = match host.strip_prefix('[') {

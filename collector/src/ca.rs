@@ -17,6 +17,8 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
+use crate::state::hex;
+
 /// The URI SAN prefix of an agent identity: `portwatch://agent/<id>`.
 pub const AGENT_URI_PREFIX: &str = "portwatch://agent/";
 /// Lifetime of the CA certificate itself.
@@ -297,10 +299,6 @@ fn random_serial() -> [u8; 16] {
     s[0] &= 0x7f; // positive
     s[0] |= 0x01; // no leading zero byte
     s
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<(), CaError> {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use portwatch_agent::cli::shutdown_signal;
+
 use crate::admin::AdminToken;
 use crate::client::{AdminClient, ClientError};
 use crate::config::Config;
@@ -237,22 +239,6 @@ pub async fn run_demo(args: &DemoArgs) -> i32 {
         Err(e) => {
             eprintln!("portwatch-collector demo: {e}");
             EXIT_FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
