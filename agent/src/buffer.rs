@@ -15,6 +15,8 @@
 //! - `q` + seq (BE): a quarantined (corrupt) record, kept for inspection
 //! - `m:next_seq`, `m:dropped`, `m:quarantined`: counters (u64 BE); the byte
 //!   total is recounted on open so a crash can never leave it wrong
+//! - `m:epoch`: the random id of this buffer's sequence space (u64 BE), written
+//!   when the buffer is created
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -51,6 +53,9 @@ pub struct BufferStats {
     pub dropped_total: u64,
     /// Corrupt records moved aside, ever.
     pub quarantined_total: u64,
+    /// Random id of this buffer's sequence space (never 0): a new buffer
+    /// numbers from 1 again, under a new epoch.
+    pub epoch: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,7 @@ pub trait ResultBuffer: Send + Sync {
 const NEXT_SEQ: &[u8] = b"m:next_seq";
 const DROPPED: &[u8] = b"m:dropped";
 const QUARANTINED: &[u8] = b"m:quarantined";
+const EPOCH: &[u8] = b"m:epoch";
 
 fn key(prefix: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -136,6 +142,7 @@ struct State {
     records: u64,
     dropped: u64,
     quarantined: u64,
+    epoch: u64,
 }
 
 /// The sled-backed buffer.
@@ -166,7 +173,13 @@ impl SledBuffer {
             records: 0,
             dropped: get(DROPPED)?,
             quarantined: get(QUARANTINED)?,
+            epoch: get(EPOCH)?,
         };
+        if st.epoch == 0 {
+            st.epoch = rand::random::<u64>().max(1);
+            db.insert(EPOCH, &st.epoch.to_be_bytes())?;
+            db.flush()?;
+        }
         // Recount rather than trust the stored byte counter: a crash between
         // batches cannot leave the two disagreeing, and this also repairs
         // next_seq should a record ever be ahead of it.
@@ -359,6 +372,7 @@ impl ResultBuffer for SledBuffer {
             next_seq: st.next_seq,
             dropped_total: st.dropped,
             quarantined_total: st.quarantined,
+            epoch: st.epoch,
         }
     }
 }

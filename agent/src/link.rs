@@ -390,10 +390,12 @@ impl Link {
         };
         let mut client = AgentLinkClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
         let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(cfg.window + 4);
+        let stats = self.buffer.stats();
         let hello = pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             assignment_version: self.status.borrow().assignment_version,
-            backlog: self.buffer.stats().records,
+            backlog: stats.records,
+            buffer_epoch: stats.epoch,
         };
         let _ = out_tx
             .send(agent_msg(pb::agent_message::Msg::Hello(hello)))

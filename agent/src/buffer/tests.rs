@@ -59,6 +59,23 @@ fn sequence_numbers_never_repeat_across_reopen_even_when_empty() {
 }
 
 #[test]
+fn the_epoch_survives_reopen_and_a_new_buffer_gets_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = {
+        let buf = SledBuffer::open(&dir.path().join("a"), DEFAULT_MAX_BYTES).unwrap();
+        buf.append(&[b"a".to_vec()]).unwrap();
+        buf.stats().epoch
+    };
+    assert_ne!(epoch, 0);
+    let reopened = SledBuffer::open(&dir.path().join("a"), DEFAULT_MAX_BYTES).unwrap();
+    assert_eq!(reopened.stats().epoch, epoch);
+    // A wiped buffer numbers from 1 again: the collector must see a new epoch.
+    let fresh = SledBuffer::open(&dir.path().join("b"), DEFAULT_MAX_BYTES).unwrap();
+    assert_eq!(fresh.append(&[b"x".to_vec()]).unwrap(), vec![1]);
+    assert_ne!(fresh.stats().epoch, epoch);
+}
+
+#[test]
 fn full_buffer_drops_oldest_and_records_one_merged_gap() {
     let dir = tempfile::tempdir().unwrap();
     let buf = SledBuffer::open(dir.path(), 1000).unwrap();
