@@ -301,6 +301,7 @@ fn hello() -> pb::AgentMessage {
             agent_version: "test".into(),
             assignment_version: 0,
             backlog: 0,
+            buffer_epoch: 1,
         })),
     }
 }
