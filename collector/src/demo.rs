@@ -77,36 +77,36 @@ pub async fn run(
 server_names = ["localhost", "127.0.0.1"]
 
 [[monitors]]
-id = "demo-service"
+name = "demo-service"
 target = "tcp://127.0.0.1:{service_port}"
 interval = "{every}"
-agents = ["demo-agent"]
+locations = ["demo-agent"]
 
 [[monitors]]
-id = "closed-port"
+name = "closed-port"
 target = "tcp://127.0.0.1:{closed_port}"
 interval = "{every}"
-agents = ["demo-agent"]
+locations = ["demo-agent"]
 
 [[monitors]]
-id = "collector-agent-port-tls"
+name = "collector-agent-port-tls"
 target = "tcp://127.0.0.1:{agent_port}"
 interval = "{every}"
 tls = {{ ca_file = "{ca}", server_name = "localhost" }}
-agents = ["demo-agent"]
+locations = ["demo-agent"]
 
 [[monitors]]
-id = "collector-http"
+name = "collector-http"
 target = "tcp://127.0.0.1:{http_port}"
 interval = "{every}"
 degraded_ms = 200
-agents = ["demo-agent"]
+locations = ["demo-agent"]
 
 [[monitors]]
-id = "loopback-ping"
+name = "loopback-ping"
 target = "icmp://127.0.0.1"
 interval = "{every}"
-agents = ["site=demo"]
+locations = ["site=demo"]
 "#,
         ca = collector_dir.join("ca.pem").display(),
     );
@@ -203,7 +203,7 @@ agents = ["site=demo"]
         .config
         .monitors
         .iter()
-        .map(|m| m.spec.id.clone())
+        .map(|m| m.name.clone())
         .collect();
     let mut last_seen = std::collections::HashMap::<String, u64>::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

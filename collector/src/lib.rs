@@ -20,6 +20,7 @@ pub mod demo;
 pub mod enroll;
 pub mod http;
 pub mod ingest;
+pub mod monitors;
 pub mod results;
 pub mod server;
 pub mod state;

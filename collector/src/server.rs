@@ -24,6 +24,7 @@ use crate::http::{
     AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
 };
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
+use crate::monitors::registry::MonitorRegistry;
 use crate::results::ResultStore;
 use crate::state::{State, unix_ms};
 use crate::token::{TokenSpec, TokenStore};
@@ -59,6 +60,8 @@ pub struct Collector {
     pub results: Arc<ResultStore>,
     pub ingest: Ingest,
     pub config: Arc<Config>,
+    /// The live monitor set (config file + API).
+    pub monitors: MonitorRegistry,
     /// The address agents are told to use (in join strings).
     pub public_agent_addr: String,
 }
@@ -76,12 +79,15 @@ pub fn open(
     let tokens = TokenStore::open(&state, config.token_max_ttl).map_err(setup)?;
     let agents = AgentRegistry::open(&state).map_err(setup)?;
     let results = Arc::new(ResultStore::open(&data_dir.join("results")).map_err(setup)?);
+    let monitors = MonitorRegistry::open(
+        config.monitors.clone(),
+        Some(&data_dir.join("monitors.json")),
+    )
+    .map_err(setup)?;
     let config = Arc::new(config);
-    let (changes, _) = watch::channel(1u64);
-    let assignments = Arc::new(ConfigAssignments {
-        config: config.clone(),
+    let assignments = Arc::new(RegistryAssignments {
+        monitors: monitors.clone(),
         agents: agents.clone(),
-        changes,
     });
     let ingest = Ingest::new(
         results.clone(),
@@ -115,6 +121,7 @@ pub fn open(
             results,
             ingest,
             config,
+            monitors,
             public_agent_addr,
         },
         admin,
@@ -176,6 +183,13 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    if let Some(path) = collector.config.path.clone() {
+        tokio::spawn(watch_config(
+            path,
+            collector.monitors.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let ingest = collector.ingest.clone();
     let grpc = tonic::transport::Server::builder()
         // Agents send keepalives every ~30 s; answer pings and drop dead peers.
@@ -244,20 +258,16 @@ impl Renewer for CaRenewer {
     }
 }
 
-/// Monitors from the config file, matched by agent name and labels.
-struct ConfigAssignments {
-    config: Arc<Config>,
+/// The live monitors, matched by agent name and labels.
+struct RegistryAssignments {
+    monitors: MonitorRegistry,
     agents: AgentRegistry,
-    changes: watch::Sender<u64>,
 }
 
-impl Assignments for ConfigAssignments {
+impl Assignments for RegistryAssignments {
     fn assignment(&self, agent_id: &str) -> pb::Assignment {
         match self.agents.get(agent_id) {
-            Ok(Some(a)) => pb::Assignment {
-                version: 1,
-                monitors: self.config.assignment_for(&a.name, &a.labels),
-            },
+            Ok(Some(a)) => self.monitors.assignment_for(&a.name, &a.labels),
             _ => pb::Assignment {
                 version: 0,
                 monitors: Vec::new(),
@@ -266,7 +276,65 @@ impl Assignments for ConfigAssignments {
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.monitors.changes()
+    }
+}
+
+/// Reloads the config file's monitors when the file changes (polled every
+/// two seconds) or on SIGHUP. A file with problems changes nothing: every
+/// problem is logged and the last good set keeps running.
+async fn watch_config(path: PathBuf, monitors: MonitorRegistry, mut stop: watch::Receiver<bool>) {
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let mut last = read(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let forced = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let text = read(&path);
+        if !forced && text == last {
+            continue;
+        }
+        last = text.clone();
+        let Some(text) = text else {
+            tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
+            continue;
+        };
+        reload_monitors(&path, &text, &monitors);
+    }
+}
+
+/// Applies a new version of the config file to the live monitors.
+pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry) {
+    let origin = path.display().to_string();
+    let parsed = match Config::parse(text, &origin) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!(problem = %line, "config file rejected: keeping the current monitors");
+            }
+            return;
+        }
+    };
+    match monitors.replace_file(&parsed.monitor_sources, &origin) {
+        Ok(change) if change.is_empty() => {
+            tracing::info!(file = %origin, "config file reloaded: monitors unchanged");
+        }
+        Ok(change) => tracing::info!(
+            file = %origin,
+            added = ?change.added,
+            changed = ?change.changed,
+            removed = ?change.removed,
+            "config file reloaded: monitors updated"
+        ),
+        Err(problems) => {
+            for p in &problems.0 {
+                tracing::error!(problem = %p, "config file rejected: keeping the current monitors");
+            }
+        }
     }
 }
 

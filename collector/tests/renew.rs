@@ -195,7 +195,7 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = target.local_addr().unwrap().port();
     let mut config = Config::parse(
-        &format!("[[monitors]]\nid = \"svc\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nagents = [\"rot-1\"]\n"),
+        &format!("[[monitors]]\nname = \"svc\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"rot-1\"]\n"),
         "test",
     )
     .unwrap();

@@ -106,7 +106,7 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
     std::fs::write(
         &config,
         format!(
-            "[[monitors]]\nid = \"svc\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"1s\"\nagents = [\"site=lab\"]\n"
+            "[[monitors]]\nname = \"svc\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"1s\"\nlocations = [\"site=lab\"]\n"
         ),
     )
     .unwrap();
@@ -245,7 +245,7 @@ fn agent_killed_at_random_points_loses_and_duplicates_nothing() {
         ("down-c", closed_port),
     ] {
         monitors.push_str(&format!(
-            "[[monitors]]\nid = \"{id}\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nagents = [\"crashy\"]\n"
+            "[[monitors]]\nname = \"{id}\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nlocations = [\"crashy\"]\n"
         ));
     }
     std::fs::write(&config, monitors).unwrap();
