@@ -107,22 +107,26 @@ impl Cidr {
         }
     }
 
-    /// The network of `addr` with `prefix` bits; `Err(why)` when the prefix is
-    /// too long or `addr` has bits set after it (a typo more often than not).
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
+    /// The network of `addr` with `prefix` bits. Refuses an `addr` with bits set
+    /// after the prefix: a typo more often than not.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, CidrError> {
         let bits = bits_of(addr);
         if prefix > bits {
-            return Err(format!(
-                "prefix length {prefix} is longer than the {bits} bits of an {} address",
-                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-            ));
+            return Err(CidrError::PrefixTooLong {
+                prefix,
+                bits,
+                family: if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+            });
         }
         let cidr = Cidr { addr, prefix };
         if cidr.first() != addr {
-            return Err(format!(
-                "{addr}/{prefix} has bits set after the prefix: did you mean {}/{prefix}?",
-                cidr.first()
-            ));
+            return Err(CidrError::HostBits {
+                given: format!("{addr}/{prefix}"),
+                network: Cidr {
+                    addr: cidr.first(),
+                    prefix,
+                },
+            });
         }
         Ok(cidr)
     }
@@ -174,6 +178,23 @@ impl Cidr {
     }
 }
 
+/// Why a network could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IPv4 or IPv6 address")]
+    Address(String),
+    #[error("prefix length {0:?} is not a number of bits")]
+    Prefix(String),
+    #[error("prefix length {prefix} is longer than the {bits} bits of an {family} address")]
+    PrefixTooLong {
+        prefix: u8,
+        bits: u8,
+        family: &'static str,
+    },
+    #[error("{given} has bits set after the prefix: did you mean {network}?")]
+    HostBits { given: String, network: Cidr },
+}
+
 fn bits_of(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
@@ -186,21 +207,21 @@ impl fmt::Display for Cidr {
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (`192.168.1.5` is `/32`).
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 or IPv6 address"))?;
+            .map_err(|_| CidrError::Address(addr.to_owned()))?;
         let prefix = match prefix {
             None => bits_of(addr),
             Some(p) => p
                 .parse::<u8>()
-                .map_err(|_| format!("prefix length {p:?} is not a number of bits"))?,
+                .map_err(|_| CidrError::Prefix(p.to_owned()))?,
         };
         Cidr::new(addr, prefix)
     }
@@ -480,11 +501,13 @@ impl AddressPolicy for PublicOnly {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error("{entry:?} is not an IP address or network like 10.0.0.0/8 or 2001:db8::/32: {why}")]
-    Network { entry: String, why: String },
+    Network { entry: String, why: CidrError },
     #[error("{entry:?} is not a port or port range like 22 or 5000-5999: {why}")]
     Port { entry: String, why: String },
     #[error("{list:?} has an empty entry (two commas, or a comma at an end)")]
     EmptyEntry { list: String },
+    #[error("the list is empty")]
+    Empty,
 }
 
 /// Parses `10.0.0.0/8,2001:db8::/32,192.168.1.5` (spaces around entries allowed).
@@ -500,6 +523,9 @@ pub fn parse_networks(list: &str) -> Result<Vec<Cidr>, PolicyError> {
 }
 
 fn entries(list: &str) -> Result<impl Iterator<Item = &str>, PolicyError> {
+    if list.trim().is_empty() {
+        return Err(PolicyError::Empty);
+    }
     if list.split(',').any(|e| e.trim().is_empty()) {
         return Err(PolicyError::EmptyEntry {
             list: list.to_owned(),
@@ -529,7 +555,7 @@ impl FromStr for PortSet {
                 entry: entry.to_owned(),
                 why,
             };
-            match s.trim().parse::<u32>() {
+            match s.trim().parse::<u64>() {
                 Ok(p @ 1..=65535) => Ok(p as u16),
                 Ok(p) => Err(bad(format!("{p} is not in 1-65535"))),
                 Err(_) => Err(bad(format!("{:?} is not a number", s.trim()))),
@@ -595,6 +621,7 @@ impl Restricted {
 impl fmt::Display for Restricted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.networks {
+            Some(nets) if nets.is_empty() => f.write_str("no address")?,
             Some(nets) => {
                 let nets: Vec<String> = nets.iter().map(Cidr::to_string).collect();
                 f.write_str(&nets.join(","))?;

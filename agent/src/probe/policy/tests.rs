@@ -372,7 +372,11 @@ fn cidr_parsing() {
         ),
         ("10.0.0/8", "\"10.0.0\" is not an IPv4 or IPv6 address"),
     ] {
-        assert_eq!(input.parse::<Cidr>(), Err(why.to_owned()), "{input}");
+        assert_eq!(
+            input.parse::<Cidr>().map_err(|e| e.to_string()),
+            Err(why.to_owned()),
+            "{input}"
+        );
     }
 }
 
@@ -393,7 +397,9 @@ fn network_and_port_list_errors_are_clear() {
         "\"10.0.0.1/8\" is not an IP address or network like 10.0.0.0/8 or 2001:db8::/32: \
          10.0.0.1/8 has bits set after the prefix: did you mean 10.0.0.0/8?"
     );
-    for list in ["", "10.0.0.0/8,", ",10.0.0.0/8", "10.0.0.0/8,,::1"] {
+    assert_eq!(parse_networks(" "), Err(PolicyError::Empty));
+    assert_eq!("".parse::<PortSet>(), Err(PolicyError::Empty));
+    for list in ["10.0.0.0/8,", ",10.0.0.0/8", "10.0.0.0/8,,::1"] {
         assert_eq!(
             parse_networks(list),
             Err(PolicyError::EmptyEntry {
@@ -419,6 +425,11 @@ fn network_and_port_list_errors_are_clear() {
     for (input, entry, why) in [
         ("22,0", "0", "0 is not in 1-65535"),
         ("65536", "65536", "65536 is not in 1-65535"),
+        (
+            "99999999999",
+            "99999999999",
+            "99999999999 is not in 1-65535",
+        ),
         ("ssh", "ssh", "\"ssh\" is not a number"),
         (
             "22,6000-5000",
@@ -467,6 +478,15 @@ fn restricted_networks_and_ports() {
     assert!(r.check(at("::ffff:10.0.1.7", 22)).is_err());
     // An IPv6 target against IPv4-only networks.
     assert!(r.check(at("::1", 22)).is_err());
+}
+
+#[test]
+fn restricted_to_no_network_refuses_everything() {
+    let none = Restricted::new(Some(vec![]), None);
+    assert_eq!(
+        none.check(at("10.0.0.1", 22)).unwrap_err(),
+        "10.0.0.1:22 is outside this agent's allowed targets (no address)"
+    );
 }
 
 #[test]
