@@ -12,7 +12,7 @@ use crate::check::{
     CheckOptions, CheckSpec, DEFAULT_CERT_EXPIRING_DAYS, DEFAULT_DNS_NAME, Family, Host, SpecError,
     TlsSettings, build_spec, unescape,
 };
-use crate::probe::Engine;
+use crate::probe::{Engine, Registry};
 use crate::resolve::Resolver;
 use crate::result::{CheckResult, Status};
 
@@ -186,6 +186,42 @@ pub struct RunArgs {
     /// Bound on the on-disk result buffer, in MiB (oldest dropped, with a gap record, when full)
     #[arg(long, default_value_t = 256)]
     pub buffer_mib: u64,
+    /// Probe only addresses in these networks (e.g. 10.0.0.0/8,2001:db8::/32,192.168.1.5); any other
+    /// target is reported down (blocked_address) without being contacted
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    pub allow_targets: Option<String>,
+    /// Probe only these TCP/UDP ports (e.g. 22,80,443,5000-5999); ICMP checks have no port and are
+    /// limited by --allow-targets only
+    #[arg(long, value_name = "PORTS")]
+    pub allow_ports: Option<String>,
+}
+
+impl RunArgs {
+    /// The address policy the flags ask for: every address when neither flag is
+    /// given. The error is one line naming the flag.
+    pub fn address_policy(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::probe::AddressPolicy>, String> {
+        use crate::probe::policy::{PortSet, Restricted, parse_networks};
+        if self.allow_targets.is_none() && self.allow_ports.is_none() {
+            return Ok(std::sync::Arc::new(crate::probe::AllowAll));
+        }
+        let networks = self
+            .allow_targets
+            .as_deref()
+            .map(parse_networks)
+            .transpose()
+            .map_err(|e| format!("--allow-targets: {e}"))?;
+        let ports = self
+            .allow_ports
+            .as_deref()
+            .map(str::parse::<PortSet>)
+            .transpose()
+            .map_err(|e| format!("--allow-ports: {e}"))?;
+        let policy = Restricted::new(networks, ports);
+        tracing::info!(allowed = %policy, "probing only allowed targets");
+        Ok(std::sync::Arc::new(policy))
+    }
 }
 
 /// `portwatch-agent enroll`: one-time enrollment with a join string.
@@ -222,6 +258,13 @@ pub async fn run_enroll(args: &EnrollArgs) -> i32 {
 /// `portwatch-agent run`: the daemon. SIGTERM and SIGINT drain: checks in
 /// flight finish, results are flushed to the buffer, the stream closes.
 pub async fn run_daemon(args: &RunArgs) -> i32 {
+    let policy = match args.address_policy() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("portwatch-agent run: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let identity = match crate::identity::AgentIdentity::load(&args.data_dir) {
         Ok(i) => i,
         Err(e) => {
@@ -251,7 +294,7 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         tracing::warn!(error = %e, "no system resolver: only monitors with IP addresses will work");
         Resolver::literal_only()
     });
-    let engine = std::sync::Arc::new(Engine::with_resolver(resolver));
+    let engine = std::sync::Arc::new(Engine::new(resolver, Registry::standard(), policy));
     let link = crate::link::Link::new(
         crate::link::LinkIdentity {
             collector: identity.collector_addr().to_owned(),

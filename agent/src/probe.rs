@@ -9,6 +9,7 @@
 pub mod dns;
 pub mod icmp;
 pub mod ntp;
+pub mod policy;
 pub mod preset;
 pub mod tcp;
 pub mod tls;
@@ -16,7 +17,7 @@ pub mod udp;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ use tokio::time::Instant;
 use crate::check::{CheckSpec, Host, Protocol};
 use crate::resolve::Resolver;
 use crate::result::{CheckResult, Reason, Status, micros};
+
+/// Which targets a location may probe: agents everything (`AllowAll`), the
+/// collector's public probes no special-purpose address (`PublicOnly`).
+pub use policy::{AddressPolicy, AllowAll, PublicOnly, Restricted};
 
 /// Everything a prober needs for one run. The address is already resolved and
 /// allowed by the policy.
@@ -70,22 +75,6 @@ impl Registry {
 
     pub fn get(&self, proto: Protocol) -> Option<&Arc<dyn Prober>> {
         self.probers.get(&proto)
-    }
-}
-
-/// Which resolved addresses a location may probe. Agents probe private networks
-/// (that is their job); the collector's public prober refuses them.
-pub trait AddressPolicy: Send + Sync {
-    /// `Err(why)` refuses the address.
-    fn check(&self, ip: IpAddr) -> Result<(), String>;
-}
-
-/// The agent's default: every address is allowed.
-pub struct AllowAll;
-
-impl AddressPolicy for AllowAll {
-    fn check(&self, _ip: IpAddr) -> Result<(), String> {
-        Ok(())
     }
 }
 
@@ -151,9 +140,10 @@ impl Engine {
         // Every resolved address must pass, not just the one we would connect to:
         // otherwise a name with one public and one private address slips through.
         for ip in &ips {
-            if let Err(why) = self.policy.check(*ip) {
+            let candidate = SocketAddr::new(*ip, spec.target.port);
+            if let Err(why) = self.policy.check(candidate) {
                 let mut r = CheckResult::new(Status::Down, Reason::BlockedAddress, why);
-                r.address = Some(SocketAddr::new(*ip, spec.target.port));
+                r.address = Some(candidate);
                 r.phases.dns = dns_us;
                 return r;
             }

@@ -229,9 +229,9 @@ async fn servfail_refused_and_silence_are_told_apart() {
 struct DenyLoopback;
 
 impl AddressPolicy for DenyLoopback {
-    fn check(&self, ip: std::net::IpAddr) -> Result<(), String> {
-        if ip.is_loopback() {
-            Err(format!("{ip} is a loopback address: use an agent"))
+    fn check(&self, addr: SocketAddr) -> Result<(), String> {
+        if addr.ip().is_loopback() {
+            Err(format!("{addr} is a loopback address: use an agent"))
         } else {
             Ok(())
         }
