@@ -490,9 +490,15 @@ impl AddressPolicy for PublicOnly {
         if self.allow_private {
             return Ok(());
         }
-        match special_range(addr.ip()) {
-            Some(range) => Err(refusal(addr.ip(), range)),
-            None => Ok(()),
+        match (special_range(addr.ip()), addr.ip()) {
+            (Some(range), ip) => Err(refusal(ip, range)),
+            // Only 2000::/3 is allocated for global unicast; anything else
+            // (unassigned space, future special uses) is refused until IANA
+            // says it is public.
+            (None, IpAddr::V6(v6)) if v6.segments()[0] & 0xe000 != 0x2000 => Err(format!(
+                "{v6} is outside IPv6 global unicast (2000::/3), which public probes never connect to: {USE_AN_AGENT}"
+            )),
+            (None, _) => Ok(()),
         }
     }
 }

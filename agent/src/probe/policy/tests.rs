@@ -199,6 +199,20 @@ fn ordinary_public_addresses_are_allowed() {
 }
 
 #[test]
+fn ipv6_outside_global_unicast_is_refused() {
+    for s in ["4000::1", "1000::", "1fff:ffff::", "fe00::1", "e000::1"] {
+        let e = public(s).unwrap_err();
+        assert!(
+            e.contains("outside IPv6 global unicast (2000::/3)"),
+            "{s}: {e}"
+        );
+    }
+    // The edges of 2000::/3 itself.
+    assert_eq!(public("2000::1"), Ok(()));
+    assert_eq!(public("3ffe:ffff::1"), Ok(()));
+}
+
+#[test]
 fn refusals_name_the_range_and_what_to_do() {
     assert_eq!(
         public("127.0.0.1").unwrap_err(),
