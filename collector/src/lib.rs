@@ -21,6 +21,7 @@ pub mod enroll;
 pub mod http;
 pub mod ingest;
 pub mod monitors;
+pub mod public;
 pub mod results;
 pub mod server;
 pub mod state;

@@ -25,9 +25,11 @@ use crate::http::{
 };
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
 use crate::monitors::registry::MonitorRegistry;
+use crate::public::{PublicConfig, PublicSink};
 use crate::results::ResultStore;
 use crate::state::{State, unix_ms};
 use crate::token::{TokenSpec, TokenStore};
+use portwatch_agent::resolve::Resolver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -183,6 +185,25 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let public = collector.config.public_probes.then(|| {
+        let config = PublicConfig {
+            region: collector.config.public_region.clone(),
+            allow_private_targets: collector.config.allow_private_targets,
+            ..PublicConfig::default()
+        };
+        let resolver = Resolver::system().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no system resolver: public probes check IP targets only");
+            Resolver::literal_only()
+        });
+        let sink: Arc<dyn PublicSink> = collector.results.clone();
+        tokio::spawn(crate::public::run(
+            config,
+            resolver,
+            collector.monitors.clone(),
+            sink,
+            stop_rx.clone(),
+        ))
+    });
     if let Some(path) = collector.config.path.clone() {
         tokio::spawn(watch_config(
             path,
@@ -206,6 +227,13 @@ pub async fn serve(
     let app = router(Backend(collector.clone()), admin);
     let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let (g, h) = tokio::join!(grpc, async { http.await });
+    if let Some(public) = public {
+        match public.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "public probes failed"),
+            Err(e) => tracing::error!(error = %e, "public probes panicked"),
+        }
+    }
     g.map_err(|e| ServeError::Serve(e.to_string()))?;
     h.map_err(|e| ServeError::Serve(e.to_string()))?;
     Ok(())
@@ -316,6 +344,7 @@ pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry) {
             for line in e.to_string().lines() {
                 tracing::error!(problem = %line, "config file rejected: keeping the current monitors");
             }
+            monitors.reload_failed(&origin, e.to_string());
             return;
         }
     };
@@ -515,4 +544,19 @@ fn results_info(
             }
         })
         .collect())
+}
+
+impl PublicSink for ResultStore {
+    fn high_seq(&self, source: &str) -> u64 {
+        self.results_of_agent(source)
+            .ok()
+            .and_then(|r| r.last().map(|s| s.seq))
+            .unwrap_or(0)
+    }
+
+    fn store(&self, source: &str, results: &[(u64, pb::CheckResult)]) -> Result<(), String> {
+        self.store_batch(source, results, &[])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }

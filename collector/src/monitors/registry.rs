@@ -266,6 +266,17 @@ impl MonitorRegistry {
         }
     }
 
+    /// Records a reload that failed before its monitors could be checked (the
+    /// file did not parse, or a setting outside the monitors is invalid).
+    pub fn reload_failed(&self, origin: &str, error: String) {
+        self.lock().reload = ReloadStatus {
+            file: Some(PathBuf::from(origin)),
+            at: Some(SystemTime::now()),
+            ok: false,
+            error: Some(error),
+        };
+    }
+
     pub fn reload_status(&self) -> ReloadStatus {
         self.lock().reload.clone()
     }

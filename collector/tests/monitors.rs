@@ -1,0 +1,348 @@
+//! Monitors as code through the real `serve` wiring: the config file is
+//! watched and reloaded, API changes are live, and each change reaches only
+//! the agents whose locations select it. The public location runs the same
+//! engine in-process and refuses private targets unless told otherwise.
+//!
+//! Only 127.0.0.1 is ever contacted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use portwatch_agent::enroll::{EnrollOptions, enroll};
+use portwatch_agent::identity::AgentIdentity;
+use portwatch_agent::join::JoinString;
+use portwatch_collector::config::Config;
+use portwatch_collector::monitors::RawMonitor;
+use portwatch_collector::server::{self, Collector};
+use portwatch_collector::token::TokenSpec;
+use portwatch_proto::v1 as pb;
+use portwatch_proto::v1::agent_link_client::AgentLinkClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+struct Running {
+    collector: Collector,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(config_text: &str) -> Running {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("collector.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let data = dir.path().join("collector");
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = agent_listener.local_addr().unwrap();
+    let (collector, admin) = server::open(&data, config, addr).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let c = collector.clone();
+    tokio::spawn(async move {
+        server::serve(&data, c, admin, agent_listener, http_listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Running {
+        collector,
+        addr,
+        stop: Some(stop),
+        dir,
+    }
+}
+
+impl Running {
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("collector.toml")
+    }
+}
+
+async fn enrolled(r: &Running, name: &str, labels: &[(&str, &str)]) -> AgentIdentity {
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let new = r
+        .collector
+        .tokens
+        .create(
+            TokenSpec {
+                name: name.into(),
+                labels,
+                ttl: None,
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+    let join = JoinString::new(
+        r.collector.public_agent_addr.clone(),
+        new.record.id.clone(),
+        new.secret(),
+        r.collector.ca.pin(),
+    )
+    .unwrap();
+    enroll(&join, &r.dir.path().join(name), &EnrollOptions::default())
+        .await
+        .unwrap()
+}
+
+/// An agent stream that only says hello and records every assignment it is sent.
+struct Listener {
+    assignments: mpsc::UnboundedReceiver<pb::Assignment>,
+    _tx: mpsc::Sender<pb::AgentMessage>,
+}
+
+impl Listener {
+    async fn open(r: &Running, id: &AgentIdentity) -> Listener {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(r.collector.ca.cert_pem()))
+            .domain_name("127.0.0.1")
+            .identity(Identity::from_pem(id.cert_pem(), id.key_pem()));
+        let channel = Endpoint::from_shared(format!("https://{}", r.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+                agent_version: "test".into(),
+                assignment_version: 0,
+                backlog: 0,
+                buffer_epoch: 1,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = AgentLinkClient::new(channel)
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let (atx, arx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(pb::collector_message::Msg::Assignment(a)) = m.msg {
+                    let _ = atx.send(a);
+                }
+            }
+        });
+        Listener {
+            assignments: arx,
+            _tx: tx,
+        }
+    }
+
+    async fn next(&mut self, within: Duration) -> pb::Assignment {
+        tokio::time::timeout(within, self.assignments.recv())
+            .await
+            .expect("an assignment in time")
+            .expect("the stream is open")
+    }
+
+    fn none_pending(&mut self) -> Option<pb::Assignment> {
+        self.assignments.try_recv().ok()
+    }
+}
+
+fn ids(a: &pb::Assignment) -> Vec<&str> {
+    a.monitors.iter().map(|m| m.id.as_str()).collect()
+}
+
+fn redis_monitor(interval: &str) -> String {
+    format!(
+        "[[monitors]]\nname = \"fra-redis\"\ntarget = \"tcp://127.0.0.1:6379\"\ninterval = \"{interval}\"\nlocations = [\"site=fra\"]\n\n[[monitors]]\nname = \"ams-pg\"\ntarget = \"tcp://127.0.0.1:5432\"\ninterval = \"1h\"\npreset = \"postgres\"\nlocations = [\"site=ams\"]\n"
+    )
+}
+
+fn rewrite(path: &Path, text: &str) {
+    // Write then rename, as editors and config management do.
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_only_the_agents_they_select() {
+    let r = start(&format!("public_probes = false\n{}", redis_monitor("1h"))).await;
+    let fra_id = enrolled(&r, "bastion-fra", &[("site", "fra")]).await;
+    let ams_id = enrolled(&r, "bastion-ams", &[("site", "ams")]).await;
+    let mut fra = Listener::open(&r, &fra_id).await;
+    let mut ams = Listener::open(&r, &ams_id).await;
+    let fra_v1 = fra.next(Duration::from_secs(5)).await;
+    let ams_v1 = ams.next(Duration::from_secs(5)).await;
+    assert_eq!(ids(&fra_v1), ["fra-redis"]);
+    assert_eq!(ids(&ams_v1), ["ams-pg"]);
+
+    // The file changes fra's monitor: fra gets it (the file is polled every 2 s).
+    rewrite(
+        &r.config_path(),
+        &format!("public_probes = false\n{}", redis_monitor("10s")),
+    );
+    let fra_v2 = fra.next(Duration::from_secs(6)).await;
+    assert_ne!(fra_v2.version, fra_v1.version);
+    assert_eq!(fra_v2.monitors[0].interval_ms, 10_000);
+
+    // A broken file changes nothing, and says where it is broken.
+    rewrite(
+        &r.config_path(),
+        &format!(
+            "public_probes = false\n{}\n[[monitors]]\nname = \"bad\"\ntarget = \"tcp://127.0.0.1:0\"\nlocations = [\"site=fra\"]\n",
+            redis_monitor("5s")
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let status = loop {
+        let s = r.collector.monitors.reload_status();
+        if !s.ok {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the broken file was never read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("collector.toml:15: monitors[2] (\"bad\").target"),
+        "{error}"
+    );
+    assert_eq!(
+        r.collector.monitors.get("fra-redis").unwrap().interval(),
+        Duration::from_secs(10),
+        "the last good set keeps running"
+    );
+
+    // An API monitor for ams and the public location: ams only.
+    let (_, created) = r
+        .collector
+        .monitors
+        .upsert(RawMonitor {
+            name: "ams-ssh".into(),
+            target: "tcp://127.0.0.1:22".into(),
+            locations: vec!["site=ams".into(), "public".into()],
+            preset: Some("ssh".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(created);
+    let ams_v2 = ams.next(Duration::from_secs(5)).await;
+    assert_eq!(ids(&ams_v2), ["ams-pg", "ams-ssh"]);
+
+    // Give every pending push time to arrive, then check that nothing else came.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fra.none_pending(),
+        None,
+        "fra got a change that was not its own"
+    );
+    assert_eq!(ams.none_pending(), None, "ams got a push with nothing new");
+}
+
+async fn public_results(r: &Running, source: &str, n: usize) -> Vec<pb::CheckResult> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = r.collector.results.results_of_agent(source).unwrap();
+        if got.len() >= n {
+            return got.into_iter().map(|s| s.result).collect();
+        }
+        assert!(Instant::now() < deadline, "no public results for {source}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_probes_refuse_private_targets_and_say_to_use_an_agent() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let port = target.local_addr().unwrap().port();
+    let r = start(&format!(
+        "public_region = \"eu-test\"\n[[monitors]]\nname = \"loop\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"public\"]\n"
+    ))
+    .await;
+    let results = public_results(&r, "public:eu-test", 2).await;
+    for res in &results {
+        assert_eq!(res.monitor_id, "loop");
+        assert_eq!(res.status, pb::Status::Down as i32);
+        assert_eq!(res.reason, pb::Reason::BlockedAddress as i32);
+        assert!(
+            res.message.contains("127.0.0.0/8") && res.message.contains("from an agent"),
+            "{}",
+            res.message
+        );
+    }
+    assert!(
+        target.accept().is_err(),
+        "a blocked target must never see a connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_private_targets_lets_public_probes_reach_a_lab() {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = target.accept().await {
+            drop(s);
+        }
+    });
+    let r = start(&format!(
+        "allow_private_targets = true\n[[monitors]]\nname = \"lab\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"public:collector\"]\n"
+    ))
+    .await;
+    let results = public_results(&r, "public:collector", 2).await;
+    assert!(
+        results
+            .iter()
+            .all(|res| res.status == pb::Status::Up as i32 && res.monitor_id == "lab"),
+        "{results:?}"
+    );
+    // Sequence numbers continue, never repeat.
+    let seqs: Vec<u64> = r
+        .collector
+        .results
+        .results_of_agent("public:collector")
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Removing the monitor from the public location stops its checks.
+    rewrite(&r.config_path(), "allow_private_targets = true\n");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while r.collector.monitors.get("lab").is_some() {
+        assert!(Instant::now() < deadline, "the file change was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = r
+        .collector
+        .results
+        .results_of_agent("public:collector")
+        .unwrap()
+        .len();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        r.collector
+            .results
+            .results_of_agent("public:collector")
+            .unwrap()
+            .len(),
+        settled,
+        "a removed monitor keeps running"
+    );
+}
