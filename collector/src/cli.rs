@@ -50,6 +50,9 @@ pub enum Command {
     /// Act on one agent
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Monitors: list, show, put (create/replace through the API), delete, check a config file
+    #[command(subcommand)]
+    Monitors(MonitorsCommand),
     /// Recent results of a monitor, from every location
     Results {
         #[command(flatten)]
@@ -92,6 +95,49 @@ pub enum TokenCommand {
         #[command(flatten)]
         target: Target,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MonitorsCommand {
+    /// List every monitor (config file and API)
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one monitor's definition (JSON)
+    Show {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+    /// Create or replace an API monitor from a file: one monitor as a TOML
+    /// table (the fields of a `[[monitors]]` entry) or a JSON object
+    Put {
+        #[command(flatten)]
+        target: Target,
+        /// .toml or .json
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+    /// Delete an API monitor (config-file monitors change with the file)
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+    /// Check a collector config file offline: every problem, one per line (exit 64 if any)
+    Check {
+        /// The config file
+        config: PathBuf,
+    },
+    /// How the running collector's last config reload went
+    Status {
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -386,6 +432,7 @@ pub fn run_admin(command: &Command) -> i32 {
             }
             Ok(())
         })(),
+        Command::Monitors(cmd) => run_monitors(cmd),
         Command::Agent(AgentCommand::Revoke { target, name }) => (|| {
             let a = target
                 .client()
@@ -477,5 +524,108 @@ mod tests {
     #[test]
     fn times_print_as_utc() {
         assert_eq!(fmt_ms(0), "1970-01-01T00:00:00Z");
+    }
+}
+
+/// Reads one monitor definition from a .toml or .json file.
+fn read_monitor(path: &std::path::Path) -> Result<crate::monitors::RawMonitor, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    };
+    parsed.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run_monitors(cmd: &MonitorsCommand) -> Result<(), (i32, String)> {
+    match cmd {
+        MonitorsCommand::List { target, json } => {
+            let monitors = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .list_monitors()
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&monitors).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<28} {:<6} {:<34} {:<9} LOCATIONS",
+                "NAME", "FROM", "TARGET", "INTERVAL"
+            );
+            for m in monitors {
+                let d = &m.definition;
+                println!(
+                    "{:<28} {:<6} {:<34} {:<9} {}",
+                    m.name,
+                    match m.origin {
+                        crate::monitors::Origin::File => "file",
+                        crate::monitors::Origin::Api => "api",
+                    },
+                    d.target,
+                    d.interval.as_deref().unwrap_or("30s"),
+                    d.locations.join(",")
+                );
+            }
+            Ok(())
+        }
+        MonitorsCommand::Show { target, name } => {
+            let m = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .get_monitor(name)
+                .map_err(api_failure)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+            Ok(())
+        }
+        MonitorsCommand::Put { target, file } => {
+            let def = read_monitor(file).map_err(|e| (EXIT_USAGE, e))?;
+            let m = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .put_monitor(&def)
+                .map_err(api_failure)?;
+            println!("monitor {} saved", m.name);
+            Ok(())
+        }
+        MonitorsCommand::Delete { target, name } => {
+            target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .delete_monitor(name)
+                .map_err(api_failure)?;
+            println!("monitor {name} deleted");
+            Ok(())
+        }
+        MonitorsCommand::Check { config } => {
+            let c = Config::load(config).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+            println!("{}: ok, {} monitor(s)", config.display(), c.monitors.len());
+            Ok(())
+        }
+        MonitorsCommand::Status { target } => {
+            let s = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .config_status()
+                .map_err(api_failure)?;
+            match (s.ok, s.file, s.error) {
+                (_, None, _) => println!("no config file reload yet"),
+                (true, Some(f), _) => println!("{f}: last reload ok"),
+                (false, Some(f), e) => {
+                    return Err((
+                        EXIT_FAILURE,
+                        format!(
+                            "{f}: last reload rejected, the previous monitors keep running:\n{}",
+                            e.unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin::{ADMIN_TOKEN_FILE, AdminToken, Discovery};
-use crate::http::{AgentInfo, CreateToken, CreatedToken, ResultInfo, TokenInfo};
+use crate::http::{AgentInfo, CreateToken, CreatedToken, MonitorInfo, ResultInfo, TokenInfo};
+use crate::monitors::RawMonitor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -95,6 +96,40 @@ impl AdminClient {
         self.call::<(), _>("GET", &path, None)
     }
 
+    pub fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/monitors", None)
+    }
+
+    pub fn get_monitor(&self, name: &str) -> Result<MonitorInfo, ClientError> {
+        self.call::<(), _>(
+            "GET",
+            &format!("/api/v1/monitors/{}", path_segment(name)),
+            None,
+        )
+    }
+
+    /// Creates or replaces an API monitor.
+    pub fn put_monitor(&self, def: &RawMonitor) -> Result<MonitorInfo, ClientError> {
+        self.call(
+            "PUT",
+            &format!("/api/v1/monitors/{}", path_segment(&def.name)),
+            Some(def),
+        )
+    }
+
+    pub fn delete_monitor(&self, name: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            "DELETE",
+            &format!("/api/v1/monitors/{}", path_segment(name)),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    pub fn config_status(&self) -> Result<ReloadStatusView, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/config/status", None)
+    }
+
     fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
@@ -111,6 +146,11 @@ impl AdminClient {
             ("POST", Some(b)) => self
                 .agent
                 .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
                 .header("Authorization", &auth)
                 .send_json(b),
             ("POST", None) => self
@@ -159,4 +199,13 @@ fn path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `GET /api/v1/config/status`, as the client reads it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ReloadStatusView {
+    pub file: Option<String>,
+    pub at: Option<i64>,
+    pub ok: bool,
+    pub error: Option<String>,
 }

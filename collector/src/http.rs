@@ -18,6 +18,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::AdminToken;
+use crate::monitors::registry::{RegistryError, ReloadStatus};
+use crate::monitors::{Monitor, Origin, RawMonitor};
 
 /// The largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -149,6 +151,26 @@ fn default_limit() -> usize {
     100
 }
 
+/// A monitor as the API shows it: its definition as written (the body a
+/// `PUT` takes) and where it is defined.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    pub name: String,
+    /// `file` (change it in the config file) or `api`.
+    pub origin: Origin,
+    pub definition: RawMonitor,
+}
+
+impl MonitorInfo {
+    pub fn of(m: &Monitor) -> MonitorInfo {
+        MonitorInfo {
+            name: m.name.clone(),
+            origin: m.origin,
+            definition: m.raw.clone(),
+        }
+    }
+}
+
 /// What the admin endpoints need from the collector.
 pub trait AdminBackend: Send + Sync + 'static {
     fn create_token(
@@ -163,6 +185,17 @@ pub trait AdminBackend: Send + Sync + 'static {
         &self,
         name_or_id: &str,
     ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
+    fn list_monitors(&self) -> impl Future<Output = Result<Vec<MonitorInfo>, ApiError>> + Send;
+    fn get_monitor(&self, name: &str)
+    -> impl Future<Output = Result<MonitorInfo, ApiError>> + Send;
+    /// Creates or replaces an API monitor; `true` when it is new.
+    fn put_monitor(
+        &self,
+        def: RawMonitor,
+    ) -> impl Future<Output = Result<(MonitorInfo, bool), ApiError>> + Send;
+    fn delete_monitor(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// How the last config file (re)load went.
+    fn config_status(&self) -> impl Future<Output = Result<ReloadStatus, ApiError>> + Send;
     /// The newest `limit` results of a monitor, oldest first.
     fn results(
         &self,
@@ -188,6 +221,14 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/agents", get(list_agents::<B>))
         .route("/api/v1/agents/{name}/revoke", post(revoke_agent::<B>))
         .route("/api/v1/results", get(results::<B>))
+        .route("/api/v1/monitors", get(list_monitors::<B>))
+        .route(
+            "/api/v1/monitors/{name}",
+            get(get_monitor::<B>)
+                .put(put_monitor::<B>)
+                .delete(delete_monitor::<B>),
+        )
+        .route("/api/v1/config/status", get(config_status::<B>))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -275,6 +316,94 @@ async fn results<B: AdminBackend>(
         return Err(ApiError::bad_request("limit: must be 1-10000"));
     }
     Ok(Json(api.backend.results(&q.monitor, q.limit).await?))
+}
+
+async fn list_monitors<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<MonitorInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.list_monitors().await?))
+}
+
+async fn get_monitor<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<MonitorInfo>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.get_monitor(&name).await?))
+}
+
+/// `PUT /api/v1/monitors/{name}`: the body is the monitor as written in the
+/// config file (JSON); its `name` may be left out, or must match the path.
+async fn put_monitor<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<MonitorInfo>), ApiError> {
+    authorize(&api, &headers)?;
+    let mut value = json_body(body)?;
+    if let Some(obj) = value.as_object_mut() {
+        match obj.get("name") {
+            None => {
+                obj.insert("name".into(), serde_json::Value::String(name.clone()));
+            }
+            Some(serde_json::Value::String(n)) if *n == name => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "name: {other} does not match the path ({name:?})"
+                )));
+            }
+        }
+    }
+    let def: RawMonitor = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("monitor: {e}")))?;
+    let (info, created) = api.backend.put_monitor(def).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info)))
+}
+
+async fn delete_monitor<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&api, &headers)?;
+    api.backend.delete_monitor(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn config_status<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<ReloadStatus>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.config_status().await?))
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            RegistryError::NotFound(_) => ApiError::not_found(message),
+            RegistryError::ManagedByFile(_) => {
+                ApiError::new(StatusCode::CONFLICT, "managed_by_file", message)
+            }
+            RegistryError::DependedOn { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "depended_on", message)
+            }
+            RegistryError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_monitor", message)
+            }
+            RegistryError::Storage { .. } => ApiError::internal(message),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,10 +21,13 @@ use crate::ca::Ca;
 use crate::config::Config;
 use crate::enroll::{EnrollConfig, EnrollService, server_tls};
 use crate::http::{
-    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
+    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, MonitorInfo, ResultInfo,
+    TokenInfo, router,
 };
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
+use crate::monitors::RawMonitor;
 use crate::monitors::registry::MonitorRegistry;
+use crate::monitors::registry::ReloadStatus;
 use crate::public::{PublicConfig, PublicSink};
 use crate::results::ResultStore;
 use crate::state::{State, unix_ms};
@@ -448,6 +451,47 @@ impl AdminBackend for Backend {
             .into_iter()
             .map(|a| agent_info(c, a))
             .collect())
+    }
+
+    async fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ApiError> {
+        Ok(self
+            .0
+            .monitors
+            .monitors()
+            .iter()
+            .map(MonitorInfo::of)
+            .collect())
+    }
+
+    async fn get_monitor(&self, name: &str) -> Result<MonitorInfo, ApiError> {
+        self.0
+            .monitors
+            .get(name)
+            .map(|m| MonitorInfo::of(&m))
+            .ok_or_else(|| ApiError::not_found(format!("no monitor is named {name:?}")))
+    }
+
+    async fn put_monitor(&self, def: RawMonitor) -> Result<(MonitorInfo, bool), ApiError> {
+        let monitors = self.0.monitors.clone();
+        let (m, created) = tokio::task::spawn_blocking(move || monitors.upsert(def))
+            .await
+            .map_err(internal)??;
+        tracing::info!(monitor = %m.name, created, "monitor saved through the api");
+        Ok((MonitorInfo::of(&m), created))
+    }
+
+    async fn delete_monitor(&self, name: &str) -> Result<(), ApiError> {
+        let monitors = self.0.monitors.clone();
+        let owned = name.to_owned();
+        tokio::task::spawn_blocking(move || monitors.delete(&owned))
+            .await
+            .map_err(internal)??;
+        tracing::info!(monitor = %name, "monitor deleted through the api");
+        Ok(())
+    }
+
+    async fn config_status(&self) -> Result<ReloadStatus, ApiError> {
+        Ok(self.0.monitors.reload_status())
     }
 
     async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {

@@ -12,9 +12,36 @@ use crate::client::{AdminClient, ClientError};
 struct Memory {
     tokens: Mutex<Vec<TokenInfo>>,
     agents: Mutex<Vec<AgentInfo>>,
+    /// The real registry, in memory: the API maps its answers and errors.
+    monitors: crate::monitors::registry::MonitorRegistry,
 }
 
 impl AdminBackend for Arc<Memory> {
+    async fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ApiError> {
+        Ok(self
+            .monitors
+            .monitors()
+            .iter()
+            .map(MonitorInfo::of)
+            .collect())
+    }
+    async fn get_monitor(&self, name: &str) -> Result<MonitorInfo, ApiError> {
+        self.monitors
+            .get(name)
+            .map(|m| MonitorInfo::of(&m))
+            .ok_or_else(|| ApiError::not_found(format!("no monitor is named {name:?}")))
+    }
+    async fn put_monitor(&self, def: RawMonitor) -> Result<(MonitorInfo, bool), ApiError> {
+        let (m, created) = self.monitors.upsert(def)?;
+        Ok((MonitorInfo::of(&m), created))
+    }
+    async fn delete_monitor(&self, name: &str) -> Result<(), ApiError> {
+        self.monitors.delete(name)?;
+        Ok(())
+    }
+    async fn config_status(&self) -> Result<ReloadStatus, ApiError> {
+        Ok(self.monitors.reload_status())
+    }
     async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
         if req.name.is_empty() {
             return Err(ApiError::bad_request("name: must not be empty"));
@@ -170,6 +197,91 @@ async fn every_endpoint_needs_the_admin_token_and_errors_are_json() {
         }
         let resp = agent.get(&format!("{url}/nope")).header("Authorization", &auth).call().unwrap();
         assert_eq!(resp.status().as_u16(), 404);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_are_created_replaced_and_deleted_through_the_api() {
+    let (url, admin) = serve(Arc::new(Memory::default())).await;
+    tokio::task::spawn_blocking(move || {
+        let c = AdminClient::new(&url, admin);
+        let def = RawMonitor {
+            name: "orders-db".into(),
+            target: "tcp://10.0.0.5:5432".into(),
+            locations: vec!["site=fra".into()],
+            preset: Some("postgres".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.put_monitor(&def).unwrap().name, "orders-db");
+        let mut changed = def.clone();
+        changed.interval = Some("10s".into());
+        c.put_monitor(&changed).unwrap();
+        let got = c.get_monitor("orders-db").unwrap();
+        assert_eq!(got.definition, changed);
+        assert_eq!(got.origin, Origin::Api);
+        assert_eq!(c.list_monitors().unwrap().len(), 1);
+
+        // Every problem comes back at once, as 422 with a stable code.
+        let bad = RawMonitor {
+            name: "bad".into(),
+            target: "tcp://h:0".into(),
+            interval: Some("0s".into()),
+            ..Default::default()
+        };
+        let err = c.put_monitor(&bad).unwrap_err();
+        let ClientError::Api {
+            status,
+            code,
+            message,
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((*status, code.as_str()), (422, "invalid_monitor"));
+        assert_eq!(message.lines().count(), 3, "{message}");
+        assert!(
+            message.contains("target")
+                && message.contains("interval")
+                && message.contains("locations"),
+            "{message}"
+        );
+
+        // A body whose name disagrees with the path, and unknown fields, are 400.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = format!("Bearer {}", "a".repeat(64));
+        for body in [
+            r#"{"name":"other","target":"tcp://h:1","locations":["public"]}"#,
+            r#"{"target":"tcp://h:1","locations":["public"],"colour":"red"}"#,
+        ] {
+            let resp = agent
+                .put(&format!("{url}/api/v1/monitors/orders-db"))
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.as_bytes())
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 400, "{body}");
+        }
+        // The name may come from the path alone.
+        let resp = agent
+            .put(&format!("{url}/api/v1/monitors/edge"))
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(r#"{"target":"tcp://h:443","locations":["public"]}"#.as_bytes())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+
+        c.delete_monitor("orders-db").unwrap();
+        let err = c.delete_monitor("orders-db").unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 404, .. }),
+            "{err}"
+        );
+        assert!(c.config_status().unwrap().file.is_none());
     })
     .await
     .unwrap();

@@ -130,6 +130,13 @@ fn version_of(monitors: &[pb::MonitorSpec]) -> u64 {
     (u64::from_be_bytes(v) >> 11).max(1)
 }
 
+impl Default for MonitorRegistry {
+    /// Empty and in memory only (API monitors are not persisted).
+    fn default() -> Self {
+        MonitorRegistry::open(Vec::new(), None).expect("an empty in-memory registry opens")
+    }
+}
+
 impl MonitorRegistry {
     /// A registry with the file's monitors (already validated) and the API's
     /// from `api_path` (None: API monitors live in memory only, for tests).
