@@ -507,26 +507,6 @@ pub fn fmt_ms(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_parse_or_say_why() {
-        let l = parse_labels("site=fra, env=prod").unwrap();
-        assert_eq!(l.get("site").map(String::as_str), Some("fra"));
-        assert_eq!(l.len(), 2);
-        assert!(parse_labels("site").unwrap_err().contains("key=value"));
-        assert!(parse_labels("=x").is_err());
-        assert!(parse_labels("").unwrap().is_empty());
-    }
-
-    #[test]
-    fn times_print_as_utc() {
-        assert_eq!(fmt_ms(0), "1970-01-01T00:00:00Z");
-    }
-}
-
 /// Reads one monitor definition from a .toml or .json file.
 fn read_monitor(path: &std::path::Path) -> Result<crate::monitors::RawMonitor, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -627,5 +607,25 @@ fn run_monitors(cmd: &MonitorsCommand) -> Result<(), (i32, String)> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_or_say_why() {
+        let l = parse_labels("site=fra, env=prod").unwrap();
+        assert_eq!(l.get("site").map(String::as_str), Some("fra"));
+        assert_eq!(l.len(), 2);
+        assert!(parse_labels("site").unwrap_err().contains("key=value"));
+        assert!(parse_labels("=x").is_err());
+        assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(fmt_ms(0), "1970-01-01T00:00:00Z");
     }
 }
