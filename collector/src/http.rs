@@ -117,7 +117,12 @@ pub struct AgentInfo {
     pub connected_since_unix_ms: Option<i64>,
     pub last_seen_unix_ms: Option<i64>,
     pub version: Option<String>,
+    /// Results the agent last reported waiting in its buffer (hello/heartbeat).
     pub backlog: Option<u64>,
+    /// The agent's results are durable here through this sequence number
+    /// (since the collector started).
+    #[serde(default)]
+    pub acked_through: Option<u64>,
 }
 
 /// One stored check result, as the API shows it.

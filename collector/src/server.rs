@@ -525,6 +525,7 @@ fn agent_info(c: &Collector, a: crate::agents::AgentRecord) -> AgentInfo {
                 .unwrap_or_else(|| a.agent_version.clone()),
         ),
         backlog: live.as_ref().map(|s| s.backlog),
+        acked_through: c.ingest.agent_stats(&a.id).map(|s| s.acked_through),
         id: a.id,
         name: a.name,
         labels: a.labels,

@@ -129,6 +129,7 @@ async fn the_cli_client_creates_lists_and_revokes() {
         last_seen_unix_ms: None,
         version: None,
         backlog: None,
+        acked_through: None,
     });
     let (url, admin) = serve(backend.clone()).await;
     tokio::task::spawn_blocking(move || {
