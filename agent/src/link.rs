@@ -179,6 +179,8 @@ pub struct Link {
     /// Most results per batch now: halved each time the collector rejects a
     /// message as too large, so a batch of large results still gets through.
     batch_limit: AtomicUsize,
+    /// The collector's `RotateHint`: wakes the renewal loop early.
+    rotate_now: Arc<Notify>,
 }
 
 impl Link {
@@ -196,6 +198,7 @@ impl Link {
             config,
             status: Arc::new(status),
             rotation: None,
+            rotate_now: Arc::new(Notify::new()),
         }
     }
 
@@ -292,6 +295,7 @@ impl Link {
                 self.config.clone(),
                 persist,
                 id_tx,
+                Arc::clone(&self.rotate_now),
                 stop_rx.clone(),
             ))
         });
@@ -510,6 +514,7 @@ impl Link {
                         }
                         Some(pb::collector_message::Msg::Rotate(r)) => {
                             tracing::info!(reason = %r.reason, "the collector asks for a certificate renewal");
+                            self.rotate_now.notify_one();
                         }
                         None => {}
                     },
@@ -805,13 +810,19 @@ fn endpoint(id: &LinkIdentity, cfg: &LinkConfig) -> Result<Endpoint, LinkError> 
 /// Renews the agent certificate at a jittered 70-90 % of each certificate's
 /// lifetime, retrying on failure until it expires (then the operator must
 /// re-enroll: said once, loudly).
+/// A collector's rotation hint renews at once, but never more often than
+/// this: a confused (or hostile) collector cannot make the agent spin.
+const MIN_HINTED_RENEWAL_GAP: Duration = Duration::from_secs(60);
+
 async fn renew_loop(
     mut identity: LinkIdentity,
     cfg: LinkConfig,
     persist: PersistIdentity,
     id_tx: watch::Sender<LinkIdentity>,
+    rotate_now: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
         let Some((_, not_after)) = validity(&identity.cert_pem) else {
             tracing::error!("the agent certificate cannot be read: no renewal");
@@ -823,10 +834,20 @@ async fn renew_loop(
         let left = not_after
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        let wait = left.mul_f64(rand::random_range(0.7..0.9));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = flag_set(&mut stop) => return,
+        let due = tokio::time::Instant::now() + left.mul_f64(rand::random_range(0.7..0.9));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break,
+                _ = rotate_now.notified() => {
+                    let recent = last_renewal.is_some_and(|t| t.elapsed() < MIN_HINTED_RENEWAL_GAP);
+                    if recent {
+                        tracing::info!("rotation hint ignored: renewed less than a minute ago");
+                    } else {
+                        break;
+                    }
+                }
+                _ = flag_set(&mut stop) => return,
+            }
         }
         loop {
             match renew_once(&identity, &cfg).await {
@@ -838,6 +859,7 @@ async fn renew_loop(
                         .map(|(_, na)| unix_ms(na))
                         .unwrap_or(0);
                     tracing::info!(not_after_unix_ms = until, "agent certificate renewed");
+                    last_renewal = Some(tokio::time::Instant::now());
                     identity = renewed;
                     let _ = id_tx.send(identity.clone());
                     break;
