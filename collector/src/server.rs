@@ -24,8 +24,8 @@ use crate::http::{
     AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
 };
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
-use crate::results::ResultStore;
 use crate::state::{State, unix_ms};
+use crate::store::{RedbStore, ResultQuery, Store, StoreConfig, StoreError};
 use crate::token::{TokenSpec, TokenStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct Collector {
     pub ca: Arc<Ca>,
     pub tokens: TokenStore,
     pub agents: AgentRegistry,
-    pub results: Arc<ResultStore>,
+    pub results: Arc<dyn Store>,
     pub ingest: Ingest,
     pub config: Arc<Config>,
     /// The address agents are told to use (in join strings).
@@ -75,7 +75,8 @@ pub fn open(
     let state = State::open(data_dir).map_err(setup)?;
     let tokens = TokenStore::open(&state, config.token_max_ttl).map_err(setup)?;
     let agents = AgentRegistry::open(&state).map_err(setup)?;
-    let results = Arc::new(ResultStore::open(&data_dir.join("results")).map_err(setup)?);
+    let results: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&data_dir.join("store"), StoreConfig::default()).map_err(setup)?);
     let config = Arc::new(config);
     let (changes, _) = watch::channel(1u64);
     let assignments = Arc::new(ConfigAssignments {
@@ -176,6 +177,10 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    tokio::spawn(maintain_store(
+        collector.results.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let ingest = collector.ingest.clone();
     let grpc = tonic::transport::Server::builder()
         // Agents send keepalives every ~30 s; answer pings and drop dead peers.
@@ -197,6 +202,41 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often the store folds dirty minutes into rollups and drops expired
+/// partitions.
+const STORE_MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rolls up and applies retention until `stop`. A failed round is logged and
+/// retried at the next tick: both are idempotent.
+async fn maintain_store(store: Arc<dyn Store>, stop: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(STORE_MAINTENANCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        let now = unix_ms(SystemTime::now());
+        let round = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.roll_up(now)?, store.retain(now)?))
+        })
+        .await;
+        match round {
+            Ok(Ok((rolled, _))) => {
+                tracing::debug!(
+                    recomputed = rolled.recomputed,
+                    cleared = rolled.cleared,
+                    "rollups updated"
+                )
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
+            Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
+        }
+    }
+}
+
 /// The registry decides who may stream: unknown and revoked agents may not.
 struct RegistryDirectory(AgentRegistry);
 
@@ -213,6 +253,13 @@ impl AgentDirectory for RegistryDirectory {
             Err(e) => Err(Denied {
                 reason: format!("agent registry unavailable: {e}"),
             }),
+        }
+    }
+
+    fn location(&self, agent_id: &str) -> String {
+        match self.0.get(agent_id) {
+            Ok(Some(a)) => format!("agent:{}", a.name),
+            _ => format!("agent:{agent_id}"),
         }
     }
 }
@@ -398,30 +445,19 @@ fn results_info(
     monitor_id: &str,
     limit: usize,
 ) -> Result<Vec<ResultInfo>, ApiError> {
-    let names: std::collections::HashMap<String, String> = c
-        .agents
-        .list()
-        .map_err(internal)?
+    let mut newest = c
+        .results
+        .results(&ResultQuery::monitor(monitor_id).newest_first().limit(limit))
+        .map_err(internal)?;
+    newest.reverse();
+    Ok(newest
         .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect();
-    let mut all = c.results.results_for(monitor_id).map_err(internal)?;
-    all.sort_by_key(|s| (s.result.scheduled_at_unix_ms, s.seq));
-    let start = all.len().saturating_sub(limit);
-    Ok(all[start..]
-        .iter()
         .map(|s| {
             let r = &s.result;
             let ph = r.phases.unwrap_or_default();
             ResultInfo {
                 monitor_id: r.monitor_id.clone(),
-                location: format!(
-                    "agent:{}",
-                    names
-                        .get(&s.agent_id)
-                        .cloned()
-                        .unwrap_or_else(|| s.agent_id.clone())
-                ),
+                location: s.location.clone(),
                 seq: s.seq,
                 scheduled_at_unix_ms: r.scheduled_at_unix_ms,
                 status: pb::Status::try_from(r.status)
