@@ -47,7 +47,7 @@ fn result(monitor: &str, ts: i64, i: u64) -> pb::CheckResult {
         monitor_id: monitor.to_owned(),
         scheduled_at_unix_ms: ts,
         started_at_unix_ms: ts + 2,
-        status: if i % 97 == 0 {
+        status: if i.is_multiple_of(97) {
             pb::Status::Down as i32
         } else {
             pb::Status::Up as i32
@@ -64,10 +64,46 @@ fn result(monitor: &str, ts: i64, i: u64) -> pb::CheckResult {
     }
 }
 
+/// The backlog replay's pattern: one source, one monitor, seq order, in
+/// batches of `batch`.
+fn replay(n: usize, batch: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let start = parse_day_name("20261120").unwrap() * DAY_MS + DAY_MS / 2;
+    let samples: Vec<Sample> = (0..n)
+        .map(|i| Sample {
+            monitor_id: "m1".into(),
+            location: LOCATIONS[0].into(),
+            seq: i as u64 + 1,
+            result: result("m1", start + i as i64, i as u64),
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in samples.chunks(batch) {
+        store.ingest(SOURCES[0], 0, start, chunk, &[]).unwrap();
+    }
+    let took = t.elapsed();
+    println!(
+        "replay pattern (1 monitor, {n} results, batches of {batch}): {took:.2?} = {:.0} results/s",
+        n as f64 / took.as_secs_f64()
+    );
+}
+
 fn main() {
     let quick = std::env::var_os("PW_BENCH_QUICK").is_some();
     let (monitors, per_series) = if quick { (500, 24) } else { (10_000, 120) };
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let monitors = env("PW_BENCH_MONITORS", monitors);
+    let per_series = env("PW_BENCH_RESULTS", per_series);
     let runs = if quick { 200 } else { 1000 };
+    let replay_n = if quick { 20_000 } else { 200_000 };
+    replay(replay_n, BATCH);
+    replay(replay_n, 16 * BATCH);
     let dir = match std::env::var_os("PW_BENCH_DIR") {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
@@ -84,7 +120,18 @@ fn main() {
     let mut ingest_time = Duration::ZERO;
     let mut seqs = [0u64; 2];
     let mut pending: [Vec<Sample>; 2] = Default::default();
+    let mut roll_time = Duration::ZERO;
+    let mut rolled = 0;
     for minute in 0..per_series {
+        // The collector rolls up every ~10 s; here once per simulated minute.
+        if minute > 0 {
+            let t = Instant::now();
+            rolled += store
+                .roll_up(start + minute as i64 * MINUTE_MS)
+                .unwrap()
+                .recomputed;
+            roll_time += t.elapsed();
+        }
         for (i, id) in ids.iter().enumerate() {
             for l in 0..LOCATIONS.len() {
                 seqs[l] += 1;
@@ -131,18 +178,23 @@ fn main() {
         }
     );
     let t = Instant::now();
-    let rolled = store.roll_up(now + DAY_MS).unwrap();
+    rolled += store.roll_up(now + DAY_MS).unwrap().recomputed;
+    roll_time += t.elapsed();
     println!(
-        "roll_up of {} dirty minutes: {:.2?} ({:.0} minutes/s)",
-        rolled.recomputed,
-        t.elapsed(),
-        rolled.recomputed as f64 / t.elapsed().as_secs_f64()
+        "roll_up (once per simulated minute): {rolled} minute recomputations in {:.2?} ({:.0}/s)",
+        roll_time,
+        rolled as f64 / roll_time.as_secs_f64()
     );
     let stats = store.stats().unwrap();
+    let raw_bytes: u64 = stats.raw.iter().map(|p| p.bytes).sum();
+    let rollup_bytes: u64 = stats.rollups.iter().map(|p| p.bytes).sum();
+    let rollups: u64 = stats.rollups.iter().map(|p| p.rows).sum();
     println!(
-        "after roll-up: {} bytes on disk, {} rollups",
+        "after roll-up: file {} bytes; raw partitions {raw_bytes} bytes = {:.1} bytes/result; \
+         {rollups} rollups {rollup_bytes} bytes = {:.1} bytes/rollup",
         stats.file_bytes,
-        stats.rollups.iter().map(|p| p.rows).sum::<u64>()
+        raw_bytes as f64 / total as f64,
+        rollup_bytes as f64 / rollups.max(1) as f64,
     );
 
     let mut rng = rand::rng();

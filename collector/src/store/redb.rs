@@ -361,28 +361,24 @@ impl RedbStore {
         Ok(out)
     }
 
-    /// Recomputes one dirty minute inside `txn`; returns whether the marker
-    /// may be forgotten.
+    /// Recomputes one dirty minute inside `txn`; false when there was
+    /// nothing to recompute from (its raw results expired).
     fn roll_minute(
-        &self,
         txn: &WriteTransaction,
         raw_tables: &BTreeSet<String>,
         key: &[u8],
-        now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let Some((monitor, _, rest)) = split_series(key) else {
-            return Ok(true);
+        let (Some(minute), Some(series)) = (ts_from(key), key.get(8..)) else {
+            return Ok(false);
         };
-        let Some(minute) = ts_from(rest) else {
-            return Ok(true);
+        let Some((monitor, _, _)) = split_series(series) else {
+            return Ok(false);
         };
         let day = day_of(minute);
         let raw_name = raw_table(day);
         if !raw_tables.contains(&raw_name) {
-            // Its raw results expired: nothing to recompute from.
-            return Ok(true);
+            return Ok(false);
         }
-        let series = &key[..key.len() - 8];
         let mut lo = series.to_vec();
         lo.extend_from_slice(&ts_key(minute));
         let mut hi = series.to_vec();
@@ -401,14 +397,15 @@ impl RedbStore {
         };
         let name = rollup_table(day);
         let mut t = txn.open_table(def(&name)).map_err(backend)?;
+        // Rollups are series-major (queries read one series' minutes).
         if results.is_empty() {
-            t.remove(key).map_err(backend)?;
+            t.remove(lo.as_slice()).map_err(backend)?;
         } else {
             let r = Rollup::compute(minute, &results);
-            t.insert(key, encode_rollup(&r).as_slice())
+            t.insert(lo.as_slice(), encode_rollup(&r).as_slice())
                 .map_err(backend)?;
         }
-        Ok(minute + MINUTE_MS + ms(self.config.rollup_grace) <= now_ms)
+        Ok(true)
     }
 }
 
@@ -500,8 +497,10 @@ impl Store for RedbStore {
                             latest.insert(series, (ts, row.sample));
                         }
                     }
-                    let mut d = series.to_vec();
-                    d.extend_from_slice(&ts_key(minute_of(ts)));
+                    // Minute-major: one minute's markers are neighbours, so
+                    // a batch touches few pages of the table.
+                    let mut d = ts_key(minute_of(ts)).to_vec();
+                    d.extend_from_slice(series);
                     dirty.insert(d);
                 }
                 out.stored += chunk.len() as u64;
@@ -681,7 +680,7 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn roll_up(&self, now_ms: i64) -> Result<RollupOutcome, StoreError> {
+    fn roll_up(&self, _now_ms: i64) -> Result<RollupOutcome, StoreError> {
         let mut out = RollupOutcome::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -709,20 +708,20 @@ impl Store for RedbStore {
             if keys.is_empty() {
                 break;
             }
-            let mut done = Vec::new();
             for k in &keys {
-                if self.roll_minute(&txn, &raw_tables, k, now_ms)? {
-                    done.push(k);
+                if Self::roll_minute(&txn, &raw_tables, k)? {
+                    out.recomputed += 1;
                 }
-                out.recomputed += 1;
             }
             {
+                // Cleared in the transaction that read the raw results: a
+                // result committed after it marks the minute again.
                 let mut t = txn.open_table(DIRTY).map_err(backend)?;
-                for k in &done {
+                for k in &keys {
                     t.remove(k.as_slice()).map_err(backend)?;
                 }
             }
-            out.cleared += done.len() as u64;
+            out.cleared += keys.len() as u64;
             txn.commit().map_err(backend)?;
             let full = keys.len() == ROLLUP_CHUNK;
             after = keys.into_iter().last();
@@ -834,6 +833,15 @@ impl Store for RedbStore {
                 .len()
                 .map_err(backend)
         };
+        let bytes = |name: &str| -> Result<u64, StoreError> {
+            let s = txn
+                .open_table(def(name))
+                .map_err(backend)?
+                .stats()
+                .map_err(backend)?;
+            // redb's page size is fixed at 4 KiB (part of the file format).
+            Ok((s.leaf_pages() + s.branch_pages()) * 4096)
+        };
         let mut stats = StoreStats {
             file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
             ..StoreStats::default()
@@ -842,12 +850,14 @@ impl Store for RedbStore {
             stats.raw.push(Partition {
                 day: day_name(day),
                 rows: rows(&name)?,
+                bytes: bytes(&name)?,
             });
         }
         for (day, name) in partitions(names.into_iter(), ROLLUP_PREFIX) {
             stats.rollups.push(Partition {
                 day: day_name(day),
                 rows: rows(&name)?,
+                bytes: bytes(&name)?,
             });
         }
         stats.dirty = txn

@@ -487,7 +487,7 @@ fn a_rollup_has_exact_counts_and_phase_statistics() {
         .unwrap();
 
     let out = s.roll_up(minute + 2 * MINUTE_MS).unwrap();
-    assert_eq!(out.recomputed, 3);
+    assert_eq!((out.recomputed, out.cleared), (3, 3));
     let rollups = s
         .rollups(&RollupQuery {
             monitor_id: "m1".into(),
@@ -560,27 +560,29 @@ fn a_late_sample_re_dirties_and_recomputes_an_old_minute() {
     };
     s.ingest("a", 0, minute + 10, &[sample("m1", A, 1, minute + 1)], &[])
         .unwrap();
-    // Within the grace period: recomputed, marker kept.
-    let out = s.roll_up(minute + MINUTE_MS + 1000).unwrap();
-    assert_eq!((out.recomputed, out.cleared), (1, 0));
+    // While the minute is still running.
+    let out = s.roll_up(minute + 20).unwrap();
+    assert_eq!((out.recomputed, out.cleared), (1, 1));
     assert_eq!(s.rollups(&q).unwrap()[0].checks, 1);
-    s.ingest("a", 0, minute + 10, &[sample("m1", A, 2, minute + 2)], &[])
-        .unwrap();
-    // Past the grace: recomputed a last time, marker gone.
-    let later = minute + MINUTE_MS + ms(DEFAULT_ROLLUP_GRACE);
     assert_eq!(
-        s.roll_up(later).unwrap(),
+        s.roll_up(minute + 30).unwrap(),
+        RollupOutcome::default(),
+        "nothing new"
+    );
+    s.ingest("a", 0, minute + 40, &[sample("m1", A, 2, minute + 2)], &[])
+        .unwrap();
+    assert_eq!(
+        s.roll_up(minute + 50).unwrap(),
         RollupOutcome {
             recomputed: 1,
             cleared: 1
         }
     );
     assert_eq!(s.rollups(&q).unwrap()[0].checks, 2);
-    assert_eq!(s.roll_up(later).unwrap(), RollupOutcome::default());
     assert_eq!(s.stats().unwrap().dirty, 0);
 
     // An hour later a replayed backlog brings one more result for that minute.
-    let hour = later + 3_600_000;
+    let hour = minute + 3_600_000;
     s.ingest("b", 0, hour, &[sample("m1", A, 1, minute + 30_000)], &[])
         .unwrap();
     assert_eq!(s.stats().unwrap().dirty, 1);
@@ -591,7 +593,9 @@ fn a_late_sample_re_dirties_and_recomputes_an_old_minute() {
             cleared: 1
         }
     );
-    assert_eq!(s.rollups(&q).unwrap()[0].checks, 3);
+    let r = s.rollups(&q).unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].checks, 3);
 }
 
 #[test]
@@ -604,10 +608,12 @@ fn roll_up_works_through_more_dirty_minutes_than_one_chunk() {
         .collect();
     s.ingest("a", 0, t0(), &batch, &[]).unwrap();
     let out = s.roll_up(t0() + MINUTE_MS).unwrap();
-    assert_eq!((out.recomputed, out.cleared), (5000, 0));
-    let out = s.roll_up(t0() + DAY_MS).unwrap();
     assert_eq!((out.recomputed, out.cleared), (5000, 5000));
     assert_eq!(s.stats().unwrap().rollups[0].rows, 5000);
+    assert_eq!(
+        s.roll_up(t0() + MINUTE_MS).unwrap(),
+        RollupOutcome::default()
+    );
 }
 
 #[test]
@@ -655,6 +661,24 @@ fn retention_drops_raw_days_after_7_days_and_rollups_after_90() {
     // Nothing more to drop an hour later.
     let again = s.retain(now + 3_600_000).unwrap();
     assert!(again.raw_days.is_empty() && again.rollup_days.is_empty());
+}
+
+#[test]
+fn a_dirty_minute_whose_raw_day_was_dropped_is_cleared_without_a_rollup() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.ingest("a", 0, t0(), &[sample("m1", A, 1, t0() + 1)], &[])
+        .unwrap();
+    let out = s.retain(t0() + 9 * DAY_MS).unwrap();
+    assert_eq!(out.raw_results, 1);
+    assert_eq!(
+        s.roll_up(t0() + 9 * DAY_MS).unwrap(),
+        RollupOutcome {
+            recomputed: 0,
+            cleared: 1
+        }
+    );
+    assert!(s.stats().unwrap().rollups.is_empty());
 }
 
 #[test]
