@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p portwatch-collector --bench store`
 //! (`PW_BENCH_QUICK=1` for a small fill that runs in seconds;
-//! `PW_BENCH_DIR=/path` to put the file on another disk than the temp dir's).
+//! `PW_BENCH_DIR=/path` to put the file on another disk than the temp dir's;
+//! `PW_BENCH_MONITORS`, `PW_BENCH_RESULTS`, `PW_BENCH_CACHE_MB` to vary the fill).
 
 use std::time::{Duration, Instant};
 
@@ -108,7 +109,10 @@ fn main() {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
-    let store = RedbStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let mut config = StoreConfig::default();
+    config.cache_bytes = env("PW_BENCH_CACHE_MB", config.cache_bytes >> 20) << 20;
+    println!("page cache: {} MiB", config.cache_bytes >> 20);
+    let store = RedbStore::open(dir.path(), config).unwrap();
     let ids: Vec<String> = (0..monitors).map(|i| format!("mon-{i:05}")).collect();
     // Noon, so the fill stays within one day partition like a normal day.
     let start = parse_day_name("20261120").unwrap() * DAY_MS + DAY_MS / 2;

@@ -161,44 +161,72 @@ fn decode_result(monitor: &str, v: &[u8]) -> Result<pb::CheckResult, StoreError>
     Ok(r)
 }
 
-const ROLLUP_BYTES: usize = 8 + 12 + 5 * 36;
-
+/// A rollup as stored, varint-packed since most minutes hold one or a few
+/// checks with two or three phases (about 10 bytes instead of 200 fixed):
+/// checks, failures, degraded, a bitmask of the phases present, then per
+/// present phase its count and either its one value (count 1) or
+/// min, sum, p95, max. The minute is in the key.
 fn encode_rollup(r: &Rollup) -> Vec<u8> {
-    let mut v = Vec::with_capacity(ROLLUP_BYTES);
-    v.extend_from_slice(&r.minute_start_ms.to_be_bytes());
+    use prost::encoding::encode_varint;
+    let mut v = Vec::with_capacity(24);
     for n in [r.checks, r.failures, r.degraded] {
-        v.extend_from_slice(&n.to_be_bytes());
+        encode_varint(u64::from(n), &mut v);
     }
-    for p in &r.phases {
-        v.extend_from_slice(&p.count.to_be_bytes());
-        for n in [p.min_us, p.sum_us, p.p95_us, p.max_us] {
-            v.extend_from_slice(&n.to_be_bytes());
+    let mask = r
+        .phases
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.count > 0)
+        .fold(0u8, |m, (i, _)| m | (1 << i));
+    v.push(mask);
+    for p in r.phases.iter().filter(|p| p.count > 0) {
+        encode_varint(u64::from(p.count), &mut v);
+        if p.count == 1 {
+            encode_varint(p.sum_us, &mut v);
+        } else {
+            for n in [p.min_us, p.sum_us, p.p95_us, p.max_us] {
+                encode_varint(n, &mut v);
+            }
         }
     }
     v
 }
 
-fn decode_rollup(v: &[u8]) -> Option<Rollup> {
-    if v.len() != ROLLUP_BYTES {
-        return None;
-    }
-    let u32_at = |i: usize| u32::from_be_bytes(v[i..i + 4].try_into().unwrap_or_default());
-    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or_default());
+fn decode_rollup(minute_start_ms: i64, mut v: &[u8]) -> Option<Rollup> {
+    let mut next = || prost::encoding::decode_varint(&mut v).ok();
+    let mut small = || u32::try_from(next()?).ok();
     let mut r = Rollup {
-        minute_start_ms: u64_at(0) as i64,
-        checks: u32_at(8),
-        failures: u32_at(12),
-        degraded: u32_at(16),
+        minute_start_ms,
+        checks: small()?,
+        failures: small()?,
+        degraded: small()?,
         ..Rollup::default()
     };
+    let (&mask, rest) = v.split_first()?;
+    v = rest;
+    let mut next = || prost::encoding::decode_varint(&mut v).ok();
     for (i, p) in r.phases.iter_mut().enumerate() {
-        let o = 20 + i * 36;
-        *p = PhaseStats {
-            count: u32_at(o),
-            min_us: u64_at(o + 4),
-            sum_us: u64_at(o + 12),
-            p95_us: u64_at(o + 20),
-            max_us: u64_at(o + 28),
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        let count = u32::try_from(next()?).ok()?;
+        *p = if count == 1 {
+            let x = next()?;
+            PhaseStats {
+                count,
+                min_us: x,
+                sum_us: x,
+                p95_us: x,
+                max_us: x,
+            }
+        } else {
+            PhaseStats {
+                count,
+                min_us: next()?,
+                sum_us: next()?,
+                p95_us: next()?,
+                max_us: next()?,
+            }
         };
     }
     Some(r)
@@ -669,11 +697,18 @@ impl Store for RedbStore {
                 .range::<&[u8]>(lo.as_slice()..hi.as_slice())
                 .map_err(backend)?
             {
-                let (_, v) = kv.map_err(backend)?;
+                let (k, v) = kv.map_err(backend)?;
+                let minute = k
+                    .value()
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|at| ts_from(&k.value()[at..]));
                 out.push(
-                    decode_rollup(v.value()).ok_or_else(|| {
-                        StoreError::Corrupt(format!("rollup of {}", q.monitor_id))
-                    })?,
+                    minute
+                        .and_then(|m| decode_rollup(m, v.value()))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("rollup of {}", q.monitor_id))
+                        })?,
                 );
             }
         }
