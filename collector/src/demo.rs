@@ -205,7 +205,7 @@ locations = ["site=demo"]
         .iter()
         .map(|m| m.name.clone())
         .collect();
-    let mut last_seen = std::collections::HashMap::<String, u64>::new();
+    let mut last_seen = std::collections::HashMap::<String, i64>::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = tokio::spawn(stop);
     tokio::pin!(stop);
@@ -215,17 +215,19 @@ locations = ["site=demo"]
             _ = tick.tick() => {}
         }
         for id in &ids {
-            let Ok(results) = collector.results.results_for(id) else {
+            let Ok(latest) = collector.results.latest(id) else {
                 continue;
             };
-            let Some(latest) = results.last() else {
+            let Some((_, latest)) = latest.iter().max_by_key(|(_, r)| r.scheduled_at_unix_ms)
+            else {
                 continue;
             };
-            if last_seen.get(id) == Some(&latest.seq) {
+            let at = latest.scheduled_at_unix_ms;
+            if last_seen.get(id) == Some(&at) {
                 continue;
             }
-            last_seen.insert(id.clone(), latest.seq);
-            println!("{}", line(id, &latest.result));
+            last_seen.insert(id.clone(), at);
+            println!("{}", line(id, latest));
         }
     }
     println!("stopping: the agent drains its buffer, the collector flushes");

@@ -129,7 +129,7 @@ pub struct AgentInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResultInfo {
     pub monitor_id: String,
-    /// The location that ran it: `agent:<name>`.
+    /// The location that ran it: `agent:<name>` or `public:<region>`.
     pub location: String,
     pub seq: u64,
     pub scheduled_at_unix_ms: i64,

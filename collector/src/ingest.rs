@@ -12,8 +12,9 @@
 //! - **Assignment**: after the agent's `Hello`, the collector sends the monitors
 //!   [`Assignments`] gives that agent, and again whenever they change.
 //! - **Results**: a `ResultBatch` is filtered (results for monitors not assigned
-//!   to the agent are dropped and counted), stored durably in the
-//!   [`ResultStore`] (deduplicated on (agent, seq), fsynced), then acked.
+//!   to the agent are dropped and counted), stored durably in the [`Store`]
+//!   (location `agent:<name>`, deduplicated on the agent's seq watermark,
+//!   one transaction, durable on return), then acked.
 //!
 //! ## What an `Ack` means
 //! `Ack { durable_through_seq: N }` is sent after a batch has been processed
@@ -54,7 +55,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ca;
-use crate::results::ResultStore;
+use crate::store::{Sample, SourceGap, Store};
 
 /// Default bound on one decoded agent message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -76,6 +77,12 @@ pub struct Denied {
 /// (unknown and revoked agents are denied).
 pub trait AgentDirectory: Send + Sync + 'static {
     fn check(&self, agent_id: &str) -> Result<(), Denied>;
+
+    /// The location the agent's results are stored under, asked once per
+    /// stream: `agent:<agent name>`. The default (no registry) uses the id.
+    fn location(&self, agent_id: &str) -> String {
+        format!("agent:{agent_id}")
+    }
 }
 
 /// The monitors each agent runs. Implementations bump the agent's version on
@@ -192,7 +199,7 @@ struct Live {
 }
 
 struct Inner {
-    store: Arc<ResultStore>,
+    store: Arc<dyn Store>,
     directory: Arc<dyn AgentDirectory>,
     assignments: Arc<dyn Assignments>,
     config: IngestConfig,
@@ -212,7 +219,7 @@ impl Ingest {
     /// The service over `store`, admitting agents `directory` allows and
     /// assigning them what `assignments` says.
     pub fn new(
-        store: Arc<ResultStore>,
+        store: Arc<dyn Store>,
         directory: Arc<dyn AgentDirectory>,
         assignments: Arc<dyn Assignments>,
         config: IngestConfig,
@@ -380,9 +387,12 @@ impl AgentLink for Ingest {
         });
         tracing::info!(agent = %agent_id, "agent stream open");
         let (tx, rx) = mpsc::channel(16);
+        let location = self.inner.directory.location(&agent_id);
         let session = Session {
             ingest: self.clone(),
             agent_id,
+            location,
+            epoch: 0,
             id,
             tx,
             close: close_rx,
@@ -399,6 +409,10 @@ impl AgentLink for Ingest {
 struct Session {
     ingest: Ingest,
     agent_id: String,
+    /// Where this agent's results are stored: `agent:<name>`.
+    location: String,
+    /// The agent's buffer epoch (from its hello): its sequence space.
+    epoch: u64,
     id: u64,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     /// Revocation, replacement or collector shutdown: end with this status.
@@ -453,6 +467,7 @@ impl Session {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
         tracing::info!(agent = %self.agent_id, version = %hello.agent_version, assignment = hello.assignment_version, backlog = hello.backlog, "agent hello");
+        self.epoch = hello.buffer_epoch;
         self.ingest.update_stats(&self.agent_id, |s| {
             s.agent_version = hello.agent_version.clone();
             s.backlog = hello.backlog;
@@ -557,8 +572,8 @@ impl Session {
         self.send(pb::collector_message::Msg::Assignment(a)).await
     }
 
-    /// Stores batches (in order, as one write), then acks through the highest
-    /// seq among them.
+    /// Stores batches (in order, as one transaction), then acks through the
+    /// highest seq among them.
     async fn on_batches(&mut self, batches: Vec<pb::ResultBatch>) -> Result<(), Status> {
         let mut high = self.acked;
         let mut keep = Vec::new();
@@ -568,13 +583,25 @@ impl Session {
             for sr in batch.results {
                 high = high.max(sr.seq);
                 match sr.result {
-                    Some(r) if self.assigned.contains(&r.monitor_id) => keep.push((sr.seq, r)),
+                    Some(r) if self.assigned.contains(&r.monitor_id) => keep.push(Sample {
+                        monitor_id: r.monitor_id.clone(),
+                        location: self.location.clone(),
+                        seq: sr.seq,
+                        result: r,
+                    }),
                     _ => dropped += 1,
                 }
             }
             for g in batch.gaps {
                 high = high.max(g.to_seq);
-                gaps.push(g);
+                gaps.push(SourceGap {
+                    location: self.location.clone(),
+                    from_seq: g.from_seq,
+                    to_seq: g.to_seq,
+                    count: g.count,
+                    from_ts_ms: None,
+                    to_ts_ms: None,
+                });
             }
         }
         if dropped > 0 {
@@ -583,13 +610,19 @@ impl Session {
         let store = Arc::clone(&self.ingest.inner.store);
         let agent = self.agent_id.clone();
         let n_gaps = gaps.len() as u64;
-        let outcome = tokio::task::spawn_blocking(move || store.store_batch(&agent, &keep, &gaps))
-            .await
-            .map_err(|e| Status::internal(format!("storing results: {e}")))?
-            .map_err(|e| {
-                tracing::error!(agent = %self.agent_id, error = %e, "storing results failed");
-                Status::unavailable("the collector could not store results")
-            })?;
+        let now_ms = crate::state::unix_ms(SystemTime::now());
+        let epoch = self.epoch;
+        let outcome =
+            tokio::task::spawn_blocking(move || store.ingest(&agent, epoch, now_ms, &keep, &gaps))
+                .await
+                .map_err(|e| Status::internal(format!("storing results: {e}")))?
+                .map_err(|e| {
+                    tracing::error!(agent = %self.agent_id, error = %e, "storing results failed");
+                    Status::unavailable("the collector could not store results")
+                })?;
+        if outcome.expired + outcome.rejected > 0 {
+            tracing::warn!(agent = %self.agent_id, expired = outcome.expired, future = outcome.rejected, "results outside the stored time range acked without storing");
+        }
         self.acked = high;
         self.ingest.update_stats(&self.agent_id, |s| {
             s.stored += outcome.stored;

@@ -6,7 +6,8 @@
 //!
 //! - `ca`: the agent CA; `token`, `agents`, `state`: enrollment tokens and the
 //!   agent registry in the collector's sled state; `enroll`: the Enroll RPC;
-//!   `ingest`: the agents' mTLS result streams; `results`: the durable store.
+//!   `ingest`: the agents' mTLS result streams; `store`: the durable result
+//!   store (raw results, rollups, gaps, events).
 //! - `config`: the configuration file; `admin`, `http`, `client`, `cli`: the
 //!   admin API and the command line that talks to it.
 
@@ -22,7 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod monitors;
 pub mod public;
-pub mod results;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod token;

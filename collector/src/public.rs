@@ -20,15 +20,11 @@ use portwatch_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::monitors::registry::MonitorRegistry;
+use crate::store::{Sample, Store};
 
-/// Where the public prober's results go.
-pub trait PublicSink: Send + Sync + 'static {
-    /// The highest sequence number already stored for `source` (0: none), so
-    /// numbering continues after a restart.
-    fn high_seq(&self, source: &str) -> u64;
-    /// Stores results durably, in order.
-    fn store(&self, source: &str, results: &[(u64, pb::CheckResult)]) -> Result<(), String>;
-}
+/// The public location's sequence space: one per region, kept across
+/// restarts (numbering continues from the store's watermark).
+const PUBLIC_EPOCH: u64 = 1;
 
 /// Settings of the public prober.
 #[derive(Debug, Clone)]
@@ -101,7 +97,7 @@ pub async fn run(
     config: PublicConfig,
     resolver: Resolver,
     monitors: MonitorRegistry,
-    sink: Arc<dyn PublicSink>,
+    store: Arc<dyn Store>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let location = config.location();
@@ -116,7 +112,11 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let mut changes = monitors.changes();
     changes.mark_changed();
-    let mut seq = sink.high_seq(&location);
+    let mut seq = match store.watermark(&location) {
+        Ok(Some((PUBLIC_EPOCH, high))) => high,
+        Ok(_) => 0,
+        Err(e) => return Err(format!("reading the public location's watermark: {e}")),
+    };
     tracing::info!(location = %location, "public probes running");
     let mut pending: Vec<(u64, pb::CheckResult)> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -140,12 +140,12 @@ pub async fn run(
                 pending.push((seq, wire));
                 flush_at.get_or_insert_with(|| tokio::time::Instant::now() + config.linger);
                 if pending.len() >= 1000 {
-                    flush(&sink, &location, &mut pending).await;
+                    flush(&store, &location, &mut pending).await;
                     flush_at = None;
                 }
             }
             _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
-                flush(&sink, &location, &mut pending).await;
+                flush(&store, &location, &mut pending).await;
                 flush_at = None;
             }
         }
@@ -160,26 +160,40 @@ pub async fn run(
         );
         pending.push((seq, wire));
     }
-    flush(&sink, &location, &mut pending).await;
+    flush(&store, &location, &mut pending).await;
     tracing::info!(location = %location, drained = report.drained, cancelled = report.cancelled, "public probes stopped");
     Ok(())
 }
 
-async fn flush(
-    sink: &Arc<dyn PublicSink>,
-    location: &str,
-    pending: &mut Vec<(u64, pb::CheckResult)>,
-) {
+async fn flush(store: &Arc<dyn Store>, location: &str, pending: &mut Vec<(u64, pb::CheckResult)>) {
     if pending.is_empty() {
         return;
     }
-    let batch = std::mem::take(pending);
-    let n = batch.len();
+    let samples: Vec<Sample> = std::mem::take(pending)
+        .into_iter()
+        .map(|(seq, result)| Sample {
+            monitor_id: result.monitor_id.clone(),
+            location: location.to_owned(),
+            seq,
+            result,
+        })
+        .collect();
+    let n = samples.len();
     // The write fsyncs: keep it off the runtime's worker threads.
-    let (sink, loc) = (Arc::clone(sink), location.to_owned());
-    let outcome = tokio::task::spawn_blocking(move || sink.store(&loc, &batch))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    let (store, loc) = (Arc::clone(store), location.to_owned());
+    let outcome = tokio::task::spawn_blocking(move || {
+        store
+            .ingest(
+                &loc,
+                PUBLIC_EPOCH,
+                unix_ms(SystemTime::now()),
+                &samples,
+                &[],
+            )
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = outcome {
         tracing::error!(location = %location, results = n, error = %e, "storing public results failed: they are lost");
     }

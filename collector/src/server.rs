@@ -28,9 +28,9 @@ use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, R
 use crate::monitors::RawMonitor;
 use crate::monitors::registry::MonitorRegistry;
 use crate::monitors::registry::ReloadStatus;
-use crate::public::{PublicConfig, PublicSink};
-use crate::results::ResultStore;
+use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
+use crate::store::{RedbStore, ResultQuery, Store, StoreConfig, StoreError};
 use crate::token::{TokenSpec, TokenStore};
 use portwatch_agent::resolve::Resolver;
 
@@ -62,7 +62,7 @@ pub struct Collector {
     pub ca: Arc<Ca>,
     pub tokens: TokenStore,
     pub agents: AgentRegistry,
-    pub results: Arc<ResultStore>,
+    pub results: Arc<dyn Store>,
     pub ingest: Ingest,
     pub config: Arc<Config>,
     /// The live monitor set (config file + API).
@@ -83,7 +83,17 @@ pub fn open(
     let state = State::open(data_dir).map_err(setup)?;
     let tokens = TokenStore::open(&state, config.token_max_ttl).map_err(setup)?;
     let agents = AgentRegistry::open(&state).map_err(setup)?;
-    let results = Arc::new(ResultStore::open(&data_dir.join("results")).map_err(setup)?);
+    let results: Arc<dyn Store> = Arc::new(
+        RedbStore::open(
+            &data_dir.join("store"),
+            StoreConfig {
+                raw_retention: config.raw_retention,
+                rollup_retention: config.rollup_retention,
+                ..StoreConfig::default()
+            },
+        )
+        .map_err(setup)?,
+    );
     let monitors = MonitorRegistry::open(
         config.monitors.clone(),
         Some(&data_dir.join("monitors.json")),
@@ -198,12 +208,11 @@ pub async fn serve(
             tracing::warn!(error = %e, "no system resolver: public probes check IP targets only");
             Resolver::literal_only()
         });
-        let sink: Arc<dyn PublicSink> = collector.results.clone();
         tokio::spawn(crate::public::run(
             config,
             resolver,
             collector.monitors.clone(),
-            sink,
+            collector.results.clone(),
             stop_rx.clone(),
         ))
     });
@@ -214,6 +223,10 @@ pub async fn serve(
             stop_rx.clone(),
         ));
     }
+    tokio::spawn(maintain_store(
+        collector.results.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let ingest = collector.ingest.clone();
     let grpc = tonic::transport::Server::builder()
         // Agents send keepalives every ~30 s; answer pings and drop dead peers.
@@ -242,6 +255,41 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often the store folds dirty minutes into rollups and drops expired
+/// partitions.
+const STORE_MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rolls up and applies retention until `stop`. A failed round is logged and
+/// retried at the next tick: both are idempotent.
+async fn maintain_store(store: Arc<dyn Store>, stop: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(STORE_MAINTENANCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        let now = unix_ms(SystemTime::now());
+        let round = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.roll_up(now)?, store.retain(now)?))
+        })
+        .await;
+        match round {
+            Ok(Ok((rolled, _))) => {
+                tracing::debug!(
+                    recomputed = rolled.recomputed,
+                    cleared = rolled.cleared,
+                    "rollups updated"
+                )
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
+            Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
+        }
+    }
+}
+
 /// The registry decides who may stream: unknown and revoked agents may not.
 struct RegistryDirectory(AgentRegistry);
 
@@ -258,6 +306,13 @@ impl AgentDirectory for RegistryDirectory {
             Err(e) => Err(Denied {
                 reason: format!("agent registry unavailable: {e}"),
             }),
+        }
+    }
+
+    fn location(&self, agent_id: &str) -> String {
+        match self.0.get(agent_id) {
+            Ok(Some(a)) => format!("agent:{}", a.name),
+            _ => format!("agent:{agent_id}"),
         }
     }
 }
@@ -540,30 +595,19 @@ fn results_info(
     monitor_id: &str,
     limit: usize,
 ) -> Result<Vec<ResultInfo>, ApiError> {
-    let names: std::collections::HashMap<String, String> = c
-        .agents
-        .list()
-        .map_err(internal)?
+    let mut newest = c
+        .results
+        .results(&ResultQuery::monitor(monitor_id).newest_first().limit(limit))
+        .map_err(internal)?;
+    newest.reverse();
+    Ok(newest
         .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect();
-    let mut all = c.results.results_for(monitor_id).map_err(internal)?;
-    all.sort_by_key(|s| (s.result.scheduled_at_unix_ms, s.seq));
-    let start = all.len().saturating_sub(limit);
-    Ok(all[start..]
-        .iter()
         .map(|s| {
             let r = &s.result;
             let ph = r.phases.unwrap_or_default();
             ResultInfo {
                 monitor_id: r.monitor_id.clone(),
-                location: format!(
-                    "agent:{}",
-                    names
-                        .get(&s.agent_id)
-                        .cloned()
-                        .unwrap_or_else(|| s.agent_id.clone())
-                ),
+                location: s.location.clone(),
                 seq: s.seq,
                 scheduled_at_unix_ms: r.scheduled_at_unix_ms,
                 status: pb::Status::try_from(r.status)
@@ -589,19 +633,4 @@ fn results_info(
             }
         })
         .collect())
-}
-
-impl PublicSink for ResultStore {
-    fn high_seq(&self, source: &str) -> u64 {
-        self.results_of_agent(source)
-            .ok()
-            .and_then(|r| r.last().map(|s| s.seq))
-            .unwrap_or(0)
-    }
-
-    fn store(&self, source: &str, results: &[(u64, pb::CheckResult)]) -> Result<(), String> {
-        self.store_batch(source, results, &[])
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
 }

@@ -1,6 +1,6 @@
 //! The agent link end to end over real mutual TLS on 127.0.0.1: the agent's
 //! `Link` (scheduler, sled buffer, stream) against the collector's `Ingest`
-//! service and sled `ResultStore`, with certificates from the collector's own
+//! service and redb `Store`, with certificates from the collector's own
 //! CA. Each collector runs on its own tokio runtime so a test can kill it
 //! outright (every connection dropped, no goodbye) and start it again.
 
@@ -18,7 +18,7 @@ use portwatch_collector::ca::Ca;
 use portwatch_collector::ingest::{
     AgentDirectory, Denied, Ingest, IngestConfig, StaticAssignments,
 };
-use portwatch_collector::results::ResultStore;
+use portwatch_collector::store::{RedbStore, ResultQuery, Store, StoreConfig, StoredResult};
 use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -123,7 +123,7 @@ struct Collector {
     rt: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
     ingest: Ingest,
-    store: Arc<ResultStore>,
+    store: Arc<RedbStore>,
 }
 
 impl Collector {
@@ -135,8 +135,8 @@ impl Collector {
         assignments: Arc<StaticAssignments>,
         config: IngestConfig,
     ) -> Collector {
-        let store = Arc::new(ResultStore::open(store_dir).unwrap());
-        let ingest = Ingest::new(Arc::clone(&store), directory, assignments, config);
+        let store = Arc::new(open_store(store_dir).await);
+        let ingest = Ingest::new(store.clone(), directory, assignments, config);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -377,6 +377,48 @@ fn result_for(monitor_id: &str) -> pb::CheckResult {
     }
 }
 
+/// Where `Directory` (no registry) files an agent's results.
+const LOCATION: &str = "agent:agent-1";
+
+/// Opens the store; a killed collector's last blocking store call may still
+/// hold the file for a moment, so retry briefly.
+async fn open_store(dir: &Path) -> RedbStore {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match RedbStore::open(dir, StoreConfig::default()) {
+            Ok(s) => return s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "store still open, retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("opening the store: {e}"),
+        }
+    }
+}
+
+/// Every stored result of one monitor, oldest first.
+fn results_for(store: &RedbStore, monitor: &str) -> Vec<StoredResult> {
+    store.results(&ResultQuery::monitor(monitor)).unwrap()
+}
+
+/// What `AGENT` stored for `monitors`, by seq.
+fn results_of_agent(store: &RedbStore, monitors: &[&str]) -> Vec<StoredResult> {
+    let mut all: Vec<StoredResult> = monitors
+        .iter()
+        .flat_map(|m| {
+            store
+                .results(&ResultQuery::monitor(m).location(LOCATION))
+                .unwrap()
+        })
+        .collect();
+    all.sort_by_key(|r| r.seq);
+    all
+}
+
+fn count(store: &RedbStore) -> u64 {
+    store.count_results().unwrap()
+}
+
 struct Setup {
     pki: Pki,
     dirs: tempfile::TempDir,
@@ -433,15 +475,12 @@ async fn results_are_stored_and_acks_empty_the_agent_buffer() {
     wait_until(
         "2 results per monitor stored",
         Duration::from_secs(10),
-        || {
-            c.store.results_for("m1").unwrap().len() >= 2
-                && c.store.results_for("m2").unwrap().len() >= 2
-        },
+        || results_for(&c.store, "m1").len() >= 2 && results_for(&c.store, "m2").len() >= 2,
     )
     .await;
     for m in ["m1", "m2"] {
-        for r in c.store.results_for(m).unwrap() {
-            assert_eq!(r.agent_id, AGENT);
+        for r in results_for(&c.store, m) {
+            assert_eq!(r.location, LOCATION);
             assert_eq!(r.result.reason, pb::Reason::Ok as i32, "{:?}", r.result);
             assert_eq!(r.result.status, pb::Status::Up as i32);
             assert_eq!(r.result.address, t.to_string());
@@ -463,10 +502,7 @@ async fn results_are_stored_and_acks_empty_the_agent_buffer() {
     // agent ever produced is stored, once, and nothing is left behind.
     let produced = buffer.stats().next_seq - 1;
     assert_eq!(buffer.stats().records, 0);
-    let seqs: Vec<u64> = c
-        .store
-        .results_of_agent(AGENT)
-        .unwrap()
+    let seqs: Vec<u64> = results_of_agent(&c.store, &["m1", "m2"])
         .iter()
         .map(|r| r.seq)
         .collect();
@@ -487,7 +523,7 @@ async fn a_collector_outage_loses_and_duplicates_nothing() {
         link_config(),
     );
     wait_until("first results stored", Duration::from_secs(10), || {
-        c.store.count() >= 2
+        count(&c.store) >= 2
     })
     .await;
 
@@ -523,15 +559,15 @@ async fn a_collector_outage_loses_and_duplicates_nothing() {
     agent.shutdown().await.unwrap();
 
     let produced = buffer.stats().next_seq - 1;
-    let stored = c.store.results_of_agent(AGENT).unwrap();
+    let stored = results_of_agent(&c.store, &["m1", "m2"]);
     let seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
     assert_eq!(
         seqs,
         (1..=produced).collect::<Vec<_>>(),
         "every seq exactly once"
     );
-    assert_eq!(c.store.count(), produced as usize);
-    assert!(c.store.gaps_of_agent(AGENT).unwrap().is_empty());
+    assert_eq!(count(&c.store), produced);
+    assert!(c.store.gaps(AGENT).unwrap().is_empty());
     assert!(buffer.gaps().unwrap().is_empty());
     // Results checked during the outage arrived with their own timestamps.
     let during: Vec<i64> = stored
@@ -541,10 +577,7 @@ async fn a_collector_outage_loses_and_duplicates_nothing() {
         .collect();
     assert!(during.len() >= 5, "{during:?}");
     for m in ["m1", "m2"] {
-        let times: Vec<i64> = c
-            .store
-            .results_for(m)
-            .unwrap()
+        let times: Vec<i64> = results_for(&c.store, m)
             .iter()
             .map(|r| r.result.scheduled_at_unix_ms)
             .collect();
@@ -620,16 +653,13 @@ async fn results_for_monitors_not_assigned_are_dropped_and_counted() {
     };
     // Dropped results are final: the agent may delete them too.
     assert_eq!(ack.durable_through_seq, 4);
-    let seqs: Vec<u64> = c
-        .store
-        .results_of_agent(AGENT)
-        .unwrap()
+    let seqs: Vec<u64> = results_of_agent(&c.store, &["m1", "m-other", "m-unknown"])
         .iter()
         .map(|r| r.seq)
         .collect();
     assert_eq!(seqs, [1, 4]);
-    assert!(c.store.results_for("m-other").unwrap().is_empty());
-    assert!(c.store.results_for("m-unknown").unwrap().is_empty());
+    assert!(results_for(&c.store, "m-other").is_empty());
+    assert!(results_for(&c.store, "m-unknown").is_empty());
     let stats = c.ingest.agent_stats(AGENT).unwrap();
     assert_eq!((stats.stored, stats.dropped_unassigned), (2, 2));
 }
@@ -645,7 +675,7 @@ async fn revoking_an_agent_mid_stream_closes_it_and_the_agent_stops() {
     let buffer = open_buffer(&s.path("buffer"));
     let agent = Agent::start(identity, buffer, link_config());
     wait_until("results flowing", Duration::from_secs(10), || {
-        c.store.count() >= 1
+        count(&c.store) >= 1
     })
     .await;
 
@@ -762,7 +792,7 @@ async fn an_assignment_change_is_pushed_to_the_live_stream() {
     let buffer = open_buffer(&s.path("buffer"));
     let agent = Agent::start(s.pki.identity(c.addr, AGENT), buffer, link_config());
     wait_until("m1 results", Duration::from_secs(10), || {
-        !c.store.results_for("m1").unwrap().is_empty()
+        !results_for(&c.store, "m1").is_empty()
     })
     .await;
     // A spec the agent cannot run is skipped and counted, the rest runs.
@@ -770,7 +800,7 @@ async fn an_assignment_change_is_pushed_to_the_live_stream() {
     bad.interval_ms = 10;
     let version = s.assignments.set(AGENT, vec![monitor("m2", t), bad]);
     wait_until("m2 results", Duration::from_secs(10), || {
-        !c.store.results_for("m2").unwrap().is_empty()
+        !results_for(&c.store, "m2").is_empty()
     })
     .await;
     let st = agent.status();
@@ -811,7 +841,7 @@ async fn an_oversized_message_is_rejected_and_the_agent_keeps_its_results() {
         },
     )
     .await;
-    assert_eq!(c.store.count(), 0);
+    assert_eq!(count(&c.store), 0);
     assert!(buffer.stats().records >= 1, "{:?}", buffer.stats());
     assert_eq!(agent.status().acked_through, 0);
     assert_eq!(buffer.read_after(0, 1).unwrap()[0].seq, 1);
@@ -825,10 +855,7 @@ async fn an_oversized_message_is_rejected_and_the_agent_keeps_its_results() {
     .await;
     agent.shutdown().await.unwrap();
     let produced = buffer.stats().next_seq - 1;
-    let seqs: Vec<u64> = c
-        .store
-        .results_of_agent(AGENT)
-        .unwrap()
+    let seqs: Vec<u64> = results_of_agent(&c.store, &["m1"])
         .iter()
         .map(|r| r.seq)
         .collect();
@@ -850,7 +877,7 @@ async fn results_dropped_by_a_full_agent_buffer_arrive_as_a_gap() {
         link_config(),
     );
     wait_until("first results stored", Duration::from_secs(10), || {
-        c.store.count() >= 1
+        count(&c.store) >= 1
     })
     .await;
 
@@ -858,9 +885,7 @@ async fn results_dropped_by_a_full_agent_buffer_arrive_as_a_gap() {
     // have died with it, so the agent can still drop them into a gap.
     let store = Arc::clone(&c.store);
     let addr = c.kill();
-    let stored_before_kill: HashSet<u64> = store
-        .results_of_agent(AGENT)
-        .unwrap()
+    let stored_before_kill: HashSet<u64> = results_of_agent(&store, &["m1", "m2"])
         .iter()
         .map(|r| r.seq)
         .collect();
@@ -885,18 +910,21 @@ async fn results_dropped_by_a_full_agent_buffer_arrive_as_a_gap() {
     // seq is in both only when it was stored before the kill and its ack was
     // lost with that collector: the agent could not know it had arrived.
     let produced = buffer.stats().next_seq - 1;
-    let gaps = c.store.gaps_of_agent(AGENT).unwrap();
+    let gaps: Vec<_> = c
+        .store
+        .gaps(AGENT)
+        .unwrap()
+        .into_iter()
+        .map(|g| g.gap)
+        .collect();
     let dropped: u64 = gaps.iter().map(|g| g.count).sum();
     assert_eq!(dropped, buffer.stats().dropped_total, "{gaps:?}");
-    let stored: HashSet<u64> = c
-        .store
-        .results_of_agent(AGENT)
-        .unwrap()
+    let stored: HashSet<u64> = results_of_agent(&c.store, &["m1", "m2"])
         .iter()
         .map(|r| r.seq)
         .collect();
     for seq in 1..=produced {
-        let in_gap = gaps.iter().any(|g| (g.from..=g.to).contains(&seq));
+        let in_gap = gaps.iter().any(|g| (g.from_seq..=g.to_seq).contains(&seq));
         let both_explained = stored.contains(&seq) && in_gap && stored_before_kill.contains(&seq);
         assert!(
             stored.contains(&seq) != in_gap || both_explained,
@@ -962,7 +990,7 @@ async fn replay_rate() {
     .await;
     let took = start.elapsed();
     agent.shutdown().await.unwrap();
-    assert_eq!(c.store.count() as u64, n);
+    assert_eq!(count(&c.store), n);
     println!(
         "replayed {n} results in {took:.2?}: {:.0} results/s (payload {} bytes, buffer fill {fill:.2?}, buffer files {} bytes = {} bytes/result)",
         n as f64 / took.as_secs_f64(),
@@ -995,5 +1023,5 @@ async fn a_stream_that_does_not_start_with_hello_is_refused_before_anything_is_s
         .await
         .expect("the collector answers");
     assert_eq!(end.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(c.store.count(), 0);
+    assert_eq!(count(&c.store), 0);
 }

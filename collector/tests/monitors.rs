@@ -16,6 +16,7 @@ use portwatch_agent::join::JoinString;
 use portwatch_collector::config::Config;
 use portwatch_collector::monitors::RawMonitor;
 use portwatch_collector::server::{self, Collector};
+use portwatch_collector::store::{ResultQuery, StoredResult};
 use portwatch_collector::token::TokenSpec;
 use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
@@ -253,10 +254,22 @@ async fn changes_reach_only_the_agents_they_select() {
     assert_eq!(ams.none_pending(), None, "ams got a push with nothing new");
 }
 
-async fn public_results(r: &Running, source: &str, n: usize) -> Vec<pb::CheckResult> {
+fn stored(r: &Running, monitor: &str, location: &str) -> Vec<StoredResult> {
+    r.collector
+        .results
+        .results(&ResultQuery::monitor(monitor).location(location))
+        .unwrap()
+}
+
+async fn public_results(
+    r: &Running,
+    monitor: &str,
+    source: &str,
+    n: usize,
+) -> Vec<pb::CheckResult> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = r.collector.results.results_of_agent(source).unwrap();
+        let got = stored(r, monitor, source);
         if got.len() >= n {
             return got.into_iter().map(|s| s.result).collect();
         }
@@ -274,7 +287,7 @@ async fn public_probes_refuse_private_targets_and_say_to_use_an_agent() {
         "public_region = \"eu-test\"\n[[monitors]]\nname = \"loop\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"public\"]\n"
     ))
     .await;
-    let results = public_results(&r, "public:eu-test", 2).await;
+    let results = public_results(&r, "loop", "public:eu-test", 2).await;
     for res in &results {
         assert_eq!(res.monitor_id, "loop");
         assert_eq!(res.status, pb::Status::Down as i32);
@@ -304,7 +317,7 @@ async fn allow_private_targets_lets_public_probes_reach_a_lab() {
         "allow_private_targets = true\n[[monitors]]\nname = \"lab\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"public:collector\"]\n"
     ))
     .await;
-    let results = public_results(&r, "public:collector", 2).await;
+    let results = public_results(&r, "lab", "public:collector", 2).await;
     assert!(
         results
             .iter()
@@ -312,11 +325,7 @@ async fn allow_private_targets_lets_public_probes_reach_a_lab() {
         "{results:?}"
     );
     // Sequence numbers continue, never repeat.
-    let seqs: Vec<u64> = r
-        .collector
-        .results
-        .results_of_agent("public:collector")
-        .unwrap()
+    let seqs: Vec<u64> = stored(&r, "lab", "public:collector")
         .iter()
         .map(|s| s.seq)
         .collect();
@@ -329,19 +338,10 @@ async fn allow_private_targets_lets_public_probes_reach_a_lab() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let settled = r
-        .collector
-        .results
-        .results_of_agent("public:collector")
-        .unwrap()
-        .len();
+    let settled = stored(&r, "lab", "public:collector").len();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(
-        r.collector
-            .results
-            .results_of_agent("public:collector")
-            .unwrap()
-            .len(),
+        stored(&r, "lab", "public:collector").len(),
         settled,
         "a removed monitor keeps running"
     );

@@ -292,10 +292,10 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
             .unwrap_or_default(),
     )
     .await;
-    let before = r.collector.results.count();
+    let before = r.collector.results.count_results().unwrap();
     r.collector.ingest.close_all();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while r.collector.results.count() < before + 3 {
+    while r.collector.results.count_results().unwrap() < before + 3 {
         assert!(
             std::time::Instant::now() < deadline && !running.is_finished(),
             "no results after the reconnect: {:?}",
