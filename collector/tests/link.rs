@@ -1025,3 +1025,66 @@ async fn a_stream_that_does_not_start_with_hello_is_refused_before_anything_is_s
     assert_eq!(end.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(count(&c.store), 0);
 }
+
+fn hello_epoch(epoch: u64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: "test".into(),
+            assignment_version: 0,
+            backlog: 0,
+            buffer_epoch: epoch,
+        })),
+    }
+}
+
+fn batch_of(seqs: &[u64], monitor: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Results(pb::ResultBatch {
+            results: seqs
+                .iter()
+                .map(|&seq| pb::SequencedResult {
+                    seq,
+                    result: Some(pb::CheckResult {
+                        scheduled_at_unix_ms: now_ms() + seq as i64,
+                        ..result_for(monitor)
+                    }),
+                })
+                .collect(),
+            gaps: vec![],
+        })),
+    }
+}
+
+/// An agent whose buffer was wiped numbers from 1 again under a new epoch:
+/// its results are stored, not taken for duplicates of the old epoch's; a
+/// resend within the new epoch is still deduplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_buffer_epoch_starts_a_new_sequence_space() {
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    s.assignments.set(AGENT, vec![monitor("m1", t)]);
+    let c = s.collector(any_port(), IngestConfig::default()).await;
+    let cert = s.pki.agent(AGENT);
+    let mut stored = 0;
+    for (epoch, seqs, new) in [
+        (5, &[1u64, 2, 3][..], 3),
+        (9, &[1, 2][..], 2),
+        (9, &[1, 2][..], 0),
+    ] {
+        let (tx, mut inbound) =
+            raw_session_with(c.addr, s.pki.ca.cert_pem(), Some(&cert), hello_epoch(epoch))
+                .await
+                .unwrap();
+        let pb::collector_message::Msg::Assignment(_) = next_msg(&mut inbound).await else {
+            panic!("the assignment comes first");
+        };
+        tx.send(batch_of(seqs, "m1")).await.unwrap();
+        let pb::collector_message::Msg::Ack(ack) = next_msg(&mut inbound).await else {
+            panic!("an ack");
+        };
+        assert_eq!(ack.durable_through_seq, *seqs.last().unwrap());
+        stored += new;
+        assert_eq!(count(&c.store), stored, "epoch {epoch} seqs {seqs:?}");
+    }
+    assert_eq!(c.store.watermark(&AGENT.to_string()).unwrap(), Some((9, 2)));
+}
