@@ -143,6 +143,13 @@ pub enum MonitorsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
+    /// Ask a connected agent to renew its certificate now (fresh key, same identity)
+    Rotate {
+        #[command(flatten)]
+        target: Target,
+        /// Agent name or id
+        name: String,
+    },
     /// Revoke an agent: its stream closes within seconds and it cannot reconnect
     Revoke {
         #[command(flatten)]
@@ -433,6 +440,15 @@ pub fn run_admin(command: &Command) -> i32 {
             Ok(())
         })(),
         Command::Monitors(cmd) => run_monitors(cmd),
+        Command::Agent(AgentCommand::Rotate { target, name }) => (|| {
+            let a = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .rotate_agent(name)
+                .map_err(api_failure)?;
+            println!("agent {} ({}) asked to renew its certificate", a.name, a.id);
+            Ok(())
+        })(),
         Command::Agent(AgentCommand::Revoke { target, name }) => (|| {
             let a = target
                 .client()

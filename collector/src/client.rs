@@ -88,6 +88,14 @@ impl AdminClient {
         )
     }
 
+    pub fn rotate_agent(&self, name: &str) -> Result<AgentInfo, ClientError> {
+        self.call::<(), _>(
+            "POST",
+            &format!("/api/v1/agents/{}/rotate", path_segment(name)),
+            None,
+        )
+    }
+
     pub fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ClientError> {
         let path = format!(
             "/api/v1/results?monitor={}&limit={limit}",

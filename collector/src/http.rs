@@ -185,6 +185,11 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenInfo>, ApiError>> + Send;
     fn delete_token(&self, id: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
     fn list_agents(&self) -> impl Future<Output = Result<Vec<AgentInfo>, ApiError>> + Send;
+    /// Asks a connected agent (by name or id) to renew its certificate now.
+    fn rotate_agent(
+        &self,
+        name_or_id: &str,
+    ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
     /// Revokes by name or id; the live stream closes within seconds.
     fn revoke_agent(
         &self,
@@ -225,6 +230,7 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/tokens/{id}", delete(delete_token::<B>))
         .route("/api/v1/agents", get(list_agents::<B>))
         .route("/api/v1/agents/{name}/revoke", post(revoke_agent::<B>))
+        .route("/api/v1/agents/{name}/rotate", post(rotate_agent::<B>))
         .route("/api/v1/results", get(results::<B>))
         .route("/api/v1/monitors", get(list_monitors::<B>))
         .route(
@@ -308,6 +314,15 @@ async fn revoke_agent<B: AdminBackend>(
 ) -> Result<Json<AgentInfo>, ApiError> {
     authorize(&api, &headers)?;
     Ok(Json(api.backend.revoke_agent(&name).await?))
+}
+
+async fn rotate_agent<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<AgentInfo>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.rotate_agent(&name).await?))
 }
 
 async fn results<B: AdminBackend>(

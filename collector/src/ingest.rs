@@ -83,6 +83,13 @@ pub trait AgentDirectory: Send + Sync + 'static {
     fn location(&self, agent_id: &str) -> String {
         format!("agent:{agent_id}")
     }
+
+    /// Why the agent should renew its certificate now, if it should (checked
+    /// when its stream opens): e.g. its certificate is late in its life, so
+    /// its own renewal timer did not fire (a suspended VM, a stopped clock).
+    fn rotation_due(&self, _agent_id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The monitors each agent runs. Implementations bump the agent's version on
@@ -196,6 +203,8 @@ pub struct AgentLinkStats {
 struct Live {
     id: u64,
     close: mpsc::Sender<Status>,
+    /// Rotation hints for the agent (a reason each).
+    hint: mpsc::Sender<String>,
 }
 
 struct Inner {
@@ -260,6 +269,15 @@ impl Ingest {
             agent_id,
             Status::permission_denied(format!("agent {agent_id} is revoked")),
         )
+    }
+
+    /// Asks `agent_id`'s live stream to renew its certificate now (the agent
+    /// renews at most once a minute on hints). Returns whether a stream was open.
+    pub fn hint_rotation(&self, agent_id: &str, reason: &str) -> bool {
+        match self.lock_live().get(agent_id) {
+            Some(l) => l.hint.try_send(reason.to_owned()).is_ok(),
+            None => false,
+        }
     }
 
     /// Closes every live stream with `Unavailable` (collector shutting down),
@@ -366,11 +384,13 @@ impl AgentLink for Ingest {
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (close_tx, close_rx) = mpsc::channel(1);
+        let (hint_tx, hint_rx) = mpsc::channel(4);
         let old = self.lock_live().insert(
             agent_id.clone(),
             Live {
                 id,
                 close: close_tx,
+                hint: hint_tx,
             },
         );
         if let Some(old) = old {
@@ -396,6 +416,7 @@ impl AgentLink for Ingest {
             id,
             tx,
             close: close_rx,
+            hints: hint_rx,
             assigned: HashSet::new(),
             sent_version: None,
             acked: 0,
@@ -417,6 +438,7 @@ struct Session {
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     /// Revocation, replacement or collector shutdown: end with this status.
     close: mpsc::Receiver<Status>,
+    hints: mpsc::Receiver<String>,
     /// Monitor ids in the assignment last sent.
     assigned: HashSet<String>,
     sent_version: Option<u64>,
@@ -475,11 +497,22 @@ impl Session {
         let mut changes = self.ingest.inner.assignments.changes();
         changes.mark_unchanged();
         self.push_assignment().await?;
+        if let Some(reason) = self.ingest.inner.directory.rotation_due(&self.agent_id) {
+            tracing::info!(agent = %self.agent_id, reason = %reason, "rotation hint sent");
+            self.send(pb::collector_message::Msg::Rotate(pb::RotateHint {
+                reason,
+            }))
+            .await?;
+        }
         let mut recheck = tokio::time::interval(config.recheck);
         recheck.tick().await;
         loop {
             tokio::select! {
                 Some(status) = self.close.recv() => return Err(status),
+                Some(reason) = self.hints.recv() => {
+                    tracing::info!(agent = %self.agent_id, reason = %reason, "rotation hint sent");
+                    self.send(pb::collector_message::Msg::Rotate(pb::RotateHint { reason })).await?;
+                }
                 _ = recheck.tick() => {
                     if let Err(denied) = self.ingest.inner.directory.check(&self.agent_id) {
                         return Err(Status::permission_denied(format!(

@@ -106,7 +106,10 @@ pub fn open(
     });
     let ingest = Ingest::new(
         results.clone(),
-        Arc::new(RegistryDirectory(agents.clone())),
+        Arc::new(RegistryDirectory {
+            agents: agents.clone(),
+            lifetime: config.agent_cert_lifetime,
+        }),
         assignments,
         IngestConfig::default(),
     );
@@ -291,11 +294,15 @@ async fn maintain_store(store: Arc<dyn Store>, stop: impl Future<Output = ()>) {
 }
 
 /// The registry decides who may stream: unknown and revoked agents may not.
-struct RegistryDirectory(AgentRegistry);
+struct RegistryDirectory {
+    agents: AgentRegistry,
+    /// The lifetime agent certificates are issued with.
+    lifetime: std::time::Duration,
+}
 
 impl AgentDirectory for RegistryDirectory {
     fn check(&self, agent_id: &str) -> Result<(), Denied> {
-        match self.0.get(agent_id) {
+        match self.agents.get(agent_id) {
             Ok(Some(a)) if !a.revoked => Ok(()),
             Ok(Some(_)) => Err(Denied {
                 reason: "this agent was revoked: enroll it again with a new token".into(),
@@ -310,10 +317,24 @@ impl AgentDirectory for RegistryDirectory {
     }
 
     fn location(&self, agent_id: &str) -> String {
-        match self.0.get(agent_id) {
+        match self.agents.get(agent_id) {
             Ok(Some(a)) => format!("agent:{}", a.name),
             _ => format!("agent:{agent_id}"),
         }
+    }
+
+    fn rotation_due(&self, agent_id: &str) -> Option<String> {
+        let a = self.agents.get(agent_id).ok()??;
+        let left_ms = a.cert_not_after_unix_ms - unix_ms(SystemTime::now());
+        // Agents renew at 70-90 % of the life; under 10 % left means that
+        // timer did not fire.
+        let tenth_ms = i64::try_from(self.lifetime.as_millis() / 10).unwrap_or(i64::MAX);
+        (left_ms < tenth_ms).then(|| {
+            format!(
+                "the agent certificate expires in {}s, past its renewal time",
+                left_ms.max(0) / 1000
+            )
+        })
     }
 }
 
@@ -551,6 +572,33 @@ impl AdminBackend for Backend {
 
     async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {
         results_info(&self.0, monitor_id, limit)
+    }
+
+    async fn rotate_agent(&self, name_or_id: &str) -> Result<AgentInfo, ApiError> {
+        let c = &self.0;
+        let rec = match c.agents.by_name(name_or_id).map_err(internal)? {
+            Some(r) => r,
+            None => c
+                .agents
+                .get(name_or_id)
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::not_found(format!("no agent {name_or_id:?}")))?,
+        };
+        if !c
+            .ingest
+            .hint_rotation(&rec.id, "an operator asked for a certificate renewal")
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "not_connected",
+                format!(
+                    "agent {} has no live stream: it renews on its own schedule once connected",
+                    rec.name
+                ),
+            ));
+        }
+        tracing::info!(agent = %rec.id, name = %rec.name, "certificate renewal requested");
+        Ok(agent_info(c, rec))
     }
 
     async fn revoke_agent(&self, name_or_id: &str) -> Result<AgentInfo, ApiError> {

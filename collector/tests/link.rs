@@ -1086,5 +1086,5 @@ async fn a_new_buffer_epoch_starts_a_new_sequence_space() {
         stored += new;
         assert_eq!(count(&c.store), stored, "epoch {epoch} seqs {seqs:?}");
     }
-    assert_eq!(c.store.watermark(&AGENT.to_string()).unwrap(), Some((9, 2)));
+    assert_eq!(c.store.watermark(AGENT).unwrap(), Some((9, 2)));
 }

@@ -306,3 +306,66 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
     let _ = stop_tx.send(());
     running.await.unwrap().unwrap();
 }
+
+/// `agent rotate`: the collector's RotateHint makes a live agent renew at once,
+/// long before its own timer (70-90 % of a 1 h certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_hint_renews_a_live_agent_at_once() {
+    use portwatch_agent::buffer::SledBuffer;
+    use portwatch_agent::link::{Link, LinkConfig, LinkIdentity};
+    use portwatch_agent::probe::Engine;
+    use portwatch_agent::resolve::Resolver;
+    use std::sync::Arc;
+
+    let r = start().await;
+    let id = enrolled(&r, "hinted").await;
+    let agent_dir = r._dir.path().join("hinted");
+    let serial = |r: &Running| {
+        r.collector
+            .agents
+            .get(id.agent_id())
+            .unwrap()
+            .unwrap()
+            .cert_serial
+    };
+    let first = serial(&r);
+    assert!(
+        !r.collector.ingest.hint_rotation(id.agent_id(), "test"),
+        "no stream yet: nothing to hint"
+    );
+    let buffer = Arc::new(SledBuffer::open(&agent_dir.join("buffer"), 16 << 20).unwrap());
+    let link = Link::new(
+        LinkIdentity {
+            collector: id.collector_addr().to_owned(),
+            server_name: "127.0.0.1".into(),
+            cert_pem: id.cert_pem().to_owned(),
+            key_pem: id.key_pem().to_owned(),
+            ca_pem: id.ca_pem().to_owned(),
+        },
+        buffer,
+        LinkConfig::default(),
+    )
+    .with_rotation(portwatch_agent::cli::persist_into(agent_dir.clone()));
+    let status = link.status();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = Arc::new(Engine::with_resolver(Resolver::literal_only()));
+    let running = tokio::spawn(link.run(engine, async {
+        let _ = stop_rx.await;
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !status.borrow().connected {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(r.collector.ingest.hint_rotation(id.agent_id(), "test"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while serial(&r) == first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hint did not renew the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
+}

@@ -17,6 +17,15 @@ struct Memory {
 }
 
 impl AdminBackend for Arc<Memory> {
+    async fn rotate_agent(&self, name: &str) -> Result<AgentInfo, ApiError> {
+        self.agents
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no agent {name:?}")))
+    }
     async fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ApiError> {
         Ok(self
             .monitors
