@@ -180,6 +180,14 @@ pub async fn serve(
     );
     let http_addr = http_listener.local_addr().map_err(setup)?;
     let agent_addr = agent_listener.local_addr().map_err(setup)?;
+    // SIGHUP reloads the config file: take it over before anyone can find this
+    // collector (collector.json), or an early SIGHUP would kill it.
+    let hup = match collector.config.path {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGHUP reload: the file is still polled"))
+            .ok(),
+        None => None,
+    };
     Discovery {
         url: format!("http://{http_addr}"),
         agent_addr: collector.public_agent_addr.clone(),
@@ -223,6 +231,7 @@ pub async fn serve(
         tokio::spawn(watch_config(
             path,
             collector.monitors.clone(),
+            hup,
             stop_rx.clone(),
         ));
     }
@@ -390,10 +399,14 @@ impl Assignments for RegistryAssignments {
 /// Reloads the config file's monitors when the file changes (polled every
 /// two seconds) or on SIGHUP. A file with problems changes nothing: every
 /// problem is logged and the last good set keeps running.
-async fn watch_config(path: PathBuf, monitors: MonitorRegistry, mut stop: watch::Receiver<bool>) {
+async fn watch_config(
+    path: PathBuf,
+    monitors: MonitorRegistry,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    mut stop: watch::Receiver<bool>,
+) {
     let read = |p: &Path| std::fs::read_to_string(p).ok();
     let mut last = read(&path);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         let forced = tokio::select! {

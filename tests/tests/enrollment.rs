@@ -106,7 +106,8 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
     std::fs::write(
         &config,
         format!(
-            "[[monitors]]\nname = \"svc\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"1s\"\nlocations = [\"site=lab\"]\n"
+            // The public location checks it too: a lab collector may reach loopback.
+            "allow_private_targets = true\n[[monitors]]\nname = \"svc\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"1s\"\nlocations = [\"site=lab\", \"public\"]\n"
         ),
     )
     .unwrap();
@@ -169,21 +170,29 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
         run.log(),
         coll.log()
     );
+    let at = |loc: &str| {
+        results(&data, "svc")
+            .into_iter()
+            .filter(|x| x["location"] == loc)
+            .collect::<Vec<_>>()
+    };
     assert!(
-        h::poll_until(Duration::from_secs(20), || results(&data, "svc").len() >= 3),
+        h::poll_until(Duration::from_secs(20), || at("agent:bastion-1").len() >= 3
+            && at("public:collector").len() >= 3),
         "{}",
         run.log()
     );
+    // Both locations' results, side by side in one query.
     let r = results(&data, "svc");
     assert!(
         r.iter().all(|x| x["status"] == "up"
             && x["reason"] == "ok"
-            && x["location"] == "agent:bastion-1"),
+            && (x["location"] == "agent:bastion-1" || x["location"] == "public:collector")),
         "{r:?}"
     );
 
     // 4. The collector dies (kill -9) for a while; the agent keeps checking.
-    let before = results(&data, "svc").len();
+    let before = at("agent:bastion-1").len();
     coll.kill();
     // The outage itself (60 s, as an operator's restart or a network cut might
     // last): time has to pass for checks to pile up in the agent's buffer.
@@ -196,12 +205,12 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
     let coll = start_collector(dir.path(), &data, &config, agent_port, http_port);
     assert!(
         // The agent's backoff may have grown to ~40 s during the outage.
-        h::poll_until(Duration::from_secs(90), || results(&data, "svc").len()
+        h::poll_until(Duration::from_secs(90), || at("agent:bastion-1").len()
             >= before + outage as usize / 2),
         "backlog never arrived: {}",
         run.log()
     );
-    let r = results(&data, "svc");
+    let r = at("agent:bastion-1");
     let mut seqs: Vec<u64> = r.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
     let n = seqs.len();
     seqs.sort_unstable();
@@ -308,5 +317,73 @@ fn agent_killed_at_random_points_loses_and_duplicates_nothing() {
     let down = results(&data, "down-c");
     assert!(down.iter().all(|x| x["reason"] == "refused"), "{down:?}");
     drop(run);
+    drop(coll);
+}
+
+/// Monitors as code with the real binary: `monitors check` reports every
+/// problem with its line and exits 64; SIGHUP reloads the file (even
+/// unchanged); a broken file is rejected and the last good set keeps running.
+#[test]
+fn config_reload_on_sighup_and_offline_check_with_the_real_binary() {
+    let dir = h::temp_dir();
+    let data = dir.path().join("collector");
+    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
+    let config = dir.path().join("collector.toml");
+    let good = "public_probes = false\n[[monitors]]\nname = \"redis\"\ntarget = \"tcp://127.0.0.1:6379\"\nlocations = [\"site=lab\"]\n";
+    let broken = format!(
+        "{good}\n[[monitors]]\nname = \"bad one\"\ntarget = \"tcp://127.0.0.1:0\"\nlocations = []\n"
+    );
+    std::fs::write(&config, good).unwrap();
+    let coll = start_collector(dir.path(), &data, &config, agent_port, http_port);
+    let d = data.to_str().unwrap();
+
+    // Offline check of a broken copy: every problem, its line, exit 64.
+    let bad_copy = dir.path().join("bad.toml");
+    std::fs::write(&bad_copy, &broken).unwrap();
+    let o = collector(&["monitors", "check", bad_copy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    for field in ["name", "target", "locations"] {
+        assert!(
+            err.contains(&format!("bad.toml:7: monitors[1] (\"bad one\").{field}")),
+            "{err}"
+        );
+    }
+    let o = collector(&["monitors", "check", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let status = || text(&collector(&["monitors", "status", "--data-dir", d]));
+    assert!(
+        status().contains("no config file reload yet"),
+        "{}",
+        status()
+    );
+    let hup = || {
+        let o = Command::new("kill")
+            .args(["-HUP", &coll.pid().to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    };
+    // The content did not change: only SIGHUP makes it reload.
+    hup();
+    assert!(
+        h::poll_until(Duration::from_secs(5), || status()
+            .contains("last reload ok")),
+        "{}",
+        status()
+    );
+    std::fs::write(&config, &broken).unwrap();
+    hup();
+    assert!(
+        h::poll_until(Duration::from_secs(5), || status().contains("rejected")),
+        "{}",
+        status()
+    );
+    assert!(status().contains("collector.toml:7:"), "{}", status());
+    let o = collector(&["monitors", "list", "--data-dir", d, "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.len(), 1, "the last good set keeps running: {list:?}");
+    assert_eq!(list[0]["name"], "redis");
     drop(coll);
 }
