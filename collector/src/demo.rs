@@ -75,12 +75,15 @@ pub async fn run(
     let config_text = format!(
         r#"
 server_names = ["localhost", "127.0.0.1"]
+# The demo's "public" location runs on this machine and checks loopback:
+# a real collector refuses private and special addresses there.
+allow_private_targets = true
 
 [[monitors]]
 name = "demo-service"
 target = "tcp://127.0.0.1:{service_port}"
 interval = "{every}"
-locations = ["demo-agent"]
+locations = ["demo-agent", "public"]
 
 [[monitors]]
 name = "closed-port"
@@ -205,7 +208,7 @@ locations = ["site=demo"]
         .iter()
         .map(|m| m.name.clone())
         .collect();
-    let mut last_seen = std::collections::HashMap::<String, i64>::new();
+    let mut last_seen = std::collections::HashMap::<(String, String), i64>::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = tokio::spawn(stop);
     tokio::pin!(stop);
@@ -218,16 +221,15 @@ locations = ["site=demo"]
             let Ok(latest) = collector.results.latest(id) else {
                 continue;
             };
-            let Some((_, latest)) = latest.iter().max_by_key(|(_, r)| r.scheduled_at_unix_ms)
-            else {
-                continue;
-            };
-            let at = latest.scheduled_at_unix_ms;
-            if last_seen.get(id) == Some(&at) {
-                continue;
+            for (location, r) in &latest {
+                let at = r.scheduled_at_unix_ms;
+                let key = (id.clone(), location.clone());
+                if last_seen.get(&key) == Some(&at) {
+                    continue;
+                }
+                last_seen.insert(key, at);
+                println!("{}", line(id, location, r));
             }
-            last_seen.insert(id.clone(), at);
-            println!("{}", line(id, latest));
         }
     }
     println!("stopping: the agent drains its buffer, the collector flushes");
@@ -237,7 +239,7 @@ locations = ["site=demo"]
     Ok(())
 }
 
-fn line(id: &str, r: &pb::CheckResult) -> String {
+fn line(id: &str, location: &str, r: &pb::CheckResult) -> String {
     let status = pb::Status::try_from(r.status)
         .map(|s| s.as_str_name().trim_start_matches("STATUS_"))
         .unwrap_or("?");
@@ -260,8 +262,9 @@ fn line(id: &str, r: &pb::CheckResult) -> String {
         extra = format!(" cert {days}d left");
     }
     format!(
-        "{:<26} {:<9} {:<18} {:<22} connect={:<9} tls={:<9} total={}{}{}",
+        "{:<26} {:<18} {:<9} {:<18} {:<22} connect={:<9} tls={:<9} total={}{}{}",
         id,
+        location,
         status,
         reason,
         r.address,
