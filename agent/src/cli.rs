@@ -294,6 +294,12 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         tracing::warn!(error = %e, "no system resolver: only monitors with IP addresses will work");
         Resolver::literal_only()
     });
+    // The collector may declare this agent a public location: the switch
+    // tightens the policy then.
+    let public_only = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let policy: std::sync::Arc<dyn crate::probe::AddressPolicy> = std::sync::Arc::new(
+        crate::probe::policy::Tightenable::new(policy, std::sync::Arc::clone(&public_only)),
+    );
     let engine = std::sync::Arc::new(Engine::new(resolver, Registry::standard(), policy));
     let link = crate::link::Link::new(
         crate::link::LinkIdentity {
@@ -306,7 +312,8 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         buffer,
         crate::link::LinkConfig::default(),
     )
-    .with_rotation(persist_into(args.data_dir.clone()));
+    .with_rotation(persist_into(args.data_dir.clone()))
+    .with_public_only_switch(public_only);
     tracing::info!(agent = %identity.agent_id(), collector = %identity.collector_addr(), "agent starting");
     match link.run(engine, shutdown_signal()).await {
         Ok(()) => {

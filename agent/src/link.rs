@@ -181,6 +181,9 @@ pub struct Link {
     batch_limit: AtomicUsize,
     /// The collector's `RotateHint`: wakes the renewal loop early.
     rotate_now: Arc<Notify>,
+    /// Set when an assignment says this agent is a public location (see
+    /// `probe::policy::Tightenable`); never cleared.
+    public_only: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Link {
@@ -199,7 +202,15 @@ impl Link {
             status: Arc::new(status),
             rotation: None,
             rotate_now: Arc::new(Notify::new()),
+            public_only: None,
         }
+    }
+
+    /// Lets assignments tighten the engine's address policy: `switch` is the
+    /// one a `probe::policy::Tightenable` reads.
+    pub fn with_public_only_switch(mut self, switch: Arc<std::sync::atomic::AtomicBool>) -> Link {
+        self.public_only = Some(switch);
+        self
     }
 
     /// Renews the certificate before it expires and hands each new key and
@@ -559,6 +570,26 @@ impl Link {
     /// Builds monitors from the assignment (skipping, logging and counting
     /// specs this agent cannot run) and hands them to the scheduler.
     async fn apply_assignment(&self, a: pb::Assignment, mon_tx: &mpsc::Sender<Vec<Monitor>>) {
+        if a.public_only {
+            match &self.public_only {
+                Some(switch) => {
+                    if !switch.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        tracing::warn!(
+                            "enrolled as a public location: private and special addresses are refused from now on"
+                        );
+                    }
+                }
+                None => {
+                    // Running public checks without the public policy would let
+                    // them reach this host's own network: run none.
+                    tracing::error!(
+                        "the collector says this agent is a public location, but this link cannot enforce the public address policy: no checks run"
+                    );
+                    let _ = mon_tx.send(Vec::new()).await;
+                    return;
+                }
+            }
+        }
         let mut monitors = Vec::with_capacity(a.monitors.len());
         let mut seen = std::collections::HashSet::new();
         let mut bad = 0u64;

@@ -44,6 +44,10 @@ pub struct AgentRecord {
     /// What the agent reported at enrollment, for display only.
     pub hostname: String,
     pub agent_version: String,
+    /// Enrolled as the public location `public:<region>`: it runs public
+    /// monitors under the public address policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_region: Option<String>,
 }
 
 /// The registry, in the `agents` (id -> JSON) and `agent_names` (name -> id,

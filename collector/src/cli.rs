@@ -84,6 +84,10 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 1h (the collector caps it)
         #[arg(long)]
         ttl: Option<String>,
+        /// Enroll the agent as the public location public:<REGION> (an agent
+        /// in another cloud): it runs public monitors under the public address policy
+        #[arg(long, value_name = "REGION")]
+        public_region: Option<String>,
     },
     /// List tokens (secrets are never shown again)
     List {
@@ -324,6 +328,7 @@ pub fn run_admin(command: &Command) -> i32 {
             name,
             labels,
             ttl,
+            public_region,
         }) => (|| {
             let labels = labels
                 .as_deref()
@@ -337,6 +342,7 @@ pub fn run_admin(command: &Command) -> i32 {
                     name: name.clone(),
                     labels: labels.unwrap_or_default(),
                     ttl: ttl.clone(),
+                    public_region: public_region.clone(),
                 })
                 .map_err(api_failure)?;
             println!(

@@ -143,6 +143,7 @@ locations = ["site=demo"]
                 name: "demo-agent".into(),
                 labels,
                 ttl: Some(Duration::from_secs(600)),
+                public_region: None,
             },
             std::time::SystemTime::now(),
         )

@@ -215,6 +215,7 @@ impl Inner {
             revoked_at_unix_ms: None,
             hostname: printable(&req.hostname),
             agent_version: printable(&req.agent_version),
+            public_region: token.public_region.clone(),
         };
         // The signed certificate is dropped unless this commits.
         let agent =

@@ -84,6 +84,9 @@ pub struct CreateToken {
     /// e.g. "1h"; the collector's default when absent.
     #[serde(default)]
     pub ttl: Option<String>,
+    /// Enroll the agent as the public location `public:<region>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_region: Option<String>,
 }
 
 /// A created token: the join string is shown once and never again.
@@ -117,6 +120,9 @@ pub struct AgentInfo {
     pub connected_since_unix_ms: Option<i64>,
     pub last_seen_unix_ms: Option<i64>,
     pub version: Option<String>,
+    /// Set for an agent enrolled as a public location (`public:<region>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_region: Option<String>,
     /// Results the agent last reported waiting in its buffer (hello/heartbeat).
     pub backlog: Option<u64>,
     /// The agent's results are durable here through this sequence number

@@ -327,7 +327,10 @@ impl AgentDirectory for RegistryDirectory {
 
     fn location(&self, agent_id: &str) -> String {
         match self.agents.get(agent_id) {
-            Ok(Some(a)) => format!("agent:{}", a.name),
+            Ok(Some(a)) => match a.public_region {
+                Some(region) => format!("public:{region}"),
+                None => format!("agent:{}", a.name),
+            },
             _ => format!("agent:{agent_id}"),
         }
     }
@@ -383,11 +386,11 @@ struct RegistryAssignments {
 impl Assignments for RegistryAssignments {
     fn assignment(&self, agent_id: &str) -> pb::Assignment {
         match self.agents.get(agent_id) {
-            Ok(Some(a)) => self.monitors.assignment_for(&a.name, &a.labels),
-            _ => pb::Assignment {
-                version: 0,
-                monitors: Vec::new(),
-            },
+            Ok(Some(a)) => {
+                self.monitors
+                    .assignment_for(&a.name, &a.labels, a.public_region.as_deref())
+            }
+            _ => pb::Assignment::default(),
         }
     }
 
@@ -471,6 +474,12 @@ impl AdminBackend for Backend {
         if req.name.is_empty() || req.name.len() > 64 {
             return Err(ApiError::bad_request("name: must be 1-64 characters"));
         }
+        if req.public_region.as_deref() == Some(c.config.public_region.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "public_region: {:?} is this collector's own public location: give the agent another region",
+                c.config.public_region
+            )));
+        }
         let ttl = match &req.ttl {
             Some(t) => Some(
                 humantime::parse_duration(t)
@@ -485,6 +494,7 @@ impl AdminBackend for Backend {
                     name: req.name.clone(),
                     labels: req.labels,
                     ttl,
+                    public_region: req.public_region.clone(),
                 },
                 SystemTime::now(),
             )
@@ -641,6 +651,7 @@ fn agent_info(c: &Collector, a: crate::agents::AgentRecord) -> AgentInfo {
                 .unwrap_or_else(|| a.agent_version.clone()),
         ),
         backlog: live.as_ref().map(|s| s.backlog),
+        public_region: a.public_region.clone(),
         acked_through: c.ingest.agent_stats(&a.id).map(|s| s.acked_through),
         id: a.id,
         name: a.name,

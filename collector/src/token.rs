@@ -41,6 +41,8 @@ pub enum TokenError {
     TooManyLabels,
     #[error("token ttl must be between 1 s and {max}, got {asked}", max = secs(*.max), asked = secs(*.asked))]
     BadTtl { asked: Duration, max: Duration },
+    #[error("public region {0:?}: 1-64 letters, digits, '_', '.', '-'")]
+    BadRegion(String),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -80,6 +82,10 @@ pub struct TokenSpec {
     pub labels: BTreeMap<String, String>,
     /// Lifetime; `None` means `DEFAULT_TTL`.
     pub ttl: Option<Duration>,
+    /// Enroll the agent as the public location `public:<region>` (an agent in
+    /// another cloud): it runs the monitors that select that region, under
+    /// the public address policy.
+    pub public_region: Option<String>,
 }
 
 /// A token as the admin API shows it: everything but the secret and its hash.
@@ -92,6 +98,8 @@ pub struct TokenRecord {
     pub expires_at_unix_ms: i64,
     /// The agent this token admitted, once used.
     pub used_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_region: Option<String>,
 }
 
 /// What is stored: the record and SHA-256 of the secret, never the secret.
@@ -148,6 +156,11 @@ impl TokenStore {
     pub fn create(&self, spec: TokenSpec, now: SystemTime) -> Result<NewToken, TokenError> {
         validate_name(&spec.name)?;
         validate_labels(&spec.labels)?;
+        if let Some(region) = &spec.public_region
+            && crate::monitors::LocationSel::parse(&format!("public:{region}")).is_err()
+        {
+            return Err(TokenError::BadRegion(region.clone()));
+        }
         let ttl = spec.ttl.unwrap_or(DEFAULT_TTL);
         if ttl < Duration::from_secs(1) || ttl > self.max_ttl {
             return Err(TokenError::BadTtl {
@@ -168,6 +181,7 @@ impl TokenStore {
             created_at_unix_ms: unix_ms(now),
             expires_at_unix_ms: unix_ms(now + ttl),
             used_by: None,
+            public_region: spec.public_region,
         };
         let stored = Stored {
             record: record.clone(),
@@ -387,6 +401,7 @@ mod tests {
             name: name.into(),
             labels: BTreeMap::new(),
             ttl,
+            public_region: None,
         }
     }
 

@@ -72,6 +72,7 @@ impl Collector {
                     name: name.into(),
                     labels,
                     ttl: Some(ttl),
+                    public_region: None,
                 },
                 now,
             )
@@ -859,6 +860,7 @@ fn redemption_is_atomic_when_many_race_past_the_check() {
                     revoked_at_unix_ms: None,
                     hostname: String::new(),
                     agent_version: String::new(),
+                    public_region: None,
                 };
                 tokens.redeem(&id, &secret, now, &agents, agent)
             })

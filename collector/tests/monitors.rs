@@ -85,6 +85,7 @@ async fn enrolled(r: &Running, name: &str, labels: &[(&str, &str)]) -> AgentIden
                 name: name.into(),
                 labels,
                 ttl: None,
+                public_region: None,
             },
             SystemTime::now(),
         )
@@ -345,4 +346,84 @@ async fn allow_private_targets_lets_public_probes_reach_a_lab() {
         settled,
         "a removed monitor keeps running"
     );
+}
+
+/// An agent enrolled as a public location (another cloud) runs the monitors
+/// selecting its region, stores under `public:<region>`, and is told to refuse
+/// private addresses like the collector's own public probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_enrolled_as_a_public_region_runs_public_monitors_under_the_public_policy() {
+    use portwatch_agent::buffer::SledBuffer;
+    use portwatch_agent::link::{Link, LinkConfig, LinkIdentity};
+    use portwatch_agent::probe::policy::Tightenable;
+    use portwatch_agent::probe::{AddressPolicy, AllowAll, Engine, Registry};
+    use portwatch_agent::resolve::Resolver;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let port = target.local_addr().unwrap().port();
+    let r = start(&format!(
+        "public_probes = false\n[[monitors]]\nname = \"edge\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"public:eu-cloud\"]\n"
+    ))
+    .await;
+    let new = r
+        .collector
+        .tokens
+        .create(
+            TokenSpec {
+                name: "cloud-probe".into(),
+                labels: BTreeMap::new(),
+                ttl: None,
+                public_region: Some("eu-cloud".into()),
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+    let join = JoinString::new(
+        r.collector.public_agent_addr.clone(),
+        new.record.id.clone(),
+        new.secret(),
+        r.collector.ca.pin(),
+    )
+    .unwrap();
+    let agent_dir = r.dir.path().join("cloud-probe");
+    let id = enroll(&join, &agent_dir, &EnrollOptions::default())
+        .await
+        .unwrap();
+    let switch = Arc::new(AtomicBool::new(false));
+    let policy: Arc<dyn AddressPolicy> =
+        Arc::new(Tightenable::new(Arc::new(AllowAll), Arc::clone(&switch)));
+    let engine = Arc::new(Engine::new(
+        Resolver::literal_only(),
+        Registry::standard(),
+        policy,
+    ));
+    let buffer = Arc::new(SledBuffer::open(&agent_dir.join("buffer"), 16 << 20).unwrap());
+    let link = Link::new(
+        LinkIdentity {
+            collector: id.collector_addr().to_owned(),
+            server_name: "127.0.0.1".into(),
+            cert_pem: id.cert_pem().to_owned(),
+            key_pem: id.key_pem().to_owned(),
+            ca_pem: id.ca_pem().to_owned(),
+        },
+        buffer,
+        LinkConfig::default(),
+    )
+    .with_public_only_switch(Arc::clone(&switch));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(link.run(engine, async {
+        let _ = stop_rx.await;
+    }));
+    let results = public_results(&r, "edge", "public:eu-cloud", 2).await;
+    assert!(switch.load(std::sync::atomic::Ordering::Acquire));
+    for res in &results {
+        assert_eq!(res.reason, pb::Reason::BlockedAddress as i32, "{res:?}");
+        assert!(res.message.contains("127.0.0.0/8"), "{}", res.message);
+    }
+    assert!(target.accept().is_err(), "the target was dialled");
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
 }

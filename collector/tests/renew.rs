@@ -73,6 +73,7 @@ async fn enrolled(r: &Running, name: &str) -> AgentIdentity {
                 name: name.into(),
                 labels: Default::default(),
                 ttl: None,
+                public_region: None,
             },
             SystemTime::now(),
         )

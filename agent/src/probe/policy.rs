@@ -503,6 +503,37 @@ impl AddressPolicy for PublicOnly {
     }
 }
 
+/// A location's policy that the collector can tighten at run time: an agent
+/// enrolled as a public location is told so in its assignment, and from then
+/// on refuses what `PublicOnly` refuses, on top of its own policy. It never
+/// loosens again while the process runs.
+pub struct Tightenable {
+    base: std::sync::Arc<dyn AddressPolicy>,
+    public_only: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tightenable {
+    /// `base`, plus the public-address rule once `switch` is set.
+    pub fn new(
+        base: std::sync::Arc<dyn AddressPolicy>,
+        switch: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Tightenable {
+        Tightenable {
+            base,
+            public_only: switch,
+        }
+    }
+}
+
+impl AddressPolicy for Tightenable {
+    fn check(&self, addr: SocketAddr) -> Result<(), String> {
+        if self.public_only.load(std::sync::atomic::Ordering::Acquire) {
+            PublicOnly::new().check(addr)?;
+        }
+        self.base.check(addr)
+    }
+}
+
 /// Why an allow-list could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {

@@ -138,6 +138,7 @@ async fn the_cli_client_creates_lists_and_revokes() {
         last_seen_unix_ms: None,
         version: None,
         backlog: None,
+        public_region: None,
         acked_through: None,
     });
     let (url, admin) = serve(backend.clone()).await;
@@ -148,6 +149,7 @@ async fn the_cli_client_creates_lists_and_revokes() {
                 name: "bastion-2".into(),
                 labels: [("site".into(), "fra".into())].into(),
                 ttl: None,
+                public_region: None,
             })
             .unwrap();
         assert_eq!(created.join, "pwjoin1:x");

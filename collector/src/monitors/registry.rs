@@ -116,8 +116,9 @@ fn diff(old: &[Monitor], new: &[Monitor]) -> Change {
 
 /// A stable digest of an assignment's content: equal sets, equal versions,
 /// across restarts too. Never 0 (0 means "nothing assigned yet").
-fn version_of(monitors: &[pb::MonitorSpec]) -> u64 {
+fn version_of(monitors: &[pb::MonitorSpec], public_only: bool) -> u64 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&[u8::from(public_only)]);
     for m in monitors {
         let bytes = m.encode_to_vec();
         ctx.update(&(bytes.len() as u64).to_be_bytes());
@@ -215,18 +216,29 @@ impl MonitorRegistry {
             .cloned()
     }
 
-    /// What the agent with this name and labels runs.
-    pub fn assignment_for(&self, name: &str, labels: &BTreeMap<String, String>) -> pb::Assignment {
+    /// What the agent with this name and labels runs. An agent enrolled as
+    /// a public location (`public_region`) also runs the monitors selecting
+    /// that region, and is told to refuse private addresses.
+    pub fn assignment_for(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        public_region: Option<&str>,
+    ) -> pb::Assignment {
         let mut monitors: Vec<pb::MonitorSpec> = self
             .monitors()
             .into_iter()
-            .filter(|m| m.runs_on_agent(name, labels))
+            .filter(|m| {
+                m.runs_on_agent(name, labels) || public_region.is_some_and(|r| m.runs_on_public(r))
+            })
             .map(|m| m.spec)
             .collect();
         monitors.sort_by(|a, b| a.id.cmp(&b.id));
+        let public_only = public_region.is_some();
         pb::Assignment {
-            version: version_of(&monitors),
+            version: version_of(&monitors, public_only),
             monitors,
+            public_only,
         }
     }
 

@@ -190,8 +190,8 @@ fn an_assignment_version_changes_only_with_its_content() {
     let ams = labels(&[("site", "ams")]);
     reg.upsert(raw("redis", &["site=fra"])).unwrap();
     reg.upsert(raw("pg", &["site=ams", "public"])).unwrap();
-    let fra_v1 = reg.assignment_for("b1", &fra);
-    let ams_v1 = reg.assignment_for("b2", &ams);
+    let fra_v1 = reg.assignment_for("b1", &fra, None);
+    let ams_v1 = reg.assignment_for("b2", &ams, None);
     assert_eq!(
         fra_v1.monitors.iter().map(|m| &m.id).collect::<Vec<_>>(),
         ["redis"]
@@ -209,14 +209,14 @@ fn an_assignment_version_changes_only_with_its_content() {
     let (_, created) = reg.upsert(pg.clone()).unwrap();
     assert!(!created);
     assert!(changes.has_changed().unwrap());
-    assert_eq!(reg.assignment_for("b1", &fra).version, fra_v1.version);
-    assert_ne!(reg.assignment_for("b2", &ams).version, ams_v1.version);
+    assert_eq!(reg.assignment_for("b1", &fra, None).version, fra_v1.version);
+    assert_ne!(reg.assignment_for("b2", &ams, None).version, ams_v1.version);
     // The same definition again is no change at all.
     changes.mark_unchanged();
     reg.upsert(pg).unwrap();
     assert!(!changes.has_changed().unwrap());
     // No monitors: version 1-or-more digest of nothing, never 0.
-    assert_ne!(reg.assignment_for("nobody", &labels(&[])).version, 0);
+    assert_ne!(reg.assignment_for("nobody", &labels(&[]), None).version, 0);
 }
 
 #[test]
@@ -321,4 +321,27 @@ fn api_and_toml_are_one_model() {
         serde_json::from_str::<RawMonitor>(r#"{"name":"x","target":"tcp://h:1","colour":1}"#)
             .is_err()
     );
+}
+
+#[test]
+fn an_agent_in_a_public_region_runs_that_regions_monitors_and_is_told_so() {
+    let reg = MonitorRegistry::open(Vec::new(), None).unwrap();
+    reg.upsert(raw("edge-eu", &["public:eu"])).unwrap();
+    reg.upsert(raw("edge-all", &["public"])).unwrap();
+    reg.upsert(raw("private", &["site=fra"])).unwrap();
+    let a = reg.assignment_for("probe-eu", &labels(&[]), Some("eu"));
+    assert_eq!(
+        a.monitors.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["edge-all", "edge-eu"]
+    );
+    assert!(a.public_only);
+    let us = reg.assignment_for("probe-us", &labels(&[]), Some("us"));
+    assert_eq!(us.monitors.len(), 1);
+    // Labels still select: a public agent with site=fra also runs "private",
+    // under the public policy (so such a check reports blocked addresses).
+    let both = reg.assignment_for("probe-fra", &labels(&[("site", "fra")]), Some("eu"));
+    assert_eq!(both.monitors.len(), 3);
+    let private = reg.assignment_for("bastion", &labels(&[("site", "fra")]), None);
+    assert!(!private.public_only);
+    assert_eq!(private.monitors.len(), 1);
 }
