@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::AdminToken;
-use crate::monitors::registry::{RegistryError, ReloadStatus};
+use crate::monitors::registry::{MonitorRegistry, RegistryError, ReloadStatus};
 use crate::monitors::{Monitor, Origin, RawMonitor};
 
 /// The largest request body the API reads.
@@ -201,17 +201,8 @@ pub trait AdminBackend: Send + Sync + 'static {
         &self,
         name_or_id: &str,
     ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
-    fn list_monitors(&self) -> impl Future<Output = Result<Vec<MonitorInfo>, ApiError>> + Send;
-    fn get_monitor(&self, name: &str)
-    -> impl Future<Output = Result<MonitorInfo, ApiError>> + Send;
-    /// Creates or replaces an API monitor; `true` when it is new.
-    fn put_monitor(
-        &self,
-        def: RawMonitor,
-    ) -> impl Future<Output = Result<(MonitorInfo, bool), ApiError>> + Send;
-    fn delete_monitor(&self, name: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
-    /// How the last config file (re)load went.
-    fn config_status(&self) -> impl Future<Output = Result<ReloadStatus, ApiError>> + Send;
+    /// The live monitor set: the monitor endpoints work on it directly.
+    fn monitor_registry(&self) -> &MonitorRegistry;
     /// The newest `limit` results of a monitor, oldest first.
     fn results(
         &self,
@@ -349,7 +340,8 @@ async fn list_monitors<B: AdminBackend>(
     headers: HeaderMap,
 ) -> Result<Json<Vec<MonitorInfo>>, ApiError> {
     authorize(&api, &headers)?;
-    Ok(Json(api.backend.list_monitors().await?))
+    let monitors = api.backend.monitor_registry().monitors();
+    Ok(Json(monitors.iter().map(MonitorInfo::of).collect()))
 }
 
 async fn get_monitor<B: AdminBackend>(
@@ -358,7 +350,12 @@ async fn get_monitor<B: AdminBackend>(
     Path(name): Path<String>,
 ) -> Result<Json<MonitorInfo>, ApiError> {
     authorize(&api, &headers)?;
-    Ok(Json(api.backend.get_monitor(&name).await?))
+    let m = api
+        .backend
+        .monitor_registry()
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no monitor is named {name:?}")))?;
+    Ok(Json(MonitorInfo::of(&m)))
 }
 
 /// `PUT /api/v1/monitors/{name}`: the body is the monitor as written in the
@@ -386,7 +383,13 @@ async fn put_monitor<B: AdminBackend>(
     }
     let def: RawMonitor = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("monitor: {e}")))?;
-    let (info, created) = api.backend.put_monitor(def).await?;
+    // The registry fsyncs its file: off the async workers.
+    let registry = api.backend.monitor_registry().clone();
+    let (m, created) = tokio::task::spawn_blocking(move || registry.upsert(def))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(monitor = %m.name, created, "monitor saved through the api");
+    let info = MonitorInfo::of(&m);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -401,7 +404,12 @@ async fn delete_monitor<B: AdminBackend>(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&api, &headers)?;
-    api.backend.delete_monitor(&name).await?;
+    let registry = api.backend.monitor_registry().clone();
+    let owned = name.clone();
+    tokio::task::spawn_blocking(move || registry.delete(&owned))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(monitor = %name, "monitor deleted through the api");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -410,7 +418,7 @@ async fn config_status<B: AdminBackend>(
     headers: HeaderMap,
 ) -> Result<Json<ReloadStatus>, ApiError> {
     authorize(&api, &headers)?;
-    Ok(Json(api.backend.config_status().await?))
+    Ok(Json(api.backend.monitor_registry().reload_status()))
 }
 
 impl From<RegistryError> for ApiError {

@@ -21,13 +21,10 @@ use crate::ca::Ca;
 use crate::config::Config;
 use crate::enroll::{EnrollConfig, EnrollService, server_tls};
 use crate::http::{
-    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, MonitorInfo, ResultInfo,
-    TokenInfo, router,
+    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
 };
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
-use crate::monitors::RawMonitor;
 use crate::monitors::registry::MonitorRegistry;
-use crate::monitors::registry::ReloadStatus;
 use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
 use crate::store::{RedbStore, ResultQuery, Store, StoreConfig, StoreError};
@@ -552,45 +549,8 @@ impl AdminBackend for Backend {
             .collect())
     }
 
-    async fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ApiError> {
-        Ok(self
-            .0
-            .monitors
-            .monitors()
-            .iter()
-            .map(MonitorInfo::of)
-            .collect())
-    }
-
-    async fn get_monitor(&self, name: &str) -> Result<MonitorInfo, ApiError> {
-        self.0
-            .monitors
-            .get(name)
-            .map(|m| MonitorInfo::of(&m))
-            .ok_or_else(|| ApiError::not_found(format!("no monitor is named {name:?}")))
-    }
-
-    async fn put_monitor(&self, def: RawMonitor) -> Result<(MonitorInfo, bool), ApiError> {
-        let monitors = self.0.monitors.clone();
-        let (m, created) = tokio::task::spawn_blocking(move || monitors.upsert(def))
-            .await
-            .map_err(internal)??;
-        tracing::info!(monitor = %m.name, created, "monitor saved through the api");
-        Ok((MonitorInfo::of(&m), created))
-    }
-
-    async fn delete_monitor(&self, name: &str) -> Result<(), ApiError> {
-        let monitors = self.0.monitors.clone();
-        let owned = name.to_owned();
-        tokio::task::spawn_blocking(move || monitors.delete(&owned))
-            .await
-            .map_err(internal)??;
-        tracing::info!(monitor = %name, "monitor deleted through the api");
-        Ok(())
-    }
-
-    async fn config_status(&self) -> Result<ReloadStatus, ApiError> {
-        Ok(self.0.monitors.reload_status())
+    fn monitor_registry(&self) -> &MonitorRegistry {
+        &self.0.monitors
     }
 
     async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {

@@ -5,102 +5,21 @@
 //!
 //! Only 127.0.0.1 is ever contacted.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use portwatch_agent::enroll::{EnrollOptions, enroll};
 use portwatch_agent::identity::AgentIdentity;
-use portwatch_agent::join::JoinString;
-use portwatch_collector::config::Config;
 use portwatch_collector::monitors::RawMonitor;
-use portwatch_collector::server::{self, Collector};
 use portwatch_collector::store::{ResultQuery, StoredResult};
-use portwatch_collector::token::TokenSpec;
 use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-struct Running {
-    collector: Collector,
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    dir: tempfile::TempDir,
-}
+mod support;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-async fn start(config_text: &str) -> Running {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("collector.toml");
-    std::fs::write(&path, config_text).unwrap();
-    let config = Config::load(&path).unwrap();
-    let data = dir.path().join("collector");
-    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = agent_listener.local_addr().unwrap();
-    let (collector, admin) = server::open(&data, config, addr).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let c = collector.clone();
-    tokio::spawn(async move {
-        server::serve(&data, c, admin, agent_listener, http_listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Running {
-        collector,
-        addr,
-        stop: Some(stop),
-        dir,
-    }
-}
-
-impl Running {
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("collector.toml")
-    }
-}
-
-async fn enrolled(r: &Running, name: &str, labels: &[(&str, &str)]) -> AgentIdentity {
-    let labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let new = r
-        .collector
-        .tokens
-        .create(
-            TokenSpec {
-                name: name.into(),
-                labels,
-                ttl: None,
-                public_region: None,
-            },
-            SystemTime::now(),
-        )
-        .unwrap();
-    let join = JoinString::new(
-        r.collector.public_agent_addr.clone(),
-        new.record.id.clone(),
-        new.secret(),
-        r.collector.ca.pin(),
-    )
-    .unwrap();
-    enroll(&join, &r.dir.path().join(name), &EnrollOptions::default())
-        .await
-        .unwrap()
-}
+use support::{Running, RunningLink, start_from_file as start};
 
 /// An agent stream that only says hello and records every assignment it is sent.
 struct Listener {
@@ -183,8 +102,8 @@ fn rewrite(path: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_only_the_agents_they_select() {
     let r = start(&format!("public_probes = false\n{}", redis_monitor("1h"))).await;
-    let fra_id = enrolled(&r, "bastion-fra", &[("site", "fra")]).await;
-    let ams_id = enrolled(&r, "bastion-ams", &[("site", "ams")]).await;
+    let fra_id = r.enroll("bastion-fra", &[("site", "fra")], None).await;
+    let ams_id = r.enroll("bastion-ams", &[("site", "ams")], None).await;
     let mut fra = Listener::open(&r, &fra_id).await;
     let mut ams = Listener::open(&r, &ams_id).await;
     let fra_v1 = fra.next(Duration::from_secs(5)).await;
@@ -353,8 +272,7 @@ async fn allow_private_targets_lets_public_probes_reach_a_lab() {
 /// private addresses like the collector's own public probes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_enrolled_as_a_public_region_runs_public_monitors_under_the_public_policy() {
-    use portwatch_agent::buffer::SledBuffer;
-    use portwatch_agent::link::{Link, LinkConfig, LinkIdentity};
+    use portwatch_agent::link::LinkConfig;
     use portwatch_agent::probe::policy::Tightenable;
     use portwatch_agent::probe::{AddressPolicy, AllowAll, Engine, Registry};
     use portwatch_agent::resolve::Resolver;
@@ -368,30 +286,7 @@ async fn an_agent_enrolled_as_a_public_region_runs_public_monitors_under_the_pub
         "public_probes = false\n[[monitors]]\nname = \"edge\"\ntarget = \"tcp://127.0.0.1:{port}\"\ninterval = \"1s\"\nlocations = [\"public:eu-cloud\"]\n"
     ))
     .await;
-    let new = r
-        .collector
-        .tokens
-        .create(
-            TokenSpec {
-                name: "cloud-probe".into(),
-                labels: BTreeMap::new(),
-                ttl: None,
-                public_region: Some("eu-cloud".into()),
-            },
-            SystemTime::now(),
-        )
-        .unwrap();
-    let join = JoinString::new(
-        r.collector.public_agent_addr.clone(),
-        new.record.id.clone(),
-        new.secret(),
-        r.collector.ca.pin(),
-    )
-    .unwrap();
-    let agent_dir = r.dir.path().join("cloud-probe");
-    let id = enroll(&join, &agent_dir, &EnrollOptions::default())
-        .await
-        .unwrap();
+    let id = r.enroll("cloud-probe", &[], Some("eu-cloud")).await;
     let switch = Arc::new(AtomicBool::new(false));
     let policy: Arc<dyn AddressPolicy> =
         Arc::new(Tightenable::new(Arc::new(AllowAll), Arc::clone(&switch)));
@@ -400,23 +295,10 @@ async fn an_agent_enrolled_as_a_public_region_runs_public_monitors_under_the_pub
         Registry::standard(),
         policy,
     ));
-    let buffer = Arc::new(SledBuffer::open(&agent_dir.join("buffer"), 16 << 20).unwrap());
-    let link = Link::new(
-        LinkIdentity {
-            collector: id.collector_addr().to_owned(),
-            server_name: "127.0.0.1".into(),
-            cert_pem: id.cert_pem().to_owned(),
-            key_pem: id.key_pem().to_owned(),
-            ca_pem: id.ca_pem().to_owned(),
-        },
-        buffer,
-        LinkConfig::default(),
-    )
-    .with_public_only_switch(Arc::clone(&switch));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(link.run(engine, async {
-        let _ = stop_rx.await;
-    }));
+    let link = r
+        .link("cloud-probe", &id, LinkConfig::default())
+        .with_public_only_switch(Arc::clone(&switch));
+    let running = RunningLink::spawn(link, engine);
     let results = public_results(&r, "edge", "public:eu-cloud", 2).await;
     assert!(switch.load(std::sync::atomic::Ordering::Acquire));
     for res in &results {
@@ -424,6 +306,5 @@ async fn an_agent_enrolled_as_a_public_region_runs_public_monitors_under_the_pub
         assert!(res.message.contains("127.0.0.0/8"), "{}", res.message);
     }
     assert!(target.accept().is_err(), "the target was dialled");
-    let _ = stop_tx.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }

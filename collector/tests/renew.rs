@@ -2,35 +2,19 @@
 //! a fresh key for a new certificate with the same identity, over its mTLS
 //! connection; no certificate, a bad CSR or a revoked agent are refused.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use portwatch_agent::enroll::{EnrollOptions, enroll};
 use portwatch_agent::identity::AgentIdentity;
-use portwatch_agent::join::JoinString;
 use portwatch_collector::ca::agent_id_of;
 use portwatch_collector::config::Config;
-use portwatch_collector::server::{self, Collector};
-use portwatch_collector::token::TokenSpec;
 use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-struct Running {
-    collector: Collector,
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
+mod support;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
+use support::{Running, RunningLink, start_with};
 
 async fn start() -> Running {
     start_with(Config {
@@ -40,55 +24,8 @@ async fn start() -> Running {
     .await
 }
 
-async fn start_with(config: Config) -> Running {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = agent_listener.local_addr().unwrap();
-    let (collector, admin) = server::open(&data, config, addr).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let c = collector.clone();
-    tokio::spawn(async move {
-        server::serve(&data, c, admin, agent_listener, http_listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Running {
-        collector,
-        addr,
-        stop: Some(stop),
-        _dir: dir,
-    }
-}
-
 async fn enrolled(r: &Running, name: &str) -> AgentIdentity {
-    let new = r
-        .collector
-        .tokens
-        .create(
-            TokenSpec {
-                name: name.into(),
-                labels: Default::default(),
-                ttl: None,
-                public_region: None,
-            },
-            SystemTime::now(),
-        )
-        .unwrap();
-    let join = JoinString::new(
-        r.collector.public_agent_addr.clone(),
-        new.record.id.clone(),
-        new.secret(),
-        r.collector.ca.pin(),
-    )
-    .unwrap();
-    let agent_dir = r._dir.path().join(name);
-    enroll(&join, &agent_dir, &EnrollOptions::default())
-        .await
-        .unwrap()
+    r.enroll(name, &[], None).await
 }
 
 async fn channel(r: &Running, id: Option<&AgentIdentity>) -> Channel {
@@ -187,8 +124,7 @@ async fn renewal_needs_a_client_certificate_and_an_unrevoked_agent() {
 /// results keep arriving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_renews_a_short_lived_certificate_mid_stream() {
-    use portwatch_agent::buffer::SledBuffer;
-    use portwatch_agent::link::{Link, LinkConfig, LinkIdentity};
+    use portwatch_agent::link::LinkConfig;
     use portwatch_agent::probe::Engine;
     use portwatch_agent::resolve::Resolver;
     use std::sync::Arc;
@@ -203,7 +139,7 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
     config.agent_cert_lifetime = Duration::from_secs(4);
     let r = start_with(config).await;
     let id = enrolled(&r, "rot-1").await;
-    let agent_dir = r._dir.path().join("rot-1");
+    let agent_dir = r.agent_dir("rot-1");
     let first_serial = r
         .collector
         .agents
@@ -212,28 +148,19 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
         .unwrap()
         .cert_serial;
 
-    let buffer = Arc::new(SledBuffer::open(&agent_dir.join("buffer"), 16 << 20).unwrap());
-    let link = Link::new(
-        LinkIdentity {
-            collector: id.collector_addr().to_owned(),
-            server_name: "127.0.0.1".into(),
-            cert_pem: id.cert_pem().to_owned(),
-            key_pem: id.key_pem().to_owned(),
-            ca_pem: id.ca_pem().to_owned(),
-        },
-        buffer,
+    let link = r.link(
+        "rot-1",
+        &id,
         LinkConfig {
             backoff_base: Duration::from_millis(50),
             ..LinkConfig::default()
         },
-    )
-    .with_rotation(portwatch_agent::cli::persist_into(agent_dir.clone()));
-    let status = link.status();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let engine = Arc::new(Engine::with_resolver(Resolver::literal_only()));
-    let running = tokio::spawn(link.run(engine, async {
-        let _ = stop_rx.await;
-    }));
+    );
+    let running = RunningLink::spawn(
+        link,
+        Arc::new(Engine::with_resolver(Resolver::literal_only())),
+    );
+    let status = running.status.clone();
 
     let renewed = || {
         let now = r
@@ -304,23 +231,20 @@ async fn the_link_renews_a_short_lived_certificate_mid_stream() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stop_tx.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// `agent rotate`: the collector's RotateHint makes a live agent renew at once,
 /// long before its own timer (70-90 % of a 1 h certificate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_hint_renews_a_live_agent_at_once() {
-    use portwatch_agent::buffer::SledBuffer;
-    use portwatch_agent::link::{Link, LinkConfig, LinkIdentity};
+    use portwatch_agent::link::LinkConfig;
     use portwatch_agent::probe::Engine;
     use portwatch_agent::resolve::Resolver;
     use std::sync::Arc;
 
     let r = start().await;
     let id = enrolled(&r, "hinted").await;
-    let agent_dir = r._dir.path().join("hinted");
     let serial = |r: &Running| {
         r.collector
             .agents
@@ -334,25 +258,12 @@ async fn a_rotation_hint_renews_a_live_agent_at_once() {
         !r.collector.ingest.hint_rotation(id.agent_id(), "test"),
         "no stream yet: nothing to hint"
     );
-    let buffer = Arc::new(SledBuffer::open(&agent_dir.join("buffer"), 16 << 20).unwrap());
-    let link = Link::new(
-        LinkIdentity {
-            collector: id.collector_addr().to_owned(),
-            server_name: "127.0.0.1".into(),
-            cert_pem: id.cert_pem().to_owned(),
-            key_pem: id.key_pem().to_owned(),
-            ca_pem: id.ca_pem().to_owned(),
-        },
-        buffer,
-        LinkConfig::default(),
-    )
-    .with_rotation(portwatch_agent::cli::persist_into(agent_dir.clone()));
-    let status = link.status();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let engine = Arc::new(Engine::with_resolver(Resolver::literal_only()));
-    let running = tokio::spawn(link.run(engine, async {
-        let _ = stop_rx.await;
-    }));
+    let link = r.link("hinted", &id, LinkConfig::default());
+    let running = RunningLink::spawn(
+        link,
+        Arc::new(Engine::with_resolver(Resolver::literal_only())),
+    );
+    let status = running.status.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !status.borrow().connected {
         assert!(std::time::Instant::now() < deadline, "never connected");
@@ -367,6 +278,5 @@ async fn a_rotation_hint_renews_a_live_agent_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop_tx.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }

@@ -26,30 +26,8 @@ impl AdminBackend for Arc<Memory> {
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no agent {name:?}")))
     }
-    async fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ApiError> {
-        Ok(self
-            .monitors
-            .monitors()
-            .iter()
-            .map(MonitorInfo::of)
-            .collect())
-    }
-    async fn get_monitor(&self, name: &str) -> Result<MonitorInfo, ApiError> {
-        self.monitors
-            .get(name)
-            .map(|m| MonitorInfo::of(&m))
-            .ok_or_else(|| ApiError::not_found(format!("no monitor is named {name:?}")))
-    }
-    async fn put_monitor(&self, def: RawMonitor) -> Result<(MonitorInfo, bool), ApiError> {
-        let (m, created) = self.monitors.upsert(def)?;
-        Ok((MonitorInfo::of(&m), created))
-    }
-    async fn delete_monitor(&self, name: &str) -> Result<(), ApiError> {
-        self.monitors.delete(name)?;
-        Ok(())
-    }
-    async fn config_status(&self) -> Result<ReloadStatus, ApiError> {
-        Ok(self.monitors.reload_status())
+    fn monitor_registry(&self) -> &crate::monitors::registry::MonitorRegistry {
+        &self.monitors
     }
     async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
         if req.name.is_empty() {
