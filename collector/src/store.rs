@@ -18,7 +18,8 @@
 //!   updated in the ingest transaction: a sample at or below it (same epoch)
 //!   was stored before and is counted as a duplicate. Sources send in seq
 //!   order and resend from their last ack, so this is exact and costs no
-//!   lookup per result.
+//!   lookup per result. A higher epoch resets the watermark; samples of a
+//!   lower one (an old stream still draining) are counted as duplicates.
 //! - **Rollups**: one per (monitor, location, UTC minute): checks, failures
 //!   (down), degraded, and per phase count/min/avg/p95/max. Ingest marks the
 //!   minute dirty; [`Store::roll_up`] recomputes dirty minutes from the raw
@@ -45,13 +46,20 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `raw_YYYYMMDD` | monitor, location, ts, seq | `CheckResult` (protobuf, monitor id stripped) |
-//! | `rollup_YYYYMMDD` | monitor, location, minute | [`Rollup`] (fixed binary) |
+//! | `rollup_YYYYMMDD` | monitor, location, minute | [`Rollup`] (varints, present phases only) |
 //! | `dirty` | minute, monitor, location | - |
 //! | `latest` | monitor, location | ts, seq, `CheckResult` |
 //! | `watermarks` | source | (epoch, high seq) |
 //! | `gaps` | source, epoch, from seq | to seq, count, times, location |
 //! | `events` | (ts, id) | JSON `{kind, subject, body}` |
 //! | `meta` | name | u64 (the next event id) |
+//!
+//! ## Costs (`benches/store.rs`, 10,000 monitors x 2 locations x 120 results)
+//! Keys are series-major so reads are range scans (a 1 h range ~80 us, 24 h
+//! of rollups ~40 us, `latest` ~4 us). The price is on writes: a batch that
+//! spans 1,000 series dirties ~1,000 B-tree leaves, so interleaved ingest
+//! runs at ~30,000 results/s in durable batches of 1,000 (one series: ~400,000/s).
+//! Raw results take ~190 bytes each on disk, rollups ~85.
 
 use std::time::Duration;
 
