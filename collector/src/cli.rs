@@ -63,7 +63,24 @@ pub enum Command {
         /// How many of the newest results
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only this location (agent:<name> or public:<region>)
+        #[arg(long)]
+        location: Option<String>,
+        /// Only results from this long ago until now, e.g. 1h
+        #[arg(long, value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        since: Option<std::time::Duration>,
         /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log: every admin action and config reload
+    Audit {
+        #[command(flatten)]
+        target: Target,
+        /// How far back, e.g. 24h (default: everything)
+        #[arg(long, value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        since: Option<std::time::Duration>,
+        /// Print JSON instead of lines
         #[arg(long)]
         json: bool,
     },
@@ -400,16 +417,57 @@ pub fn run_admin(command: &Command) -> i32 {
             }
             Ok(())
         })(),
+        Command::Audit {
+            target,
+            since,
+            json,
+        } => (|| {
+            let events = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .events(&crate::http::EventsQuery {
+                    kind: Some("audit".into()),
+                    from: since.map(since_ms),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&events).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            for e in events {
+                println!(
+                    "{}  {:<16} {:<28} {}",
+                    fmt_ms(e.at_unix_ms),
+                    e.body["action"].as_str().unwrap_or("?"),
+                    e.subject,
+                    e.body["detail"]
+                );
+            }
+            Ok(())
+        })(),
         Command::Results {
             target,
             monitor,
             limit,
+            location,
+            since,
             json,
         } => (|| {
             let results = target
                 .client()
                 .map_err(|e| (EXIT_FAILURE, e))?
-                .results(monitor, *limit)
+                .results(&crate::http::ResultsQuery {
+                    monitor: monitor.clone(),
+                    location: location.clone(),
+                    from: since.map(since_ms),
+                    to: None,
+                    limit: *limit,
+                })
                 .map_err(api_failure)?;
             if *json {
                 println!(
@@ -630,6 +688,14 @@ fn run_monitors(cmd: &MonitorsCommand) -> Result<(), (i32, String)> {
             Ok(())
         }
     }
+}
+
+/// Unix ms `d` ago.
+fn since_ms(d: std::time::Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.saturating_sub(d).as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin::{ADMIN_TOKEN_FILE, AdminToken, Discovery};
-use crate::http::{AgentInfo, CreateToken, CreatedToken, MonitorInfo, ResultInfo, TokenInfo};
+use crate::http::{
+    AgentInfo, CreateToken, CreatedToken, EventInfo, EventsQuery, MonitorInfo, ResultInfo,
+    ResultsQuery, TokenInfo,
+};
 use crate::monitors::RawMonitor;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +99,31 @@ impl AdminClient {
         )
     }
 
-    pub fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ClientError> {
-        let path = format!(
-            "/api/v1/results?monitor={}&limit={limit}",
-            path_segment(monitor_id)
+    pub fn results(&self, q: &ResultsQuery) -> Result<Vec<ResultInfo>, ClientError> {
+        let mut path = format!(
+            "/api/v1/results?monitor={}&limit={}",
+            path_segment(&q.monitor),
+            q.limit
         );
+        if let Some(l) = &q.location {
+            path.push_str(&format!("&location={}", path_segment(l)));
+        }
+        for (k, v) in [("from", q.from), ("to", q.to)] {
+            if let Some(v) = v {
+                path.push_str(&format!("&{k}={v}"));
+            }
+        }
+        self.call::<(), _>("GET", &path, None)
+    }
+
+    pub fn events(&self, q: &EventsQuery) -> Result<Vec<EventInfo>, ClientError> {
+        let mut path = format!("/api/v1/events?limit={}", q.limit);
+        if let Some(k) = &q.kind {
+            path.push_str(&format!("&kind={}", path_segment(k)));
+        }
+        if let Some(v) = q.from {
+            path.push_str(&format!("&from={v}"));
+        }
         self.call::<(), _>("GET", &path, None)
     }
 

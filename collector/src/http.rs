@@ -149,13 +149,81 @@ pub struct ResultInfo {
     pub total_us: u64,
 }
 
-/// `GET /api/v1/results?monitor=ID&limit=N`
-#[derive(Debug, Clone, Deserialize)]
+/// `GET /api/v1/results?monitor=ID[&location=L][&from=MS][&to=MS][&limit=N]`:
+/// the newest `limit` results in `[from, to)` (unix ms), returned oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {
     pub monitor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
     #[serde(default = "default_limit")]
     pub limit: usize,
+}
+
+/// `GET /api/v1/rollups?monitor=ID&location=L[&from=MS][&to=MS]`: one-minute
+/// rollups, oldest first (at most 10,080: a week of minutes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupsQuery {
+    pub monitor: String,
+    pub location: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+}
+
+/// One phase over one minute, in microseconds (absent phases: count 0).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PhaseInfo {
+    pub count: u32,
+    pub min_us: u64,
+    pub avg_us: Option<f64>,
+    pub p95_us: u64,
+    pub max_us: u64,
+}
+
+/// One monitor at one location over one minute.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollupInfo {
+    pub minute_start_unix_ms: i64,
+    pub checks: u32,
+    pub failures: u32,
+    pub degraded: u32,
+    pub dns: PhaseInfo,
+    pub connect: PhaseInfo,
+    pub tls: PhaseInfo,
+    pub first_byte: PhaseInfo,
+    pub total: PhaseInfo,
+}
+
+/// `GET /api/v1/events?[kind=K][&from=MS][&to=MS][&limit=N]`: the audit log
+/// (and, later, incidents), oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventInfo {
+    pub id: u64,
+    pub at_unix_ms: i64,
+    pub kind: String,
+    pub subject: String,
+    pub body: serde_json::Value,
 }
 
 fn default_limit() -> usize {
@@ -203,12 +271,22 @@ pub trait AdminBackend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
     /// The live monitor set: the monitor endpoints work on it directly.
     fn monitor_registry(&self) -> &MonitorRegistry;
-    /// The newest `limit` results of a monitor, oldest first.
+    /// The newest `q.limit` results of a monitor in the range, oldest first.
     fn results(
         &self,
-        monitor_id: &str,
-        limit: usize,
+        q: &ResultsQuery,
     ) -> impl Future<Output = Result<Vec<ResultInfo>, ApiError>> + Send;
+    fn rollups(
+        &self,
+        q: &RollupsQuery,
+    ) -> impl Future<Output = Result<Vec<RollupInfo>, ApiError>> + Send;
+    fn events(
+        &self,
+        q: &EventsQuery,
+    ) -> impl Future<Output = Result<Vec<EventInfo>, ApiError>> + Send;
+    /// Records an admin action in the audit log. Never fails the action: a
+    /// failure to record is logged by the backend.
+    fn audit(&self, action: &str, subject: &str, detail: serde_json::Value);
 }
 
 struct Api<B> {
@@ -237,6 +315,8 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
                 .delete(delete_monitor::<B>),
         )
         .route("/api/v1/config/status", get(config_status::<B>))
+        .route("/api/v1/rollups", get(rollups::<B>))
+        .route("/api/v1/events", get(events::<B>))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -272,10 +352,13 @@ async fn create_token<B: AdminBackend>(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     authorize(&api, &headers)?;
     let req = json_body(body)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(api.backend.create_token(req).await?),
-    ))
+    let created = api.backend.create_token(req).await?;
+    api.backend.audit(
+        "token.create",
+        &created.name,
+        serde_json::json!({ "token_id": created.token_id, "expires_at_unix_ms": created.expires_at_unix_ms }),
+    );
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 async fn list_tokens<B: AdminBackend>(
@@ -293,6 +376,8 @@ async fn delete_token<B: AdminBackend>(
 ) -> Result<StatusCode, ApiError> {
     authorize(&api, &headers)?;
     api.backend.delete_token(&id).await?;
+    api.backend
+        .audit("token.delete", &id, serde_json::json!({ "token_id": id }));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -310,7 +395,13 @@ async fn revoke_agent<B: AdminBackend>(
     Path(name): Path<String>,
 ) -> Result<Json<AgentInfo>, ApiError> {
     authorize(&api, &headers)?;
-    Ok(Json(api.backend.revoke_agent(&name).await?))
+    let a = api.backend.revoke_agent(&name).await?;
+    api.backend.audit(
+        "agent.revoke",
+        &a.name,
+        serde_json::json!({ "agent_id": a.id }),
+    );
+    Ok(Json(a))
 }
 
 async fn rotate_agent<B: AdminBackend>(
@@ -319,7 +410,13 @@ async fn rotate_agent<B: AdminBackend>(
     Path(name): Path<String>,
 ) -> Result<Json<AgentInfo>, ApiError> {
     authorize(&api, &headers)?;
-    Ok(Json(api.backend.rotate_agent(&name).await?))
+    let a = api.backend.rotate_agent(&name).await?;
+    api.backend.audit(
+        "agent.rotate",
+        &a.name,
+        serde_json::json!({ "agent_id": a.id }),
+    );
+    Ok(Json(a))
 }
 
 async fn results<B: AdminBackend>(
@@ -332,7 +429,30 @@ async fn results<B: AdminBackend>(
     if q.limit == 0 || q.limit > 10_000 {
         return Err(ApiError::bad_request("limit: must be 1-10000"));
     }
-    Ok(Json(api.backend.results(&q.monitor, q.limit).await?))
+    Ok(Json(api.backend.results(&q).await?))
+}
+
+async fn rollups<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<RollupsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<RollupInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(api.backend.rollups(&q).await?))
+}
+
+async fn events<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<EventInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if q.limit == 0 || q.limit > 10_000 {
+        return Err(ApiError::bad_request("limit: must be 1-10000"));
+    }
+    Ok(Json(api.backend.events(&q).await?))
 }
 
 async fn list_monitors<B: AdminBackend>(
@@ -389,6 +509,15 @@ async fn put_monitor<B: AdminBackend>(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     tracing::info!(monitor = %m.name, created, "monitor saved through the api");
+    api.backend.audit(
+        if created {
+            "monitor.create"
+        } else {
+            "monitor.replace"
+        },
+        &m.name,
+        serde_json::to_value(&m.raw).unwrap_or_default(),
+    );
     let info = MonitorInfo::of(&m);
     let status = if created {
         StatusCode::CREATED
@@ -410,6 +539,8 @@ async fn delete_monitor<B: AdminBackend>(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     tracing::info!(monitor = %name, "monitor deleted through the api");
+    api.backend
+        .audit("monitor.delete", &name, serde_json::Value::Null);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -21,13 +21,16 @@ use crate::ca::Ca;
 use crate::config::Config;
 use crate::enroll::{EnrollConfig, EnrollService, server_tls};
 use crate::http::{
-    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, ResultInfo, TokenInfo, router,
+    AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, EventInfo, EventsQuery,
+    PhaseInfo, ResultInfo, ResultsQuery, RollupInfo, RollupsQuery, TokenInfo, router,
 };
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
 use crate::monitors::registry::MonitorRegistry;
 use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
-use crate::store::{RedbStore, ResultQuery, Store, StoreConfig, StoreError};
+use crate::store::{
+    Event, EventQuery, RedbStore, ResultQuery, RollupQuery, Store, StoreConfig, StoreError,
+};
 use crate::token::{TokenSpec, TokenStore};
 use portwatch_agent::resolve::Resolver;
 
@@ -228,6 +231,7 @@ pub async fn serve(
         tokio::spawn(watch_config(
             path,
             collector.monitors.clone(),
+            collector.results.clone(),
             hup,
             stop_rx.clone(),
         ));
@@ -402,6 +406,7 @@ impl Assignments for RegistryAssignments {
 async fn watch_config(
     path: PathBuf,
     monitors: MonitorRegistry,
+    store: Arc<dyn Store>,
     mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -423,12 +428,13 @@ async fn watch_config(
             tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
             continue;
         };
-        reload_monitors(&path, &text, &monitors);
+        reload_monitors(&path, &text, &monitors, &*store);
     }
 }
 
-/// Applies a new version of the config file to the live monitors.
-pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry) {
+/// Applies a new version of the config file to the live monitors, and
+/// records the outcome in the audit log.
+pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry, store: &dyn Store) {
     let origin = path.display().to_string();
     let parsed = match Config::parse(text, &origin) {
         Ok(c) => c,
@@ -437,6 +443,12 @@ pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry) {
                 tracing::error!(problem = %line, "config file rejected: keeping the current monitors");
             }
             monitors.reload_failed(&origin, e.to_string());
+            audit(
+                store,
+                "config.reject",
+                &origin,
+                serde_json::json!({ "problems": e.to_string().lines().collect::<Vec<_>>() }),
+            );
             return;
         }
     };
@@ -444,17 +456,35 @@ pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry) {
         Ok(change) if change.is_empty() => {
             tracing::info!(file = %origin, "config file reloaded: monitors unchanged");
         }
-        Ok(change) => tracing::info!(
-            file = %origin,
-            added = ?change.added,
-            changed = ?change.changed,
-            removed = ?change.removed,
-            "config file reloaded: monitors updated"
-        ),
+        Ok(change) => {
+            tracing::info!(
+                file = %origin,
+                added = ?change.added,
+                changed = ?change.changed,
+                removed = ?change.removed,
+                "config file reloaded: monitors updated"
+            );
+            audit(
+                store,
+                "config.apply",
+                &origin,
+                serde_json::json!({
+                    "added": change.added,
+                    "changed": change.changed,
+                    "removed": change.removed,
+                }),
+            );
+        }
         Err(problems) => {
             for p in &problems.0 {
                 tracing::error!(problem = %p, "config file rejected: keeping the current monitors");
             }
+            audit(
+                store,
+                "config.reject",
+                &origin,
+                serde_json::json!({ "problems": problems.0.iter().map(|p| p.to_string()).collect::<Vec<_>>() }),
+            );
         }
     }
 }
@@ -553,8 +583,79 @@ impl AdminBackend for Backend {
         &self.0.monitors
     }
 
-    async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {
-        results_info(&self.0, monitor_id, limit)
+    async fn results(&self, q: &ResultsQuery) -> Result<Vec<ResultInfo>, ApiError> {
+        results_info(&self.0, q)
+    }
+
+    async fn rollups(&self, q: &RollupsQuery) -> Result<Vec<RollupInfo>, ApiError> {
+        let now = unix_ms(SystemTime::now());
+        let to = q.to.unwrap_or(now);
+        // A week of minutes at most per query.
+        let from = q
+            .from
+            .unwrap_or(to - 24 * 3_600_000)
+            .max(to - 7 * 24 * 3_600_000);
+        let rollups = self
+            .0
+            .results
+            .rollups(&RollupQuery {
+                monitor_id: q.monitor.clone(),
+                location: q.location.clone(),
+                from_ms: from,
+                to_ms: to,
+            })
+            .map_err(internal)?;
+        let phase = |p: &crate::store::PhaseStats| PhaseInfo {
+            count: p.count,
+            min_us: p.min_us,
+            avg_us: p.avg_us(),
+            p95_us: p.p95_us,
+            max_us: p.max_us,
+        };
+        Ok(rollups
+            .iter()
+            .map(|r| {
+                let [dns, connect, tls, first_byte, total] = &r.phases;
+                RollupInfo {
+                    minute_start_unix_ms: r.minute_start_ms,
+                    checks: r.checks,
+                    failures: r.failures,
+                    degraded: r.degraded,
+                    dns: phase(dns),
+                    connect: phase(connect),
+                    tls: phase(tls),
+                    first_byte: phase(first_byte),
+                    total: phase(total),
+                }
+            })
+            .collect())
+    }
+
+    async fn events(&self, q: &EventsQuery) -> Result<Vec<EventInfo>, ApiError> {
+        let events = self
+            .0
+            .results
+            .events(&EventQuery {
+                from_ms: q.from.unwrap_or(i64::MIN),
+                to_ms: q.to.unwrap_or(i64::MAX),
+                kind: q.kind.clone(),
+                limit: q.limit,
+            })
+            .map_err(internal)?;
+        Ok(events
+            .into_iter()
+            .map(|(id, e)| EventInfo {
+                id,
+                at_unix_ms: e.ts_ms,
+                kind: e.kind,
+                subject: e.subject,
+                body: serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body)),
+            })
+            .collect())
+    }
+
+    fn audit(&self, action: &str, subject: &str, detail: serde_json::Value) {
+        audit(&*self.0.results, action, subject, detail);
     }
 
     async fn rotate_agent(&self, name_or_id: &str) -> Result<AgentInfo, ApiError> {
@@ -622,15 +723,15 @@ fn agent_info(c: &Collector, a: crate::agents::AgentRecord) -> AgentInfo {
     }
 }
 
-fn results_info(
-    c: &Collector,
-    monitor_id: &str,
-    limit: usize,
-) -> Result<Vec<ResultInfo>, ApiError> {
-    let mut newest = c
-        .results
-        .results(&ResultQuery::monitor(monitor_id).newest_first().limit(limit))
-        .map_err(internal)?;
+fn results_info(c: &Collector, q: &ResultsQuery) -> Result<Vec<ResultInfo>, ApiError> {
+    let mut query = ResultQuery::monitor(&q.monitor)
+        .range(q.from.unwrap_or(i64::MIN), q.to.unwrap_or(i64::MAX))
+        .newest_first()
+        .limit(q.limit);
+    if let Some(l) = &q.location {
+        query = query.location(l);
+    }
+    let mut newest = c.results.results(&query).map_err(internal)?;
     newest.reverse();
     Ok(newest
         .into_iter()
@@ -665,4 +766,18 @@ fn results_info(
             }
         })
         .collect())
+}
+
+/// Appends an audit event (`kind` "audit", body `{"action", "detail"}`).
+/// The action already happened: a failure to record it is logged, not returned.
+pub fn audit(store: &dyn Store, action: &str, subject: &str, detail: serde_json::Value) {
+    let event = Event {
+        ts_ms: unix_ms(SystemTime::now()),
+        kind: "audit".into(),
+        subject: subject.to_owned(),
+        body: serde_json::json!({ "action": action, "detail": detail }).to_string(),
+    };
+    if let Err(e) = store.append_event(&event) {
+        tracing::error!(action, subject, error = %e, "recording an audit event failed");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use portwatch_agent::identity::AgentIdentity;
 use portwatch_collector::monitors::RawMonitor;
-use portwatch_collector::store::{ResultQuery, StoredResult};
+use portwatch_collector::store::{EventQuery, ResultQuery, StoredResult};
 use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
 use tokio::sync::mpsc;
@@ -146,6 +146,31 @@ async fn changes_reach_only_the_agents_they_select() {
         r.collector.monitors.get("fra-redis").unwrap().interval(),
         Duration::from_secs(10),
         "the last good set keeps running"
+    );
+    // Both reloads are in the audit log: what changed, what was refused and why.
+    let audit = r
+        .collector
+        .results
+        .events(&EventQuery {
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            kind: Some("audit".into()),
+            limit: 100,
+        })
+        .unwrap();
+    let actions: Vec<serde_json::Value> = audit
+        .iter()
+        .map(|(_, e)| serde_json::from_str(&e.body).unwrap())
+        .collect();
+    assert_eq!(actions[0]["action"], "config.apply", "{actions:?}");
+    assert_eq!(actions[0]["detail"]["changed"][0], "fra-redis");
+    assert_eq!(actions[1]["action"], "config.reject", "{actions:?}");
+    assert!(
+        actions[1]["detail"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("monitors[2] (\"bad\").target"),
+        "{actions:?}"
     );
 
     // An API monitor for ams and the public location: ams only.

@@ -12,6 +12,8 @@ use crate::client::{AdminClient, ClientError};
 struct Memory {
     tokens: Mutex<Vec<TokenInfo>>,
     agents: Mutex<Vec<AgentInfo>>,
+    /// What the handlers asked to audit: (action, subject).
+    audited: Mutex<Vec<(String, String)>>,
     /// The real registry, in memory: the API maps its answers and errors.
     monitors: crate::monitors::registry::MonitorRegistry,
 }
@@ -65,10 +67,39 @@ impl AdminBackend for Arc<Memory> {
     async fn list_agents(&self) -> Result<Vec<AgentInfo>, ApiError> {
         Ok(self.agents.lock().unwrap().clone())
     }
-    async fn results(&self, monitor_id: &str, limit: usize) -> Result<Vec<ResultInfo>, ApiError> {
+    async fn rollups(&self, _q: &RollupsQuery) -> Result<Vec<RollupInfo>, ApiError> {
+        Ok(Vec::new())
+    }
+    async fn events(&self, q: &EventsQuery) -> Result<Vec<EventInfo>, ApiError> {
+        let audited = self.audited.lock().unwrap();
+        Ok(audited
+            .iter()
+            .enumerate()
+            .filter(|_| q.kind.as_deref().is_none_or(|k| k == "audit"))
+            .map(|(i, (action, subject))| EventInfo {
+                id: i as u64,
+                at_unix_ms: 0,
+                kind: "audit".into(),
+                subject: subject.clone(),
+                body: serde_json::json!({ "action": action }),
+            })
+            .take(q.limit)
+            .collect())
+    }
+    fn audit(&self, action: &str, subject: &str, _detail: serde_json::Value) {
+        self.audited
+            .lock()
+            .unwrap()
+            .push((action.to_owned(), subject.to_owned()));
+    }
+    async fn results(&self, q: &ResultsQuery) -> Result<Vec<ResultInfo>, ApiError> {
+        let (monitor_id, limit) = (&q.monitor, q.limit);
         let r = ResultInfo {
             monitor_id: monitor_id.to_owned(),
-            location: "agent:bastion-1".into(),
+            location: q
+                .location
+                .clone()
+                .unwrap_or_else(|| "agent:bastion-1".into()),
             seq: 1,
             scheduled_at_unix_ms: 1,
             status: "up".into(),
@@ -139,13 +170,43 @@ async fn the_cli_client_creates_lists_and_revokes() {
             "{err}"
         );
         assert!(c.revoke_agent("bastion-1").unwrap().revoked);
-        let r = c.results("pg main", 2).unwrap();
+        // Every admin action lands in the audit log, in order.
+        let audit = c
+            .events(&EventsQuery {
+                kind: Some("audit".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let actions: Vec<&str> = audit
+            .iter()
+            .map(|e| e.body["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["token.create", "token.delete", "agent.revoke"]);
+        let q = |m: &str, limit| ResultsQuery {
+            monitor: m.into(),
+            limit,
+            ..Default::default()
+        };
+        let r = c.results(&q("pg main", 2)).unwrap();
         assert_eq!(
             (r.len(), r[0].monitor_id.as_str()),
             (2, "pg main"),
             "query string encoded and decoded"
         );
-        let err = c.results("pg", 0).unwrap_err().to_string();
+        let by_location = c
+            .results(&ResultsQuery {
+                location: Some("public:eu west".into()),
+                from: Some(5),
+                to: Some(9),
+                ..q("pg", 1)
+            })
+            .unwrap();
+        assert_eq!(
+            by_location[0].location, "public:eu west",
+            "location encoded"
+        );
+        let err = c.results(&q("pg", 0)).unwrap_err().to_string();
         assert!(err.contains("limit"), "{err}");
         let err = c
             .create_token(&CreateToken::default())
