@@ -337,6 +337,22 @@ fn authorize<B>(api: &Api<B>, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+type QueryParams<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// Turns axum's query-string rejections into our error body.
+fn query_params<T>(query: QueryParams<T>) -> Result<T, ApiError> {
+    query
+        .map(|axum::extract::Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn check_limit(limit: usize) -> Result<(), ApiError> {
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit: must be 1-10000"));
+    }
+    Ok(())
+}
+
 /// Turns axum's JSON rejections into our error body.
 fn json_body<T>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
@@ -422,36 +438,32 @@ async fn rotate_agent<B: AdminBackend>(
 async fn results<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
-    query: Result<axum::extract::Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
+    query: QueryParams<ResultsQuery>,
 ) -> Result<Json<Vec<ResultInfo>>, ApiError> {
     authorize(&api, &headers)?;
-    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if q.limit == 0 || q.limit > 10_000 {
-        return Err(ApiError::bad_request("limit: must be 1-10000"));
-    }
+    let q = query_params(query)?;
+    check_limit(q.limit)?;
     Ok(Json(api.backend.results(&q).await?))
 }
 
 async fn rollups<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
-    query: Result<axum::extract::Query<RollupsQuery>, axum::extract::rejection::QueryRejection>,
+    query: QueryParams<RollupsQuery>,
 ) -> Result<Json<Vec<RollupInfo>>, ApiError> {
     authorize(&api, &headers)?;
-    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = query_params(query)?;
     Ok(Json(api.backend.rollups(&q).await?))
 }
 
 async fn events<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
-    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    query: QueryParams<EventsQuery>,
 ) -> Result<Json<Vec<EventInfo>>, ApiError> {
     authorize(&api, &headers)?;
-    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if q.limit == 0 || q.limit > 10_000 {
-        return Err(ApiError::bad_request("limit: must be 1-10000"));
-    }
+    let q = query_params(query)?;
+    check_limit(q.limit)?;
     Ok(Json(api.backend.events(&q).await?))
 }
 
