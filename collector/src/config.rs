@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::monitors::{Located, Monitor, Origin, Problems, RawMonitor, validate_all};
+use crate::monitors::{Located, Monitor, Origin, Parents, Problems, RawMonitor, validate_all};
 
 /// Default address agents connect to.
 pub const DEFAULT_AGENT_ADDR: &str = "0.0.0.0:7443";
@@ -222,8 +222,14 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
             }
         })
         .collect();
-    let monitors =
-        validate_all(&monitor_sources, origin, Origin::File, &[]).map_err(ConfigError::Monitors)?;
+    let monitors = validate_all(
+        &monitor_sources,
+        origin,
+        Origin::File,
+        &[],
+        Parents::MayBeElsewhere,
+    )
+    .map_err(ConfigError::Monitors)?;
     Ok(Config {
         agent_addr,
         http_addr,

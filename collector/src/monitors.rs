@@ -635,6 +635,15 @@ fn alert_policy(raw: Option<&RawAlert>, bad: &mut impl FnMut(&str, String)) -> A
     p
 }
 
+/// Whether a `depends_on` naming no known monitor is a problem. A config file
+/// checked on its own (at load, or `monitors check`) may depend on monitors
+/// defined through the API, which only the running registry knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parents {
+    MustExist,
+    MayBeElsewhere,
+}
+
 /// Checks every monitor and the relations between them (unique names,
 /// `depends_on` naming an existing monitor, no dependency cycle). `others`
 /// are monitors already in place from elsewhere (the API's when checking the
@@ -645,6 +654,7 @@ pub fn validate_all(
     origin: &str,
     kind: Origin,
     others: &[Monitor],
+    parents: Parents,
 ) -> Result<Vec<Monitor>, Problems> {
     let mut problems = Vec::new();
     let mut out = Vec::new();
@@ -691,7 +701,7 @@ pub fn validate_all(
         let at = format!("{} ({:?}).depends_on", m.path, m.raw.name);
         if !all.contains_key(parent) {
             // A parent that is defined but invalid has its own problems listed.
-            if !raws.iter().any(|r| r.raw.name == parent) {
+            if parents == Parents::MustExist && !raws.iter().any(|r| r.raw.name == parent) {
                 problems.push(Problem {
                     origin: origin.to_owned(),
                     line: m.line,

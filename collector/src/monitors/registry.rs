@@ -18,7 +18,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Located, Monitor, Origin, Problems, RawMonitor, validate_all};
+use super::{Located, Monitor, Origin, Parents, Problem, Problems, RawMonitor, validate_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -161,8 +161,14 @@ impl MonitorRegistry {
                             path: format!("monitors[{i}]"),
                         })
                         .collect();
-                    api = validate_all(&located, &path.display().to_string(), Origin::Api, &file)
-                        .map_err(RegistryError::Invalid)?;
+                    api = validate_all(
+                        &located,
+                        &path.display().to_string(),
+                        Origin::Api,
+                        &file,
+                        Parents::MustExist,
+                    )
+                    .map_err(RegistryError::Invalid)?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -172,6 +178,24 @@ impl MonitorRegistry {
                     });
                 }
             }
+        }
+        // The file was checked on its own: its parents may be API monitors.
+        let known: std::collections::HashSet<&str> =
+            file.iter().chain(&api).map(|m| m.name.as_str()).collect();
+        let orphans: Vec<Problem> = file
+            .iter()
+            .filter_map(|m| {
+                let parent = m.depends_on.as_deref()?;
+                (!known.contains(parent)).then(|| Problem {
+                    origin: "config file".into(),
+                    line: None,
+                    field: format!("monitor {:?}.depends_on", m.name),
+                    why: format!("no monitor is named {parent:?}"),
+                })
+            })
+            .collect();
+        if !orphans.is_empty() {
+            return Err(RegistryError::Invalid(Problems(orphans)));
         }
         let (changes, _) = watch::channel(1);
         Ok(MonitorRegistry {
@@ -255,7 +279,13 @@ impl MonitorRegistry {
     /// reload status).
     pub fn replace_file(&self, located: &[Located], origin: &str) -> Result<Change, Problems> {
         let mut inner = self.lock();
-        let checked = validate_all(located, origin, Origin::File, &inner.api);
+        let checked = validate_all(
+            located,
+            origin,
+            Origin::File,
+            &inner.api,
+            Parents::MustExist,
+        );
         let now = Some(SystemTime::now());
         match checked {
             Ok(new) => {
@@ -319,8 +349,8 @@ impl MonitorRegistry {
             line: None,
             path: "monitor".into(),
         }];
-        let mut checked =
-            validate_all(&located, "api", Origin::Api, &others).map_err(RegistryError::Invalid)?;
+        let mut checked = validate_all(&located, "api", Origin::Api, &others, Parents::MustExist)
+            .map_err(RegistryError::Invalid)?;
         let monitor = checked.remove(0);
         let mut api: Vec<Monitor> = inner
             .api

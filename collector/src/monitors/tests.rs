@@ -22,7 +22,7 @@ fn parse(text: &str) -> Result<Vec<Monitor>, Problems> {
             path: format!("monitors[{i}]"),
         })
         .collect();
-    validate_all(&located, "m.toml", Origin::File, &[])
+    validate_all(&located, "m.toml", Origin::File, &[], Parents::MustExist)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -344,4 +344,31 @@ fn an_agent_in_a_public_region_runs_that_regions_monitors_and_is_told_so() {
     let private = reg.assignment_for("bastion", &labels(&[("site", "fra")]), None);
     assert!(!private.public_only);
     assert_eq!(private.monitors.len(), 1);
+}
+
+#[test]
+fn a_file_monitor_may_depend_on_an_api_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("monitors.json");
+    let reg = MonitorRegistry::open(Vec::new(), Some(&path)).unwrap();
+    reg.upsert(raw("host-ping", &["site=fra"])).unwrap();
+    // The file alone passes (its parent may be elsewhere) ...
+    let text = "[[monitors]]\nname = \"db\"\ntarget = \"tcp://h:5432\"\nlocations = [\"site=fra\"]\ndepends_on = \"host-ping\"\n";
+    let config = crate::config::Config::parse(text, "c.toml").unwrap();
+    // ... and the registry, which knows the API's monitors, accepts it live and at start.
+    reg.replace_file(&config.monitor_sources, "c.toml").unwrap();
+    MonitorRegistry::open(config.monitors.clone(), Some(&path)).unwrap();
+    // Without that parent anywhere, both refuse it.
+    let bare = MonitorRegistry::open(Vec::new(), None).unwrap();
+    assert!(
+        bare.replace_file(&config.monitor_sources, "c.toml")
+            .is_err()
+    );
+    let e = MonitorRegistry::open(config.monitors, None)
+        .err()
+        .expect("an orphan dependency is refused at start");
+    assert!(
+        e.to_string().contains("no monitor is named \"host-ping\""),
+        "{e}"
+    );
 }
