@@ -4,7 +4,6 @@
 //! result whose append returned survives a crash.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -172,24 +171,15 @@ fn crash_child() {
 
 #[test]
 fn kill_dash_nine_never_loses_an_appended_result() {
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rng();
     let mut total_checked = 0usize;
     for iteration in 0..20 {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "buffer::tests::crash_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("PW_BUFFER_CRASH_DIR", dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = portwatch_harness::spawn_test_child(
+            "buffer::tests::crash_child",
+            "PW_BUFFER_CRASH_DIR",
+            dir.path(),
+        );
         let stdout = child.stdout.take().unwrap();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {

@@ -2,7 +2,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -830,23 +829,14 @@ fn crash_child() {
 
 #[test]
 fn kill_dash_nine_after_ingest_returned_loses_no_acked_batch() {
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rng();
     for iteration in 0..8 {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "store::tests::crash_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("PW_STORE_CRASH_DIR", dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = portwatch_harness::spawn_test_child(
+            "store::tests::crash_child",
+            "PW_STORE_CRASH_DIR",
+            dir.path(),
+        );
         let stdout = child.stdout.take().unwrap();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {

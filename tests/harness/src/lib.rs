@@ -402,6 +402,21 @@ pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
     s
 }
 
+/// Runs the current test binary again as a child that runs only the test
+/// `test` (one that does its work only when `env` is set) with `env` set to
+/// `dir`, its stdout piped for the parent to follow. For crash tests: the
+/// parent reads what the child reports and kills it at a point of its choice.
+pub fn spawn_test_child(test: &str, env: &str, dir: &Path) -> std::process::Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(env, dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the test binary as a child")
+}
+
 /// The path of a binary this workspace builds (`portwatch-agent`...), next to the
 /// running test executable in the target directory. `cargo test --workspace`
 /// builds every binary before the tests run.
