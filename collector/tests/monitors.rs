@@ -15,7 +15,6 @@ use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 mod support;
 
@@ -29,17 +28,7 @@ struct Listener {
 
 impl Listener {
     async fn open(r: &Running, id: &AgentIdentity) -> Listener {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(r.collector.ca.cert_pem()))
-            .domain_name("127.0.0.1")
-            .identity(Identity::from_pem(id.cert_pem(), id.key_pem()));
-        let channel = Endpoint::from_shared(format!("https://{}", r.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = r.channel(Some(id)).await;
         let (tx, rx) = mpsc::channel(8);
         tx.send(pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Hello(pb::Hello {

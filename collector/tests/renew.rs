@@ -10,7 +10,6 @@ use portwatch_collector::config::Config;
 use portwatch_proto::v1 as pb;
 use portwatch_proto::v1::agent_link_client::AgentLinkClient;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 mod support;
 
@@ -28,22 +27,6 @@ async fn enrolled(r: &Running, name: &str) -> AgentIdentity {
     r.enroll(name, &[], None).await
 }
 
-async fn channel(r: &Running, id: Option<&AgentIdentity>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(r.collector.ca.cert_pem()))
-        .domain_name("127.0.0.1");
-    if let Some(id) = id {
-        tls = tls.identity(Identity::from_pem(id.cert_pem(), id.key_pem()));
-    }
-    Endpoint::from_shared(format!("https://{}", r.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 fn csr() -> Vec<u8> {
     let key = rcgen::KeyPair::generate().unwrap();
     rcgen::CertificateParams::new(vec!["someone-else".to_owned()])
@@ -59,7 +42,7 @@ async fn an_enrolled_agent_renews_with_a_fresh_key_and_keeps_its_identity() {
     let r = start().await;
     let id = enrolled(&r, "bastion-1").await;
     let before = r.collector.agents.get(id.agent_id()).unwrap().unwrap();
-    let mut client = AgentLinkClient::new(channel(&r, Some(&id)).await);
+    let mut client = AgentLinkClient::new(r.channel(Some(&id)).await);
     let resp = client
         .renew(pb::RenewRequest { csr_der: csr() })
         .await
@@ -101,7 +84,7 @@ async fn an_enrolled_agent_renews_with_a_fresh_key_and_keeps_its_identity() {
 async fn renewal_needs_a_client_certificate_and_an_unrevoked_agent() {
     let r = start().await;
     let id = enrolled(&r, "bastion-2").await;
-    let err = AgentLinkClient::new(channel(&r, None).await)
+    let err = AgentLinkClient::new(r.channel(None).await)
         .renew(pb::RenewRequest { csr_der: csr() })
         .await
         .unwrap_err();
@@ -110,7 +93,7 @@ async fn renewal_needs_a_client_certificate_and_an_unrevoked_agent() {
         .agents
         .revoke("bastion-2", SystemTime::now())
         .unwrap();
-    let err = AgentLinkClient::new(channel(&r, Some(&id)).await)
+    let err = AgentLinkClient::new(r.channel(Some(&id)).await)
         .renew(pb::RenewRequest { csr_der: csr() })
         .await
         .unwrap_err();

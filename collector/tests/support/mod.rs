@@ -21,6 +21,7 @@ use portwatch_collector::server::{self, Collector};
 use portwatch_collector::token::TokenSpec;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A collector serving on loopback until dropped.
 pub struct Running {
@@ -118,6 +119,24 @@ impl Running {
         )
         .unwrap();
         enroll(&join, &self.agent_dir(name), &EnrollOptions::default())
+            .await
+            .unwrap()
+    }
+
+    /// A channel to the agent port: server-auth TLS against the collector's
+    /// CA, with `id`'s client certificate when given (mTLS).
+    pub async fn channel(&self, id: Option<&AgentIdentity>) -> Channel {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.collector.ca.cert_pem()))
+            .domain_name("127.0.0.1");
+        if let Some(id) = id {
+            tls = tls.identity(Identity::from_pem(id.cert_pem(), id.key_pem()));
+        }
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
             .await
             .unwrap()
     }
