@@ -249,14 +249,18 @@ impl MonitorRegistry {
         labels: &BTreeMap<String, String>,
         public_region: Option<&str>,
     ) -> pb::Assignment {
-        let mut monitors: Vec<pb::MonitorSpec> = self
-            .monitors()
-            .into_iter()
+        // Asked by every agent stream on every change: copy only what it runs.
+        let inner = self.lock();
+        let mut monitors: Vec<pb::MonitorSpec> = inner
+            .file
+            .iter()
+            .chain(&inner.api)
             .filter(|m| {
                 m.runs_on_agent(name, labels) || public_region.is_some_and(|r| m.runs_on_public(r))
             })
-            .map(|m| m.spec)
+            .map(|m| m.spec.clone())
             .collect();
+        drop(inner);
         monitors.sort_by(|a, b| a.id.cmp(&b.id));
         let public_only = public_region.is_some();
         pb::Assignment {
