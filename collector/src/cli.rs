@@ -73,6 +73,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Incidents, newest first: open ones, or the history
+    Incidents {
+        #[command(flatten)]
+        target: Target,
+        /// Only the open ones
+        #[arg(long)]
+        open: bool,
+        /// Only this monitor (or agent:<name>)
+        #[arg(long)]
+        monitor: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// The audit log: every admin action and config reload
     Audit {
         #[command(flatten)]
@@ -417,6 +433,33 @@ pub fn run_admin(command: &Command) -> i32 {
             }
             Ok(())
         })(),
+        Command::Incidents {
+            target,
+            open,
+            monitor,
+            limit,
+            json,
+        } => (|| {
+            let incidents = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .incidents(&crate::http::IncidentsQuery {
+                    open: *open,
+                    monitor: monitor.clone(),
+                    before: None,
+                    limit: *limit,
+                })
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&incidents).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            print_incidents(&incidents);
+            Ok(())
+        })(),
         Command::Audit {
             target,
             since,
@@ -576,6 +619,33 @@ fn print_agents(agents: &[AgentInfo]) {
             a.backlog
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+fn print_incidents(incidents: &[crate::incident::Incident]) {
+    println!(
+        "{:>5}  {:<13} {:<24} {:<20} {:<20} {:<10} DIAGNOSIS",
+        "ID", "KIND", "MONITOR", "SINCE", "RESOLVED", "REASON"
+    );
+    for i in incidents {
+        let mut notes = String::new();
+        if let Some(h) = &i.held {
+            notes.push_str(&format!(" [not notified: {h}]"));
+        }
+        if i.backfilled {
+            notes.push_str(" [from late results]");
+        }
+        println!(
+            "{:>5}  {:<13} {:<24} {:<20} {:<20} {:<10} {}{}",
+            i.id,
+            i.kind.as_str(),
+            i.monitor,
+            fmt_ms(i.since_ms),
+            i.resolved_ms.map_or_else(|| "open".to_owned(), fmt_ms),
+            i.reason.as_deref().unwrap_or("-"),
+            portwatch_agent::result::escape_excerpt(i.diagnosis.as_bytes(), 400),
+            notes
         );
     }
 }

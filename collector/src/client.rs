@@ -127,6 +127,31 @@ impl AdminClient {
         self.call::<(), _>("GET", &path, None)
     }
 
+    pub fn incidents(
+        &self,
+        q: &crate::http::IncidentsQuery,
+    ) -> Result<Vec<crate::incident::Incident>, ClientError> {
+        let mut path = format!("/api/v1/incidents?limit={}", q.limit);
+        if q.open {
+            path.push_str("&open=true");
+        }
+        if let Some(m) = &q.monitor {
+            path.push_str(&format!("&monitor={}", path_segment(m)));
+        }
+        if let Some(b) = q.before {
+            path.push_str(&format!("&before={b}"));
+        }
+        self.call::<(), _>("GET", &path, None)
+    }
+
+    pub fn incident(&self, id: u64) -> Result<crate::incident::Incident, ClientError> {
+        self.call::<(), _>("GET", &format!("/api/v1/incidents/{id}"), None)
+    }
+
+    pub fn status(&self) -> Result<Vec<crate::incident::engine::MonitorStatus>, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/status", None)
+    }
+
     pub fn list_monitors(&self) -> Result<Vec<MonitorInfo>, ClientError> {
         self.call::<(), _>("GET", "/api/v1/monitors", None)
     }

@@ -73,6 +73,12 @@ struct RawConfig {
     raw_retention: Option<String>,
     /// How long 1-minute rollups are kept, e.g. "90d".
     rollup_retention: Option<String>,
+    /// An agent whose stream has been gone this long gets one "agent
+    /// offline" incident, e.g. "60s". Default 60s.
+    agent_offline_after: Option<String>,
+    /// The dashboard's address as users reach it, for links in notifications,
+    /// e.g. "https://portwatch.example". Default: none.
+    dashboard_url: Option<String>,
     #[serde(default)]
     monitors: Vec<toml::Spanned<RawMonitor>>,
 }
@@ -92,6 +98,8 @@ pub struct Config {
     pub allow_private_targets: bool,
     pub raw_retention: Duration,
     pub rollup_retention: Duration,
+    pub agent_offline_after: Duration,
+    pub dashboard_url: Option<String>,
     /// The file's monitors, checked on their own (names unique, dependencies
     /// inside the file); the registry re-checks them against the API's.
     pub monitors: Vec<Monitor>,
@@ -207,6 +215,30 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
             "must be at least 1h and at most rollup_retention".into(),
         ));
     }
+    let agent_offline_after = dur(
+        "agent_offline_after",
+        raw.agent_offline_after,
+        Duration::from_secs(60),
+    )?;
+    if agent_offline_after < Duration::from_secs(5)
+        || agent_offline_after > Duration::from_secs(86_400)
+    {
+        return Err(invalid(
+            "agent_offline_after".into(),
+            "must be between 5s and 24h".into(),
+        ));
+    }
+    let dashboard_url = raw
+        .dashboard_url
+        .map(|u| u.trim_end_matches('/').to_owned());
+    if let Some(u) = &dashboard_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return Err(invalid(
+            "dashboard_url".into(),
+            format!("{u:?} must start with http:// or https://"),
+        ));
+    }
     let monitor_sources: Vec<Located> = raw
         .monitors
         .into_iter()
@@ -238,6 +270,8 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         token_max_ttl,
         agent_cert_lifetime,
         public_region,
+        agent_offline_after,
+        dashboard_url,
         public_probes: raw.public_probes.unwrap_or(true),
         allow_private_targets: raw.allow_private_targets,
         raw_retention,

@@ -18,6 +18,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::AdminToken;
+use crate::incident::Incident;
+use crate::incident::engine::MonitorStatus;
 use crate::monitors::registry::{MonitorRegistry, RegistryError, ReloadStatus};
 use crate::monitors::{Monitor, Origin, RawMonitor};
 
@@ -226,6 +228,32 @@ pub struct EventInfo {
     pub body: serde_json::Value,
 }
 
+/// `GET /api/v1/incidents?[open=true][&monitor=M][&before=ID][&limit=N]`:
+/// newest first; page back with `before` = the last id seen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsQuery {
+    #[serde(default)]
+    pub open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+impl Default for IncidentsQuery {
+    fn default() -> Self {
+        IncidentsQuery {
+            open: false,
+            monitor: None,
+            before: None,
+            limit: default_limit(),
+        }
+    }
+}
+
 fn default_limit() -> usize {
     100
 }
@@ -284,6 +312,14 @@ pub trait AdminBackend: Send + Sync + 'static {
         &self,
         q: &EventsQuery,
     ) -> impl Future<Output = Result<Vec<EventInfo>, ApiError>> + Send;
+    /// Incidents, newest first.
+    fn incidents(
+        &self,
+        q: &IncidentsQuery,
+    ) -> impl Future<Output = Result<Vec<Incident>, ApiError>> + Send;
+    fn incident(&self, id: u64) -> impl Future<Output = Result<Incident, ApiError>> + Send;
+    /// Every monitor at every location now, with its open incident.
+    fn status(&self) -> impl Future<Output = Result<Vec<MonitorStatus>, ApiError>> + Send;
     /// Records an admin action in the audit log. Never fails the action: a
     /// failure to record is logged by the backend.
     fn audit(&self, action: &str, subject: &str, detail: serde_json::Value);
@@ -317,6 +353,9 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/config/status", get(config_status::<B>))
         .route("/api/v1/rollups", get(rollups::<B>))
         .route("/api/v1/events", get(events::<B>))
+        .route("/api/v1/incidents", get(incidents::<B>))
+        .route("/api/v1/incidents/{id}", get(incident::<B>))
+        .route("/api/v1/status", get(status::<B>))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -465,6 +504,37 @@ async fn events<B: AdminBackend>(
     let q = query_params(query)?;
     check_limit(q.limit)?;
     Ok(Json(api.backend.events(&q).await?))
+}
+
+async fn incidents<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    query: QueryParams<IncidentsQuery>,
+) -> Result<Json<Vec<Incident>>, ApiError> {
+    authorize(&api, &headers)?;
+    let q = query_params(query)?;
+    check_limit(q.limit)?;
+    Ok(Json(api.backend.incidents(&q).await?))
+}
+
+async fn incident<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Incident>, ApiError> {
+    authorize(&api, &headers)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{id:?} is not an incident id")))?;
+    Ok(Json(api.backend.incident(id).await?))
+}
+
+async fn status<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<MonitorStatus>>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.status().await?))
 }
 
 async fn list_monitors<B: AdminBackend>(

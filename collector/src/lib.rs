@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod enroll;
 pub mod http;
+pub mod incident;
 pub mod ingest;
 pub mod monitors;
 pub mod public;

@@ -22,14 +22,22 @@ use crate::config::Config;
 use crate::enroll::{EnrollConfig, EnrollService, server_tls};
 use crate::http::{
     AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, EventInfo, EventsQuery,
-    PhaseInfo, ResultInfo, ResultsQuery, RollupInfo, RollupsQuery, TokenInfo, router,
+    IncidentsQuery, PhaseInfo, ResultInfo, ResultsQuery, RollupInfo, RollupsQuery, TokenInfo,
+    router,
 };
+use crate::incident::engine::MonitorStatus;
+use crate::incident::engine::{
+    AgentPresence, EngineConfig, NoMaintenance, NoOutbox, Presence, wall_clock,
+};
+use crate::incident::{Incident, IncidentEngine};
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
 use crate::monitors::registry::MonitorRegistry;
 use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
+use crate::store::observed::Observed;
 use crate::store::{
-    Event, EventQuery, RedbStore, ResultQuery, RollupQuery, Store, StoreConfig, StoreError,
+    Event, EventQuery, IncidentQuery, RedbStore, ResultQuery, RollupQuery, Store, StoreConfig,
+    StoreError,
 };
 use crate::token::{TokenSpec, TokenStore};
 use portwatch_agent::resolve::Resolver;
@@ -67,6 +75,7 @@ pub struct Collector {
     pub config: Arc<Config>,
     /// The live monitor set (config file + API).
     pub monitors: MonitorRegistry,
+    pub incidents: IncidentEngine,
     /// The address agents are told to use (in join strings).
     pub public_agent_addr: String,
 }
@@ -83,7 +92,7 @@ pub fn open(
     let state = State::open(data_dir).map_err(setup)?;
     let tokens = TokenStore::open(&state, config.token_max_ttl).map_err(setup)?;
     let agents = AgentRegistry::open(&state).map_err(setup)?;
-    let results: Arc<dyn Store> = Arc::new(
+    let redb: Arc<dyn Store> = Arc::new(
         RedbStore::open(
             &data_dir.join("store"),
             StoreConfig {
@@ -94,6 +103,9 @@ pub fn open(
         )
         .map_err(setup)?,
     );
+    // Every durable batch also goes to incident detection.
+    let observed = Arc::new(Observed::new(redb));
+    let results: Arc<dyn Store> = observed.clone();
     let monitors = MonitorRegistry::open(
         config.monitors.clone(),
         Some(&data_dir.join("monitors.json")),
@@ -118,6 +130,26 @@ pub fn open(
         agents: agents.clone(),
         lifetime: config.agent_cert_lifetime,
     }));
+    let incidents = IncidentEngine::open(
+        results.clone(),
+        monitors.clone(),
+        Arc::new(LinkPresence {
+            agents: agents.clone(),
+            ingest: ingest.clone(),
+        }),
+        Arc::new(NoMaintenance),
+        Arc::new(NoOutbox),
+        wall_clock(),
+        EngineConfig {
+            agent_offline_after: config.agent_offline_after,
+            ..EngineConfig::default()
+        },
+    )
+    .map_err(setup)?;
+    {
+        let engine = incidents.clone();
+        observed.set_observer(Arc::new(move |samples| engine.observe(samples)));
+    }
     let host = match agent_addr.ip() {
         ip if ip.is_unspecified() => config
             .server_names
@@ -140,6 +172,7 @@ pub fn open(
             ingest,
             config,
             monitors,
+            incidents,
             public_agent_addr,
         },
         admin,
@@ -236,6 +269,7 @@ pub async fn serve(
             stop_rx.clone(),
         ));
     }
+    tokio::spawn(collector.incidents.clone().run(stop_rx.clone()));
     tokio::spawn(maintain_store(
         collector.results.clone(),
         stopped(stop_rx.clone()),
@@ -300,6 +334,45 @@ async fn maintain_store(store: Arc<dyn Store>, stop: impl Future<Output = ()>) {
             Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
             Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
         }
+    }
+}
+
+/// Agents as incident detection sees them: enrolled ones from the registry,
+/// their stream state from the link.
+struct LinkPresence {
+    agents: AgentRegistry,
+    ingest: Ingest,
+}
+
+impl Presence for LinkPresence {
+    fn agents(&self) -> Vec<AgentPresence> {
+        let agents = match self.agents.list() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "listing agents for presence failed");
+                return Vec::new();
+            }
+        };
+        agents
+            .into_iter()
+            .map(|a| {
+                let link = self.ingest.agent_stats(&a.id);
+                let connected = link.as_ref().is_some_and(|l| l.connected);
+                let since = link.and_then(|l| {
+                    if connected {
+                        l.connected_since
+                    } else {
+                        l.last_seen
+                    }
+                });
+                AgentPresence {
+                    location: format!("agent:{}", a.name),
+                    connected,
+                    since_ms: since.map(unix_ms),
+                    revoked: a.revoked,
+                }
+            })
+            .collect()
     }
 }
 
@@ -656,6 +729,37 @@ impl AdminBackend for Backend {
 
     fn audit(&self, action: &str, subject: &str, detail: serde_json::Value) {
         audit(&*self.0.results, action, subject, detail);
+    }
+
+    async fn incidents(&self, q: &IncidentsQuery) -> Result<Vec<Incident>, ApiError> {
+        let store = self.0.results.clone();
+        let query = IncidentQuery {
+            subject: q.monitor.clone(),
+            open_only: q.open,
+            before_id: q.before,
+            limit: q.limit,
+        };
+        let rows = tokio::task::spawn_blocking(move || store.incidents(&query))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        rows.iter()
+            .map(|r| crate::incident::engine::parse(r).map_err(internal))
+            .collect()
+    }
+
+    async fn incident(&self, id: u64) -> Result<Incident, ApiError> {
+        let store = self.0.results.clone();
+        let row = tokio::task::spawn_blocking(move || store.incident(id))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+        crate::incident::engine::parse(&row).map_err(internal)
+    }
+
+    async fn status(&self) -> Result<Vec<MonitorStatus>, ApiError> {
+        Ok(self.0.incidents.status())
     }
 
     async fn rotate_agent(&self, name_or_id: &str) -> Result<AgentInfo, ApiError> {

@@ -52,6 +52,8 @@
 //! | `watermarks` | source | (epoch, high seq) |
 //! | `gaps` | source, epoch, from seq | to seq, count, times, location |
 //! | `events` | (ts, id) | JSON `{kind, subject, body}` |
+//! | `incidents` | id | JSON [`IncidentRow`] |
+//! | `incidents_open` | id | - (the open ones, read at start) |
 //! | `meta` | name | u64 (the next event id) |
 //!
 //! ## Costs (`benches/store.rs`, 10,000 monitors x 2 locations x 120 results)
@@ -65,6 +67,7 @@ use std::time::Duration;
 
 use portwatch_proto::v1 as pb;
 
+pub mod observed;
 pub mod redb;
 
 #[cfg(test)]
@@ -381,6 +384,40 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
+/// An incident as the store keeps it: the fields it indexes, and the
+/// incident engine's JSON record in `body`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IncidentRow {
+    /// 0 on the first [`Store::put_incident`]: the store assigns one.
+    pub id: u64,
+    /// The monitor, or `agent:<name>` for an agent's own incident.
+    pub subject: String,
+    pub opened_ms: i64,
+    pub resolved_ms: Option<i64>,
+    pub body: String,
+}
+
+/// Incidents, newest (highest id) first: open ones only or all, of one
+/// subject or all, at most `limit`; `before_id` pages back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentQuery {
+    pub subject: Option<String>,
+    pub open_only: bool,
+    pub before_id: Option<u64>,
+    pub limit: usize,
+}
+
+impl Default for IncidentQuery {
+    fn default() -> Self {
+        IncidentQuery {
+            subject: None,
+            open_only: false,
+            before_id: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
 /// What one [`Store::roll_up`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RollupOutcome {
@@ -471,6 +508,13 @@ pub trait Store: Send + Sync {
     fn append_event(&self, event: &Event) -> Result<u64, StoreError>;
 
     fn events(&self, q: &EventQuery) -> Result<Vec<(u64, Event)>, StoreError>;
+
+    /// Writes an incident (a new one when `row.id` is 0); returns its id.
+    fn put_incident(&self, row: &IncidentRow) -> Result<u64, StoreError>;
+
+    fn incident(&self, id: u64) -> Result<Option<IncidentRow>, StoreError>;
+
+    fn incidents(&self, q: &IncidentQuery) -> Result<Vec<IncidentRow>, StoreError>;
 
     /// Raw results stored, over all partitions.
     fn count_results(&self) -> Result<u64, StoreError>;

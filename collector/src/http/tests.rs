@@ -14,11 +14,38 @@ struct Memory {
     agents: Mutex<Vec<AgentInfo>>,
     /// What the handlers asked to audit: (action, subject).
     audited: Mutex<Vec<(String, String)>>,
+    incidents: Mutex<Vec<crate::incident::Incident>>,
     /// The real registry, in memory: the API maps its answers and errors.
     monitors: crate::monitors::registry::MonitorRegistry,
 }
 
 impl AdminBackend for Arc<Memory> {
+    async fn incidents(
+        &self,
+        q: &IncidentsQuery,
+    ) -> Result<Vec<crate::incident::Incident>, ApiError> {
+        Ok(self
+            .incidents
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| !q.open || i.is_open())
+            .take(q.limit)
+            .cloned()
+            .collect())
+    }
+    async fn incident(&self, id: u64) -> Result<crate::incident::Incident, ApiError> {
+        self.incidents
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|i| i.id == id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
+    }
+    async fn status(&self) -> Result<Vec<crate::incident::engine::MonitorStatus>, ApiError> {
+        Ok(Vec::new())
+    }
     async fn rotate_agent(&self, name: &str) -> Result<AgentInfo, ApiError> {
         self.agents
             .lock()

@@ -18,10 +18,10 @@ use portwatch_proto::v1 as pb;
 use prost::Message;
 
 use super::{
-    BatchOutcome, DAY_MS, Event, EventQuery, MAX_FUTURE_MS, MINUTE_MS, Order, Partition,
-    PhaseStats, ResultQuery, RetentionOutcome, Rollup, RollupOutcome, RollupQuery, Sample,
-    SourceGap, Store, StoreConfig, StoreError, StoreStats, StoredGap, StoredResult, day_name,
-    day_of, minute_of, ms, parse_day_name,
+    BatchOutcome, DAY_MS, Event, EventQuery, IncidentQuery, IncidentRow, MAX_FUTURE_MS, MINUTE_MS,
+    Order, Partition, PhaseStats, ResultQuery, RetentionOutcome, Rollup, RollupOutcome,
+    RollupQuery, Sample, SourceGap, Store, StoreConfig, StoreError, StoreStats, StoredGap,
+    StoredResult, day_name, day_of, minute_of, ms, parse_day_name,
 };
 
 type Bytes = &'static [u8];
@@ -32,6 +32,8 @@ const LATEST: TableDefinition<'_, Bytes, Bytes> = TableDefinition::new("latest")
 const DIRTY: TableDefinition<'_, Bytes, ()> = TableDefinition::new("dirty");
 const EVENTS: TableDefinition<'_, (i64, u64), &str> = TableDefinition::new("events");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const INCIDENTS: TableDefinition<'_, u64, &str> = TableDefinition::new("incidents");
+const INCIDENTS_OPEN: TableDefinition<'_, u64, ()> = TableDefinition::new("incidents_open");
 
 const RAW_PREFIX: &str = "raw_";
 const ROLLUP_PREFIX: &str = "rollup_";
@@ -286,6 +288,8 @@ impl RedbStore {
                 txn.open_table(DIRTY)?;
                 txn.open_table(EVENTS)?;
                 txn.open_table(META)?;
+                txn.open_table(INCIDENTS)?;
+                txn.open_table(INCIDENTS_OPEN)?;
                 Ok(())
             };
             create().map_err(|e| open_err(Box::new(e)))?;
@@ -844,6 +848,87 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn put_incident(&self, row: &IncidentRow) -> Result<u64, StoreError> {
+        let txn = self.write()?;
+        let id = {
+            let id = if row.id == 0 {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let id = meta
+                    .get("next_incident_id")
+                    .map_err(backend)?
+                    .map_or(1, |v| v.value());
+                meta.insert("next_incident_id", id + 1).map_err(backend)?;
+                id
+            } else {
+                row.id
+            };
+            let stored = IncidentRow { id, ..row.clone() };
+            let json =
+                serde_json::to_string(&stored).map_err(|e| StoreError::Backend(Box::new(e)))?;
+            txn.open_table(INCIDENTS)
+                .map_err(backend)?
+                .insert(id, json.as_str())
+                .map_err(backend)?;
+            let mut open = txn.open_table(INCIDENTS_OPEN).map_err(backend)?;
+            if row.resolved_ms.is_none() {
+                open.insert(id, ()).map_err(backend)?;
+            } else {
+                open.remove(id).map_err(backend)?;
+            }
+            id
+        };
+        txn.commit().map_err(backend)?;
+        Ok(id)
+    }
+
+    fn incident(&self, id: u64) -> Result<Option<IncidentRow>, StoreError> {
+        let txn = self.read()?;
+        let t = txn.open_table(INCIDENTS).map_err(backend)?;
+        match t.get(id).map_err(backend)? {
+            Some(v) => Ok(Some(parse_incident(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn incidents(&self, q: &IncidentQuery) -> Result<Vec<IncidentRow>, StoreError> {
+        let txn = self.read()?;
+        let t = txn.open_table(INCIDENTS).map_err(backend)?;
+        let end = q.before_id.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut keep = |id: u64, json: &str| -> Result<bool, StoreError> {
+            let row = parse_incident(id, json)?;
+            if q.subject.as_ref().is_none_or(|s| *s == row.subject) {
+                out.push(row);
+            }
+            Ok(out.len() < q.limit)
+        };
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        if q.open_only {
+            let open = txn.open_table(INCIDENTS_OPEN).map_err(backend)?;
+            for kv in open.range(..end).map_err(backend)?.rev() {
+                let id = kv.map_err(backend)?.0.value();
+                let Some(v) = t.get(id).map_err(backend)? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "open incident {id} has no record"
+                    )));
+                };
+                if !keep(id, v.value())? {
+                    break;
+                }
+            }
+        } else {
+            for kv in t.range(..end).map_err(backend)?.rev() {
+                let (k, v) = kv.map_err(backend)?;
+                if !keep(k.value(), v.value())? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn count_results(&self) -> Result<u64, StoreError> {
         let txn = self.read()?;
         let mut n = 0;
@@ -912,4 +997,8 @@ impl Store for RedbStore {
             .map_err(backend)?;
         Ok(stats)
     }
+}
+
+fn parse_incident(id: u64, json: &str) -> Result<IncidentRow, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("incident {id}: {e}")))
 }

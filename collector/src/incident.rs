@@ -1,0 +1,150 @@
+//! Incidents: when a monitor is down, from where, why, and who was told.
+//!
+//! Results reach [`engine::IncidentEngine::observe`] from the store once they
+//! are durable (agents' streams and the public probes alike). The engine keeps
+//! the last minutes of every monitor at every location (`consensus::Series`),
+//! judges them in check-time order (`consensus::sweep`), and reconciles what
+//! it finds with the incidents it recorded: so results replayed from an
+//! agent's buffer after a cut put their incident where it happened.
+//!
+//! The rules, per monitor (`monitors::AlertPolicy`):
+//! - a location is down after `consecutive_down` failures in a row and up
+//!   again after `consecutive_up` successes; with no result for two intervals
+//!   plus 15 s it is **unknown**, never down;
+//! - an incident opens when the down locations reach the quorum (1 of 1, 2 of
+//!   2, 2 of 3, 3 of 4, two thirds of 5+, or `locations_down`), or, with
+//!   `failure_percent`, when that share of all checks failed over the window;
+//! - an **edge** incident opens below the quorum when every public location
+//!   fails while the agents succeed: the service is fine, outside users are
+//!   cut off;
+//! - an expect-closed monitor opens an **exposure** incident when one
+//!   location finds the port open;
+//! - it closes when every location with a current result succeeds again;
+//! - an agent whose stream is gone longer than `agent_offline_after` (or that
+//!   was revoked) opens ONE **agent offline** incident, subject `agent:<name>`.
+//!
+//! Notification is a separate decision (`engine`): held while the incident is
+//! younger than `notification_delay` (one that heals in time is never sent),
+//! inside a maintenance window, or while the monitor's `depends_on` parent is
+//! down (the child is linked to the parent's incident instead).
+
+pub mod consensus;
+pub mod engine;
+
+#[cfg(test)]
+mod tests;
+
+use portwatch_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+pub use consensus::{LocState, LocationView};
+pub use engine::{EngineConfig, IncidentEngine};
+
+/// What kind of incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The quorum of locations (or the failure rate) says down.
+    Down,
+    /// Every public location fails while the agents succeed.
+    Edge,
+    /// An expect-closed port was found open.
+    Exposure,
+    /// An agent's stream is gone (subject `agent:<name>`).
+    AgentOffline,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Down => "down",
+            Kind::Edge => "edge",
+            Kind::Exposure => "exposure",
+            Kind::AgentOffline => "agent_offline",
+        }
+    }
+}
+
+/// Which notification of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Opened,
+    Resolved,
+}
+
+/// The outcome of one delivery attempt to one channel, as last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub channel: String,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub at_ms: i64,
+    /// `delivered`, `retrying` or `failed` (gave up).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
+}
+
+/// One incident, as stored (JSON in the store's incident row) and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: u64,
+    /// The monitor, or `agent:<name>` for an agent offline incident.
+    pub monitor: String,
+    pub kind: Kind,
+    /// The check time at which the rule was met.
+    pub opened_ms: i64,
+    /// When the failing began (the first failed check of the streak).
+    pub since_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ms: Option<i64>,
+    pub diagnosis: String,
+    /// The dominant failure reason, e.g. `refused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Which locations see what (the last picture while it was open).
+    pub locations: Vec<LocationView>,
+    /// Opened from results that arrived after the fact (an agent's backlog).
+    #[serde(default)]
+    pub backfilled: bool,
+    /// Why it is not (or was never) notified, while that holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// The maintenance window it fell in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<String>,
+    /// The parent's incident that suppresses this one (`depends_on`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_by: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_open_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_resolve_ms: Option<i64>,
+    /// The last outcome per (channel, phase).
+    #[serde(default)]
+    pub deliveries: Vec<Delivery>,
+    /// Decided: this incident is never notified (healed within the delay,
+    /// or over inside a maintenance window or under its parent).
+    #[serde(default)]
+    pub silent: bool,
+}
+
+impl Incident {
+    pub fn is_open(&self) -> bool {
+        self.resolved_ms.is_none()
+    }
+}
+
+/// `refused` for `pb::Reason::Refused`: the name the API and messages use.
+pub fn reason_name(reason: i32) -> String {
+    pb::Reason::try_from(reason)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("REASON_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("reason_{reason}"))
+}

@@ -1,0 +1,581 @@
+//! The pure half of incident detection: from the recent results of one
+//! monitor at each location, in the order the checks RAN, where incidents
+//! open and close and what they are. No clock, no I/O: the engine passes
+//! `now_ms` and gets [`Outcome`] back, so every rule is tested on fixed times.
+//!
+//! [`sweep`] replays the results of every location merged by check time and
+//! judges the monitor after each instant. Results that arrive late (an
+//! agent's buffer replayed after a cut) are inserted in their place in the
+//! [`Series`] and the next sweep puts their incidents where they happened.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use portwatch_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use super::{Kind, reason_name};
+use crate::monitors::Monitor;
+
+/// What incident detection keeps of one result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Obs {
+    /// When the check was scheduled (Unix ms).
+    pub ts_ms: i64,
+    /// `pb::Status` as sent.
+    pub status: i32,
+    /// `pb::Reason` as sent.
+    pub reason: i32,
+}
+
+impl Obs {
+    pub fn of(r: &pb::CheckResult) -> Obs {
+        Obs {
+            ts_ms: r.scheduled_at_unix_ms,
+            status: r.status,
+            reason: r.reason,
+        }
+    }
+
+    fn failing(&self) -> bool {
+        self.status == pb::Status::Down as i32
+    }
+
+    fn degraded(&self) -> bool {
+        self.status == pb::Status::Degraded as i32
+    }
+}
+
+/// The rules one monitor is judged by (from its alert policy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    pub consecutive_down: u32,
+    pub consecutive_up: u32,
+    pub locations_down: Option<u32>,
+    /// (percent, window ms): open on this share of failed checks instead of
+    /// a quorum of down locations.
+    pub failure_rate: Option<(u8, i64)>,
+    pub edge: bool,
+    pub expect_closed: bool,
+    /// A location whose newest result is this old is unknown.
+    pub stale_ms: i64,
+}
+
+/// Results younger than two intervals plus this are current: covers the
+/// agent's send batching and a reconnect.
+pub const STALE_SLACK_MS: i64 = 15_000;
+
+/// The rate rule needs at least this many checks in its window.
+pub const RATE_MIN_CHECKS: usize = 3;
+
+impl Rules {
+    pub fn for_monitor(m: &Monitor) -> Rules {
+        let interval = i64::from(m.spec.interval_ms);
+        Rules {
+            consecutive_down: m.alert.consecutive_down.max(1),
+            consecutive_up: m.alert.consecutive_up.max(1),
+            locations_down: m.alert.locations_down,
+            failure_rate: m
+                .alert
+                .failure_rate
+                .map(|(pct, w)| (pct, crate::store::ms(w))),
+            edge: m.alert.edge,
+            expect_closed: m.spec.options.as_ref().is_some_and(|o| o.expect_closed),
+            stale_ms: 2 * interval + STALE_SLACK_MS,
+        }
+    }
+
+    /// Down locations that open an incident out of `n` locations: 1 of 1,
+    /// 2 of 2, 2 of 3, 3 of 4, then two thirds rounded up (4 of 5, 4 of 6 ...),
+    /// or `locations_down` (at most `n`, so it can still open when all fail).
+    /// An expect-closed monitor opens on one location finding the port open.
+    pub fn quorum(&self, n: usize) -> usize {
+        let n = n.max(1);
+        let want = match self.locations_down {
+            Some(k) => k as usize,
+            None if self.expect_closed => 1,
+            None => (2 * n).div_ceil(3),
+        };
+        want.clamp(1, n)
+    }
+}
+
+/// The recent results of one monitor, per location, in check-time order.
+#[derive(Debug, Default, Clone)]
+pub struct Series {
+    locs: BTreeMap<String, VecDeque<Obs>>,
+}
+
+impl Series {
+    /// Inserts `obs` in its place by check time; one with the same time at
+    /// the same location (a resend) replaces it. Returns false for a resend.
+    pub fn insert(&mut self, location: &str, obs: Obs) -> bool {
+        let q = match self.locs.get_mut(location) {
+            Some(q) => q,
+            None => self.locs.entry(location.to_owned()).or_default(),
+        };
+        // The common case: newer than everything at this location.
+        if q.back().is_none_or(|b| b.ts_ms < obs.ts_ms) {
+            q.push_back(obs);
+            return true;
+        }
+        match q.binary_search_by_key(&obs.ts_ms, |o| o.ts_ms) {
+            Ok(i) => {
+                q[i] = obs;
+                false
+            }
+            Err(i) => {
+                q.insert(i, obs);
+                true
+            }
+        }
+    }
+
+    /// Drops results older than `from_ms` and keeps at most `max` per
+    /// location (the newest); forgets locations left empty.
+    pub fn trim(&mut self, from_ms: i64, max: usize) {
+        for q in self.locs.values_mut() {
+            while q.front().is_some_and(|o| o.ts_ms < from_ms) || q.len() > max {
+                q.pop_front();
+            }
+        }
+        self.locs.retain(|_, q| !q.is_empty());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locs.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.locs.values().map(VecDeque::len).sum()
+    }
+
+    /// The newest check time at each location.
+    pub fn latest(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.locs
+            .iter()
+            .filter_map(|(l, q)| q.back().map(|o| (l.as_str(), o.ts_ms)))
+    }
+}
+
+/// What a location's results say at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocState {
+    /// No result yet, not enough failures yet to call it down after the
+    /// first result, or no result for longer than the monitor's staleness.
+    Unknown,
+    Up,
+    Degraded,
+    Down,
+}
+
+impl LocState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocState::Unknown => "unknown",
+            LocState::Up => "up",
+            LocState::Degraded => "degraded",
+            LocState::Down => "down",
+        }
+    }
+}
+
+/// One location as an incident or the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationView {
+    pub location: String,
+    pub state: LocState,
+    /// The reason of the newest failure while down (or of the newest result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the current failing streak began, while down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_ms: Option<i64>,
+}
+
+/// One incident as a sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub kind: Kind,
+    /// The check time at which the rule was met.
+    pub open_ms: i64,
+    /// When the failing began: the earliest failing streak among the
+    /// locations that count.
+    pub since_ms: i64,
+    /// The check time at which every location succeeded again.
+    pub close_ms: Option<i64>,
+    pub diagnosis: String,
+    /// The dominant failure reason among the failing locations.
+    pub reason: Option<String>,
+    /// The locations at the last judgement while open.
+    pub locations: Vec<LocationView>,
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Incidents in order of opening; only the last may be open.
+    pub spans: Vec<Span>,
+    /// Every location at `now_ms`.
+    pub now: Vec<LocationView>,
+    /// The next instant a location turns unknown without a new result: the
+    /// engine sweeps again then.
+    pub next_stale_ms: Option<i64>,
+}
+
+/// One location during a sweep.
+#[derive(Debug, Clone)]
+struct Run {
+    name: String,
+    public: bool,
+    /// Unknown until the first success or `consecutive_down` failures.
+    state: LocState,
+    fails: u32,
+    oks: u32,
+    streak_start: i64,
+    last: Option<Obs>,
+    last_failure: Option<Obs>,
+}
+
+impl Run {
+    fn feed(&mut self, o: Obs, r: &Rules) {
+        if o.failing() {
+            if self.fails == 0 {
+                self.streak_start = o.ts_ms;
+            }
+            self.fails += 1;
+            self.oks = 0;
+            self.last_failure = Some(o);
+            if self.state != LocState::Down && self.fails >= r.consecutive_down {
+                self.state = LocState::Down;
+            }
+        } else {
+            self.oks += 1;
+            self.fails = 0;
+            if self.state != LocState::Down || self.oks >= r.consecutive_up {
+                self.state = LocState::Up;
+            }
+        }
+        self.last = Some(o);
+    }
+
+    /// The state at `t`, counting staleness.
+    fn at(&self, t: i64, r: &Rules) -> LocState {
+        match self.last {
+            None => LocState::Unknown,
+            Some(l) if t >= l.ts_ms.saturating_add(r.stale_ms) => LocState::Unknown,
+            Some(l) => match self.state {
+                LocState::Up if l.degraded() => LocState::Degraded,
+                s => s,
+            },
+        }
+    }
+
+    fn view(&self, t: i64, r: &Rules) -> LocationView {
+        let state = self.at(t, r);
+        let reason = match state {
+            LocState::Down => self.last_failure.map(|o| reason_name(o.reason)),
+            _ => self
+                .last
+                .filter(|o| o.reason != pb::Reason::Ok as i32)
+                .map(|o| reason_name(o.reason)),
+        };
+        LocationView {
+            location: self.name.clone(),
+            state,
+            reason,
+            down_since_ms: (state == LocState::Down).then_some(self.streak_start),
+            last_check_ms: self.last.map(|o| o.ts_ms),
+        }
+    }
+}
+
+/// The sliding window of the rate rule.
+struct Window {
+    ms: i64,
+    pct: u8,
+    checks: VecDeque<(i64, bool)>,
+    failed: usize,
+}
+
+impl Window {
+    fn push(&mut self, o: &Obs) {
+        self.checks.push_back((o.ts_ms, o.failing()));
+        self.failed += usize::from(o.failing());
+    }
+
+    /// Forgets checks that left the window ending at `t` (it is `(t-ms, t]`).
+    fn advance(&mut self, t: i64) {
+        while let Some(&(ts, failed)) = self.checks.front() {
+            if ts > t - self.ms {
+                break;
+            }
+            self.checks.pop_front();
+            self.failed -= usize::from(failed);
+        }
+    }
+
+    fn over(&self) -> bool {
+        self.checks.len() >= RATE_MIN_CHECKS
+            && self.failed * 100 >= usize::from(self.pct) * self.checks.len()
+    }
+
+    fn first_failure(&self) -> Option<i64> {
+        self.checks.iter().find(|c| c.1).map(|c| c.0)
+    }
+}
+
+/// Judges `series` under `rules` from its oldest result to `now_ms`.
+pub fn sweep(series: &Series, rules: &Rules, now_ms: i64) -> Outcome {
+    let mut runs: Vec<Run> = series
+        .locs
+        .keys()
+        .map(|name| Run {
+            name: name.clone(),
+            public: name.starts_with("public:"),
+            state: LocState::Unknown,
+            fails: 0,
+            oks: 0,
+            streak_start: 0,
+            last: None,
+            last_failure: None,
+        })
+        .collect();
+    // Every result, and every instant a location turns stale, by time.
+    // A stale instant sorts before a result at the same time (`false` first).
+    let mut events: Vec<(i64, bool, usize, Obs)> = Vec::with_capacity(series.len() * 2);
+    for (i, q) in series.locs.values().enumerate() {
+        for (j, o) in q.iter().enumerate() {
+            if o.ts_ms > now_ms {
+                break;
+            }
+            events.push((o.ts_ms, true, i, *o));
+            let stale = o.ts_ms.saturating_add(rules.stale_ms);
+            let next = q.get(j + 1).map_or(i64::MAX, |n| n.ts_ms);
+            if stale <= next && stale <= now_ms {
+                events.push((stale, false, i, *o));
+            }
+        }
+    }
+    events.sort_by_key(|e| (e.0, e.1, e.2));
+    let mut window = rules.failure_rate.map(|(pct, ms)| Window {
+        ms,
+        pct,
+        checks: VecDeque::new(),
+        failed: 0,
+    });
+    let mut spans: Vec<Span> = Vec::new();
+    let mut open: Option<Span> = None;
+    let mut k = 0;
+    while k < events.len() {
+        let t = events[k].0;
+        while k < events.len() && events[k].0 == t {
+            let (_, is_result, i, o) = events[k];
+            if is_result {
+                runs[i].feed(o, rules);
+                if let Some(w) = window.as_mut() {
+                    w.push(&o);
+                }
+            }
+            k += 1;
+        }
+        if let Some(w) = window.as_mut() {
+            w.advance(t);
+        }
+        judge(&runs, rules, window.as_ref(), t, &mut open, &mut spans);
+    }
+    let next_stale_ms = runs
+        .iter()
+        .filter_map(|r| r.last.map(|l| l.ts_ms.saturating_add(rules.stale_ms)))
+        .filter(|s| *s > now_ms)
+        .min();
+    spans.extend(open);
+    Outcome {
+        spans,
+        now: runs.iter().map(|r| r.view(now_ms, rules)).collect(),
+        next_stale_ms,
+    }
+}
+
+/// Judges the monitor at `t`: opens, updates or closes the current span.
+fn judge(
+    runs: &[Run],
+    rules: &Rules,
+    window: Option<&Window>,
+    t: i64,
+    open: &mut Option<Span>,
+    spans: &mut Vec<Span>,
+) {
+    let started: Vec<(&Run, LocState)> = runs
+        .iter()
+        .filter(|r| r.last.is_some())
+        .map(|r| (r, r.at(t, rules)))
+        .collect();
+    let n = started.len();
+    let known = started
+        .iter()
+        .filter(|(_, s)| *s != LocState::Unknown)
+        .count();
+    let down: Vec<&Run> = started
+        .iter()
+        .filter(|(_, s)| *s == LocState::Down)
+        .map(|(r, _)| *r)
+        .collect();
+    let failing = match window {
+        Some(w) => w.over(),
+        None => n > 0 && down.len() >= rules.quorum(n),
+    };
+    let edge = rules.edge && !rules.expect_closed && {
+        let publics: Vec<LocState> = started
+            .iter()
+            .filter(|(r, _)| r.public)
+            .map(|(_, s)| *s)
+            .collect();
+        let agents: Vec<LocState> = started
+            .iter()
+            .filter(|(r, _)| !r.public)
+            .map(|(_, s)| *s)
+            .collect();
+        !publics.is_empty()
+            && publics.iter().all(|s| *s == LocState::Down)
+            && agents
+                .iter()
+                .any(|s| matches!(s, LocState::Up | LocState::Degraded))
+            && !agents.contains(&LocState::Down)
+    };
+    let clear = known > 0 && down.is_empty() && window.is_none_or(|w| !w.over());
+    let views = || -> Vec<LocationView> { started.iter().map(|(r, _)| r.view(t, rules)).collect() };
+    let since = |only_public: bool| -> i64 {
+        let streaks = down
+            .iter()
+            .filter(|r| !only_public || r.public)
+            .map(|r| r.streak_start)
+            .min();
+        let rate = window.and_then(Window::first_failure);
+        match (streaks, rate) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(t),
+        }
+    };
+    let kind = if rules.expect_closed {
+        Kind::Exposure
+    } else {
+        Kind::Down
+    };
+    let new_span = |kind: Kind, since_ms: i64| {
+        let locations = views();
+        let (diagnosis, reason) = diagnose(&locations, rules.expect_closed);
+        Span {
+            kind,
+            open_ms: t,
+            since_ms,
+            close_ms: None,
+            diagnosis,
+            reason,
+            locations,
+        }
+    };
+    match open.take() {
+        None if failing => *open = Some(new_span(kind, since(false))),
+        None if edge => *open = Some(new_span(Kind::Edge, since(true))),
+        None => {}
+        // An outside-only problem that became a quorum: a new, graver incident.
+        Some(mut s) if s.kind == Kind::Edge && failing => {
+            s.close_ms = Some(t);
+            spans.push(s);
+            *open = Some(new_span(kind, since(false)));
+        }
+        Some(mut s) if clear => {
+            s.close_ms = Some(t);
+            spans.push(s);
+        }
+        Some(mut s) => {
+            // Still open: keep what it looks like now (when nothing is
+            // known any more, keep the last picture).
+            if known > 0 {
+                s.locations = views();
+                let (diagnosis, reason) = diagnose(&s.locations, rules.expect_closed);
+                s.diagnosis = diagnosis;
+                s.reason = reason.or(s.reason);
+            }
+            *open = Some(s);
+        }
+    }
+}
+
+/// The diagnosis of an incident from where it fails and where it does not,
+/// and the dominant reason among the failing locations.
+pub fn diagnose(locations: &[LocationView], expect_closed: bool) -> (String, Option<String>) {
+    let names = |f: &dyn Fn(&LocationView) -> bool| -> Vec<&str> {
+        locations
+            .iter()
+            .filter(|l| f(l))
+            .map(|l| l.location.as_str())
+            .collect()
+    };
+    let down = names(&|l| l.state == LocState::Down);
+    let up = names(&|l| matches!(l.state, LocState::Up | LocState::Degraded));
+    let unknown = names(&|l| l.state == LocState::Unknown);
+    let public = |n: &&str| n.starts_with("public:");
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for l in locations.iter().filter(|l| l.state == LocState::Down) {
+        if let Some(r) = l.reason.as_deref() {
+            match counts.iter_mut().find(|c| c.0 == r) {
+                Some(c) => c.1 += 1,
+                None => counts.push((r, 1)),
+            }
+        }
+    }
+    // Most frequent; ties go to the first seen (locations are sorted).
+    let reason = counts
+        .iter()
+        .fold(None::<(&str, usize)>, |best, c| match best {
+            Some(b) if b.1 >= c.1 => Some(b),
+            _ => Some(*c),
+        })
+        .map(|c| c.0.to_owned());
+    let mut text = if expect_closed {
+        format!(
+            "exposed: the port is open but must be closed, seen from {}",
+            down.join(", ")
+        )
+    } else if down.is_empty() {
+        "failing checks across locations".to_owned()
+    } else if up.is_empty() {
+        if down.len() > 1 {
+            format!("service down: every location fails ({})", down.join(", "))
+        } else {
+            format!("service down, seen from {}", down[0])
+        }
+    } else if down.iter().all(public) && !up.iter().any(public) {
+        format!(
+            "reachable inside only: edge, firewall or routing (down from {}, up from {})",
+            down.join(", "),
+            up.join(", ")
+        )
+    } else if !down.iter().any(public) && up.iter().all(public) {
+        format!(
+            "reachable from outside only: the inside network or the agent's host (down from {}, up from {})",
+            down.join(", "),
+            up.join(", ")
+        )
+    } else if down.iter().all(public) {
+        format!(
+            "regional path: down from {}, up from {}",
+            down.join(", "),
+            up.join(", ")
+        )
+    } else {
+        format!(
+            "partial: down from {}, up from {}",
+            down.join(", "),
+            up.join(", ")
+        )
+    };
+    if !unknown.is_empty() {
+        text.push_str(&format!("; no current results from {}", unknown.join(", ")));
+    }
+    (text, reason)
+}

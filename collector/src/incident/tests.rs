@@ -1,0 +1,859 @@
+//! Consensus rules as tables on fixed times, and the engine over a real store.
+
+use std::sync::{Arc, Mutex};
+
+use portwatch_proto::v1 as pb;
+
+use super::consensus::{LocState, Obs, Rules, Series, diagnose, sweep};
+use super::engine::{
+    AgentPresence, Clock, EngineConfig, IncidentEngine, NoAgents, NoMaintenance, Outbound, Outbox,
+    Presence, Silencer,
+};
+use super::{Kind, Phase};
+use crate::monitors::registry::MonitorRegistry;
+use crate::monitors::{Located, Monitor, Origin, Parents, RawMonitor, validate_all};
+use crate::store::{IncidentQuery, RedbStore, Sample, Store, StoreConfig};
+
+const S: i64 = 1000;
+/// A fixed start: 2026-11-22T10:00:00Z.
+const T0: i64 = 1_795_860_000_000;
+
+fn rules(cd: u32, cu: u32) -> Rules {
+    Rules {
+        consecutive_down: cd,
+        consecutive_up: cu,
+        locations_down: None,
+        failure_rate: None,
+        edge: true,
+        expect_closed: false,
+        stale_ms: 2 * 10 * S + 15 * S,
+    }
+}
+
+fn obs(t: i64, status: pb::Status, reason: pb::Reason) -> Obs {
+    Obs {
+        ts_ms: T0 + t * S,
+        status: status as i32,
+        reason: reason as i32,
+    }
+}
+
+/// A location's checks every 10 s from `start_s`: `U` up, `D` down
+/// (refused), `T` down (timeout), `S` degraded (slow), `.` no result.
+fn feed(series: &mut Series, location: &str, start_s: i64, pattern: &str) {
+    for (i, c) in pattern.chars().enumerate() {
+        let t = start_s + 10 * i as i64;
+        let o = match c {
+            'U' => obs(t, pb::Status::Up, pb::Reason::Ok),
+            'D' => obs(t, pb::Status::Down, pb::Reason::Refused),
+            'T' => obs(t, pb::Status::Down, pb::Reason::Timeout),
+            'S' => obs(t, pb::Status::Degraded, pb::Reason::Slow),
+            '.' => continue,
+            other => panic!("bad pattern char {other}"),
+        };
+        series.insert(location, o);
+    }
+}
+
+/// (kind, open s, close s) of every span, times relative to T0.
+fn spans(series: &Series, r: &Rules, now_s: i64) -> Vec<(Kind, i64, Option<i64>)> {
+    sweep(series, r, T0 + now_s * S)
+        .spans
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                (s.open_ms - T0) / S,
+                s.close_ms.map(|c| (c - T0) / S),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_default_quorum_is_two_thirds_rounded_up() {
+    let r = rules(2, 1);
+    let got: Vec<usize> = (1..=7).map(|n| r.quorum(n)).collect();
+    assert_eq!(got, vec![1, 2, 2, 3, 4, 4, 5]);
+    let explicit = Rules {
+        locations_down: Some(3),
+        ..rules(2, 1)
+    };
+    assert_eq!(explicit.quorum(5), 3);
+    // More than there are: all of them.
+    assert_eq!(explicit.quorum(2), 2);
+    let exposure = Rules {
+        expect_closed: true,
+        ..rules(2, 1)
+    };
+    assert_eq!(exposure.quorum(4), 1);
+}
+
+struct Case {
+    name: &'static str,
+    rules: Rules,
+    /// (location, first check s, pattern every 10 s)
+    locations: &'static [(&'static str, i64, &'static str)],
+    now_s: i64,
+    want: &'static [(Kind, i64, Option<i64>)],
+}
+
+#[test]
+fn quorum_and_window_rules() {
+    let cases = [
+        Case {
+            name: "one location: down on the second failure, up on the first success",
+            rules: rules(2, 1),
+            locations: &[("agent:a", 0, "UUDDDUU")],
+            now_s: 65,
+            want: &[(Kind::Down, 30, Some(50))],
+        },
+        Case {
+            name: "a single failure opens nothing at consecutive_down 2",
+            rules: rules(2, 1),
+            locations: &[("agent:a", 0, "UDUDUDU")],
+            now_s: 65,
+            want: &[],
+        },
+        Case {
+            name: "consecutive_up 2 waits for two successes",
+            rules: rules(2, 2),
+            locations: &[("agent:a", 0, "UDDUDUUU")],
+            now_s: 75,
+            want: &[(Kind::Down, 20, Some(60))],
+        },
+        Case {
+            name: "2 of 3: one location down is not enough",
+            rules: rules(2, 1),
+            locations: &[
+                ("agent:a", 0, "UDDDDU"),
+                ("agent:b", 1, "UUUUUU"),
+                ("public:x", 2, "UUUUUU"),
+            ],
+            now_s: 55,
+            want: &[],
+        },
+        Case {
+            name: "2 of 3: two locations down open it, every location up closes it",
+            rules: rules(2, 1),
+            locations: &[
+                ("agent:a", 0, "UDDDDUU"),
+                ("agent:b", 1, "UUDDDDU"),
+                ("public:x", 2, "UUUUUUU"),
+            ],
+            now_s: 65,
+            // b's second failure at 31 makes two down; a recovers at 50, b at 61.
+            want: &[(Kind::Down, 31, Some(61))],
+        },
+        Case {
+            name: "3 of 4",
+            rules: rules(1, 1),
+            locations: &[
+                ("agent:a", 0, "UDDU"),
+                ("agent:b", 1, "UDDU"),
+                ("public:x", 2, "UUDU"),
+                ("public:y", 3, "UUUU"),
+            ],
+            now_s: 35,
+            want: &[(Kind::Down, 22, Some(32))],
+        },
+        Case {
+            name: "explicit locations_down 1 of 3",
+            rules: Rules {
+                locations_down: Some(1),
+                ..rules(2, 1)
+            },
+            locations: &[
+                ("agent:a", 0, "UDDU"),
+                ("agent:b", 1, "UUUU"),
+                ("public:x", 2, "UUUU"),
+            ],
+            now_s: 35,
+            want: &[(Kind::Down, 20, Some(30))],
+        },
+        Case {
+            name: "public down while the agent succeeds: edge below the quorum",
+            rules: rules(2, 1),
+            locations: &[("agent:a", 0, "UUUUUU"), ("public:x", 1, "UDDDUU")],
+            now_s: 55,
+            want: &[(Kind::Edge, 21, Some(41))],
+        },
+        Case {
+            name: "edge off: nothing",
+            rules: Rules {
+                edge: false,
+                ..rules(2, 1)
+            },
+            locations: &[("agent:a", 0, "UUUUUU"), ("public:x", 1, "UDDDUU")],
+            now_s: 55,
+            want: &[],
+        },
+        Case {
+            name: "an edge incident becomes a down incident when the inside fails too",
+            rules: rules(2, 1),
+            locations: &[("agent:a", 0, "UUUDDDU"), ("public:x", 1, "UDDDDDU")],
+            now_s: 65,
+            want: &[(Kind::Edge, 21, Some(40)), (Kind::Down, 40, Some(61))],
+        },
+        Case {
+            name: "failure rate 20% over 2 min: 1 failure in 12 is not",
+            rules: Rules {
+                failure_rate: Some((20, 120 * S)),
+                ..rules(2, 1)
+            },
+            locations: &[("agent:a", 0, "UUUUUDUUUUUUUU")],
+            now_s: 135,
+            want: &[],
+        },
+        Case {
+            name: "failure rate 20% over 2 min: scattered failures open it",
+            rules: Rules {
+                failure_rate: Some((20, 120 * S)),
+                ..rules(2, 1)
+            },
+            locations: &[("agent:a", 0, "UDUUDUUDUUUUUUUUUUUUUUU")],
+            now_s: 225,
+            // 1 of 3 at 20 s is 33 %; at 130 s the window (10, 130] holds
+            // 2 failures in 12 (17 %) and the location is up: closed.
+            want: &[(Kind::Down, 20, Some(130))],
+        },
+        Case {
+            name: "an expect-closed port found open: exposure from one location",
+            rules: Rules {
+                expect_closed: true,
+                ..rules(1, 1)
+            },
+            locations: &[("agent:a", 0, "UUDU"), ("public:x", 1, "UUUU")],
+            now_s: 35,
+            want: &[(Kind::Exposure, 20, Some(30))],
+        },
+        Case {
+            name: "degraded (slow) is not down",
+            rules: rules(1, 1),
+            locations: &[("agent:a", 0, "USSSU")],
+            now_s: 45,
+            want: &[],
+        },
+        Case {
+            name: "a silent location is unknown: never down, and it does not close an incident",
+            rules: rules(2, 1),
+            // a stops reporting at 30 while down; b keeps failing then recovers.
+            locations: &[("agent:a", 0, "UDDD"), ("agent:b", 1, "UDDDDDDDU")],
+            now_s: 85,
+            // Opened at 21 (both down); a is stale from 65 (30 + 35) on; b
+            // recovers at 81: every location with a current result is up.
+            want: &[(Kind::Down, 21, Some(81))],
+        },
+    ];
+    for c in &cases {
+        let mut s = Series::default();
+        for (loc, start, pattern) in c.locations {
+            feed(&mut s, loc, *start, pattern);
+        }
+        assert_eq!(spans(&s, &c.rules, c.now_s), c.want, "case: {}", c.name);
+    }
+}
+
+#[test]
+fn results_that_arrive_late_land_where_the_checks_ran() {
+    let r = rules(2, 1);
+    // In check order.
+    let mut in_order = Series::default();
+    feed(&mut in_order, "public:x", 1, "UUUUUUUUUU");
+    feed(&mut in_order, "agent:a", 0, "UUDDDUUUUU");
+    // The agent's results arrive after the public ones, newest first.
+    let mut late = Series::default();
+    feed(&mut late, "public:x", 1, "UUUUUUUUUU");
+    let mut backlog: Vec<Obs> = Vec::new();
+    for i in (0..10).rev() {
+        let t = T0 + i * 10 * S;
+        backlog.push(Obs {
+            ts_ms: t,
+            status: if (2..5).contains(&i) {
+                pb::Status::Down as i32
+            } else {
+                pb::Status::Up as i32
+            },
+            reason: if (2..5).contains(&i) {
+                pb::Reason::Refused as i32
+            } else {
+                pb::Reason::Ok as i32
+            },
+        });
+    }
+    for o in backlog {
+        assert!(late.insert("agent:a", o));
+    }
+    // A resend changes nothing.
+    assert!(!late.insert("agent:a", obs(20, pb::Status::Down, pb::Reason::Refused)));
+    let a = sweep(
+        &in_order,
+        &Rules {
+            edge: false,
+            ..r.clone()
+        },
+        T0 + 100 * S,
+    );
+    let b = sweep(&late, &Rules { edge: false, ..r }, T0 + 100 * S);
+    assert_eq!(a, b);
+    // 1 of 2 locations down: below the quorum, so no incident, but the
+    // location view says when it was down.
+    assert!(a.spans.is_empty());
+}
+
+#[test]
+fn a_diagnosis_says_where_and_why() {
+    let mut s = Series::default();
+    feed(&mut s, "agent:a", 0, "UDD");
+    feed(&mut s, "public:x", 1, "UDD");
+    let out = sweep(&s, &rules(2, 1), T0 + 25 * S);
+    assert_eq!(out.spans.len(), 1);
+    assert!(
+        out.spans[0]
+            .diagnosis
+            .starts_with("service down: every location fails"),
+        "{}",
+        out.spans[0].diagnosis
+    );
+    assert_eq!(out.spans[0].reason.as_deref(), Some("refused"));
+    assert_eq!(out.spans[0].since_ms, T0 + 10 * S);
+
+    let mut s = Series::default();
+    feed(&mut s, "agent:a", 0, "UUU");
+    feed(&mut s, "public:x", 1, "UTT");
+    let out = sweep(&s, &rules(2, 1), T0 + 25 * S);
+    assert_eq!(out.spans[0].kind, Kind::Edge);
+    assert!(
+        out.spans[0]
+            .diagnosis
+            .starts_with("reachable inside only: edge, firewall or routing"),
+        "{}",
+        out.spans[0].diagnosis
+    );
+    assert_eq!(out.spans[0].reason.as_deref(), Some("timeout"));
+
+    let views = |states: &[(&str, LocState, &str)]| -> Vec<super::LocationView> {
+        states
+            .iter()
+            .map(|(l, s, r)| super::LocationView {
+                location: (*l).into(),
+                state: *s,
+                reason: (!r.is_empty()).then(|| (*r).into()),
+                down_since_ms: None,
+                last_check_ms: None,
+            })
+            .collect()
+    };
+    let (text, reason) = diagnose(
+        &views(&[
+            ("public:eu", LocState::Down, "timeout"),
+            ("public:us", LocState::Up, ""),
+            ("public:ap", LocState::Down, "refused"),
+            ("public:sa", LocState::Down, "timeout"),
+        ]),
+        false,
+    );
+    assert!(
+        text.starts_with("regional path: down from public:eu, public:ap, public:sa"),
+        "{text}"
+    );
+    assert_eq!(reason.as_deref(), Some("timeout"));
+    let (text, _) = diagnose(
+        &views(&[
+            ("agent:a", LocState::Down, "refused"),
+            ("public:x", LocState::Up, ""),
+            ("agent:b", LocState::Unknown, ""),
+        ]),
+        false,
+    );
+    assert!(text.starts_with("reachable from outside only"), "{text}");
+    assert!(text.ends_with("no current results from agent:b"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// The engine over a real store.
+// ---------------------------------------------------------------------------
+
+fn monitors(toml_text: &str) -> Vec<Monitor> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        monitors: Vec<RawMonitor>,
+    }
+    let f: F = toml::from_str(toml_text).expect("test toml parses");
+    let located: Vec<Located> = f
+        .monitors
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| Located {
+            line: None,
+            raw,
+            path: format!("monitors[{i}]"),
+        })
+        .collect();
+    validate_all(&located, "test", Origin::File, &[], Parents::MustExist).expect("valid monitors")
+}
+
+#[derive(Default)]
+struct Sent(Mutex<Vec<Outbound>>);
+
+impl Outbox for Sent {
+    fn send(&self, out: Outbound) {
+        self.0.lock().unwrap().push(out);
+    }
+}
+
+impl Sent {
+    fn take(&self) -> Vec<(Phase, String, Kind)> {
+        self.0
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|o| (o.phase, o.incident.monitor, o.incident.kind))
+            .collect()
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    registry: MonitorRegistry,
+    sent: Arc<Sent>,
+    engine: IncidentEngine,
+    now: Arc<Mutex<i64>>,
+}
+
+#[derive(Default)]
+struct Agents(Mutex<Vec<AgentPresence>>);
+
+impl Presence for Agents {
+    fn agents(&self) -> Vec<AgentPresence> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A maintenance window over one monitor, [from, to).
+struct Window(&'static str, i64, i64);
+
+impl Silencer for Window {
+    fn active(&self, monitor: &str, _tags: &[String], ts_ms: i64) -> Option<String> {
+        (monitor == self.0 && (self.1..self.2).contains(&ts_ms)).then(|| "patching".to_owned())
+    }
+}
+
+fn rig_with(
+    toml_text: &str,
+    presence: Arc<dyn Presence>,
+    silencer: Arc<dyn Silencer>,
+    dir: Option<tempfile::TempDir>,
+) -> Rig {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(dir.path(), StoreConfig::default()).unwrap());
+    let registry = MonitorRegistry::open(monitors(toml_text), None).unwrap();
+    let sent = Arc::new(Sent::default());
+    let now = Arc::new(Mutex::new(T0));
+    let clock: Clock = {
+        let now = now.clone();
+        Arc::new(move || *now.lock().unwrap())
+    };
+    let engine = IncidentEngine::open(
+        store.clone(),
+        registry.clone(),
+        presence,
+        silencer,
+        sent.clone(),
+        clock,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    Rig {
+        _dir: dir,
+        store,
+        registry,
+        sent,
+        engine,
+        now,
+    }
+}
+
+fn rig(toml_text: &str) -> Rig {
+    rig_with(toml_text, Arc::new(NoAgents), Arc::new(NoMaintenance), None)
+}
+
+impl Rig {
+    /// Stores and observes one result of `monitor` at `location`, checked at `t` s.
+    fn result(&self, monitor: &str, location: &str, t: i64, up: bool) {
+        let (status, reason) = if up {
+            (pb::Status::Up, pb::Reason::Ok)
+        } else {
+            (pb::Status::Down, pb::Reason::Refused)
+        };
+        let sample = Sample {
+            monitor_id: monitor.into(),
+            location: location.into(),
+            seq: (t + 1) as u64,
+            result: pb::CheckResult {
+                monitor_id: monitor.into(),
+                scheduled_at_unix_ms: T0 + t * S,
+                started_at_unix_ms: T0 + t * S,
+                status: status as i32,
+                reason: reason as i32,
+                ..Default::default()
+            },
+        };
+        let samples = [sample];
+        self.store
+            .ingest(location, 1, T0 + t * S, &samples, &[])
+            .unwrap();
+        self.engine.observe(&samples);
+    }
+
+    /// Runs a step at `t` s.
+    fn step(&self, t: i64) {
+        *self.now.lock().unwrap() = T0 + t * S;
+        self.engine.step(T0 + t * S);
+    }
+
+    fn incidents(&self) -> Vec<super::Incident> {
+        let mut v: Vec<super::Incident> = self
+            .store
+            .incidents(&IncidentQuery::default())
+            .unwrap()
+            .iter()
+            .map(|r| super::engine::parse(r).unwrap())
+            .collect();
+        v.reverse();
+        v
+    }
+}
+
+const REDIS: &str = r#"
+[[monitors]]
+name = "redis"
+target = "tcp://127.0.0.1:6379"
+interval = "10s"
+locations = ["agent-a"]
+"#;
+
+#[test]
+fn an_incident_opens_is_notified_and_resolves() {
+    let r = rig(REDIS);
+    for (t, up) in [(0, true), (10, false)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    assert!(r.sent.take().is_empty(), "one failure is not an incident");
+    r.result("redis", "agent:agent-a", 20, false);
+    r.step(20);
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Opened, "redis".into(), Kind::Down)]
+    );
+    let inc = &r.incidents()[0];
+    assert_eq!(inc.opened_ms, T0 + 20 * S);
+    assert_eq!(inc.since_ms, T0 + 10 * S);
+    assert_eq!(inc.reason.as_deref(), Some("refused"));
+    assert!(inc.is_open());
+    assert_eq!(r.engine.status()[0].state, "down");
+    // More failures: the same incident, nothing sent again.
+    r.result("redis", "agent:agent-a", 30, false);
+    r.step(30);
+    assert!(r.sent.take().is_empty());
+    r.result("redis", "agent:agent-a", 40, true);
+    r.step(40);
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Resolved, "redis".into(), Kind::Down)]
+    );
+    let all = r.incidents();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].resolved_ms, Some(T0 + 40 * S));
+    assert_eq!(r.engine.status()[0].state, "up");
+    // The event log tells the story.
+    let events = r
+        .store
+        .events(&crate::store::EventQuery {
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            kind: Some("incident".into()),
+            limit: 100,
+        })
+        .unwrap();
+    let actions: Vec<String> = events
+        .iter()
+        .map(|(_, e)| {
+            serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(actions, vec!["opened", "notified", "resolved", "notified"]);
+}
+
+#[test]
+fn the_notification_delay_holds_and_an_incident_that_heals_in_time_is_never_sent() {
+    let r = rig(r#"
+[[monitors]]
+name = "redis"
+target = "tcp://127.0.0.1:6379"
+interval = "10s"
+locations = ["agent-a"]
+alert = { notification_delay = "30s" }
+"#);
+    // Down at 20, healed at 40: inside the 30 s delay.
+    for (t, up) in [(0, true), (10, false), (20, false), (30, false), (40, true)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    r.step(120);
+    assert!(r.sent.take().is_empty());
+    let inc = &r.incidents()[0];
+    assert!(inc.silent);
+    assert_eq!(
+        inc.held.as_deref(),
+        Some("healed within the notification delay")
+    );
+    // Down again from 60 on and still down 30 s later: sent then, not before.
+    for (t, up) in [(50, false), (60, false), (70, false), (80, false)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    assert!(r.sent.take().is_empty(), "held for the delay");
+    r.result("redis", "agent:agent-a", 90, false);
+    r.step(90);
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Opened, "redis".into(), Kind::Down)]
+    );
+}
+
+#[test]
+fn a_backlog_replayed_after_a_cut_puts_the_incident_where_it_happened() {
+    let r = rig(r#"
+[[monitors]]
+name = "redis"
+target = "tcp://127.0.0.1:6379"
+interval = "10s"
+locations = ["agent-a"]
+"#);
+    r.result("redis", "agent:agent-a", 0, true);
+    r.step(0);
+    // The link is cut from 5 s to 95 s; the agent keeps checking and buffers.
+    // Meanwhile the collector sees nothing: unknown, not down.
+    r.step(60);
+    let st = &r.engine.status()[0];
+    assert_eq!(st.state, "unknown");
+    assert_eq!(st.locations[0].state, LocState::Unknown);
+    assert!(r.sent.take().is_empty());
+    // The backlog arrives: down from 20 to 50, up again at 60.
+    for (t, up) in [
+        (10, true),
+        (20, false),
+        (30, false),
+        (40, false),
+        (50, false),
+        (60, true),
+        (70, true),
+        (80, true),
+        (90, true),
+    ] {
+        r.result("redis", "agent:agent-a", t, up);
+    }
+    r.step(96);
+    let all = r.incidents();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let inc = &all[0];
+    assert_eq!(inc.since_ms, T0 + 20 * S);
+    assert_eq!(inc.opened_ms, T0 + 30 * S);
+    assert_eq!(inc.resolved_ms, Some(T0 + 60 * S));
+    assert!(inc.backfilled);
+    // It did happen: both messages go out, in order.
+    assert_eq!(
+        r.sent.take(),
+        vec![
+            (Phase::Opened, "redis".into(), Kind::Down),
+            (Phase::Resolved, "redis".into(), Kind::Down)
+        ]
+    );
+    // The same backlog again (a resend after a lost ack) changes nothing.
+    for t in [20, 30, 40] {
+        r.result("redis", "agent:agent-a", t, false);
+    }
+    r.step(100);
+    assert_eq!(r.incidents().len(), 1);
+    assert!(r.sent.take().is_empty());
+}
+
+#[test]
+fn an_offline_agent_raises_one_incident_and_its_monitors_show_unknown() {
+    let agents = Arc::new(Agents::default());
+    *agents.0.lock().unwrap() = vec![AgentPresence {
+        location: "agent:agent-a".into(),
+        connected: true,
+        since_ms: Some(T0),
+        revoked: false,
+    }];
+    let r = rig_with(REDIS, agents.clone(), Arc::new(NoMaintenance), None);
+    r.result("redis", "agent:agent-a", 0, true);
+    r.step(0);
+    // The stream goes away at 5 s.
+    agents.0.lock().unwrap()[0] = AgentPresence {
+        location: "agent:agent-a".into(),
+        connected: false,
+        since_ms: Some(T0 + 5 * S),
+        revoked: false,
+    };
+    r.step(30);
+    assert!(r.incidents().is_empty(), "inside the grace period");
+    for t in [40, 64, 66, 90, 120] {
+        r.step(t);
+    }
+    let all = r.incidents();
+    assert_eq!(all.len(), 1, "one incident, however long: {all:?}");
+    assert_eq!(all[0].kind, Kind::AgentOffline);
+    assert_eq!(all[0].monitor, "agent:agent-a");
+    assert_eq!(all[0].opened_ms, T0 + 65 * S);
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Opened, "agent:agent-a".into(), Kind::AgentOffline)]
+    );
+    let st = &r.engine.status()[0];
+    assert_eq!(st.state, "unknown", "never down for an agent that is away");
+    // Back: resolved.
+    agents.0.lock().unwrap()[0] = AgentPresence {
+        location: "agent:agent-a".into(),
+        connected: true,
+        since_ms: Some(T0 + 125 * S),
+        revoked: false,
+    };
+    r.step(126);
+    assert_eq!(r.incidents()[0].resolved_ms, Some(T0 + 125 * S));
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Resolved, "agent:agent-a".into(), Kind::AgentOffline)]
+    );
+    // Revoked: at once, with the reason.
+    agents.0.lock().unwrap()[0].revoked = true;
+    r.step(130);
+    let all = r.incidents();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].reason.as_deref(), Some("revoked"));
+    assert!(all[1].diagnosis.contains("revoked"), "{}", all[1].diagnosis);
+}
+
+#[test]
+fn a_child_under_a_down_parent_is_suppressed_and_linked() {
+    let r = rig(r#"
+[[monitors]]
+name = "host"
+target = "tcp://127.0.0.1:22"
+interval = "10s"
+locations = ["agent-a"]
+
+[[monitors]]
+name = "redis"
+target = "tcp://127.0.0.1:6379"
+interval = "10s"
+locations = ["agent-a"]
+depends_on = "host"
+"#);
+    for (t, up) in [(0, true), (10, false), (20, false), (30, false)] {
+        // The child sees it first (checks a little earlier).
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+        r.result("host", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    let sent = r.sent.take();
+    assert_eq!(
+        sent,
+        vec![(Phase::Opened, "host".into(), Kind::Down)],
+        "only the parent pages"
+    );
+    let all = r.incidents();
+    let parent = all.iter().find(|i| i.monitor == "host").unwrap();
+    let child = all.iter().find(|i| i.monitor == "redis").unwrap();
+    assert_eq!(child.suppressed_by, Some(parent.id));
+    assert!(child.held.as_deref().unwrap().contains("depends_on"));
+    // Both recover; the child was never told, so no "reachable again" either.
+    for t in [40, 50] {
+        r.result("redis", "agent:agent-a", t, true);
+        r.result("host", "agent:agent-a", t, true);
+        r.step(t);
+    }
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Resolved, "host".into(), Kind::Down)]
+    );
+}
+
+#[test]
+fn inside_a_maintenance_window_incidents_are_recorded_but_not_notified() {
+    let r = rig_with(
+        REDIS,
+        Arc::new(NoAgents),
+        Arc::new(Window("redis", T0 + 5 * S, T0 + 65 * S)),
+        None,
+    );
+    for (t, up) in [(0, true), (10, false), (20, false), (30, false), (40, true)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    assert!(r.sent.take().is_empty());
+    let inc = &r.incidents()[0];
+    assert_eq!(inc.maintenance.as_deref(), Some("patching"));
+    assert!(inc.silent);
+    // Down again inside the window and still down after it ends: sent then.
+    for (t, up) in [(50, false), (60, false)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    assert!(r.sent.take().is_empty(), "opened inside the window");
+    assert_eq!(r.engine.status()[0].state, "maintenance");
+    // The window ends at 65 with Redis still down: the page goes out then.
+    r.result("redis", "agent:agent-a", 70, false);
+    r.step(70);
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Opened, "redis".into(), Kind::Down)]
+    );
+}
+
+#[test]
+fn a_restart_neither_forgets_nor_duplicates_an_open_incident() {
+    let r = rig(REDIS);
+    for (t, up) in [(0, true), (10, false), (20, false)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    assert_eq!(r.sent.take().len(), 1);
+    let Rig {
+        _dir,
+        store,
+        engine,
+        ..
+    } = r;
+    drop(engine);
+    drop(store);
+    let r = rig_with(
+        REDIS,
+        Arc::new(NoAgents),
+        Arc::new(NoMaintenance),
+        Some(_dir),
+    );
+    r.result("redis", "agent:agent-a", 30, false);
+    r.step(30);
+    assert_eq!(r.incidents().len(), 1);
+    assert!(
+        r.sent.take().is_empty(),
+        "already notified before the restart"
+    );
+    r.result("redis", "agent:agent-a", 40, true);
+    r.step(40);
+    assert_eq!(
+        r.sent.take(),
+        vec![(Phase::Resolved, "redis".into(), Kind::Down)]
+    );
+    let _ = &r.registry;
+}
