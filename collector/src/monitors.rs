@@ -131,6 +131,11 @@ pub struct RawAlert {
     /// agents succeed. Default on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<bool>,
+    /// Count a degraded check (slow handshake, expiring certificate, NTP
+    /// offset) as a failure for incidents. Default off: degraded is shown,
+    /// not paged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_is_down: Option<bool>,
 }
 
 /// Where a monitor is checked from.
@@ -233,6 +238,7 @@ pub struct AlertPolicy {
     pub failure_rate: Option<(u8, Duration)>,
     pub notification_delay: Duration,
     pub edge: bool,
+    pub degraded_is_down: bool,
 }
 
 impl Default for AlertPolicy {
@@ -244,6 +250,7 @@ impl Default for AlertPolicy {
             failure_rate: None,
             notification_delay: Duration::ZERO,
             edge: true,
+            degraded_is_down: false,
         }
     }
 }
@@ -632,6 +639,7 @@ fn alert_policy(raw: Option<&RawAlert>, bad: &mut impl FnMut(&str, String)) -> A
         }
     }
     p.edge = raw.edge.unwrap_or(true);
+    p.degraded_is_down = raw.degraded_is_down.unwrap_or(false);
     p
 }
 

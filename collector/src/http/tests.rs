@@ -364,3 +364,75 @@ async fn monitors_are_created_replaced_and_deleted_through_the_api() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_listed_and_fetched_and_bad_ids_are_400() {
+    let backend = Arc::new(Memory::default());
+    backend
+        .incidents
+        .lock()
+        .unwrap()
+        .push(crate::incident::Incident {
+            id: 7,
+            monitor: "redis".into(),
+            kind: crate::incident::Kind::Down,
+            opened_ms: 2_000,
+            since_ms: 1_000,
+            resolved_ms: None,
+            diagnosis: "service down, seen from agent:a".into(),
+            reason: Some("refused".into()),
+            locations: Vec::new(),
+            backfilled: false,
+            held: None,
+            maintenance: None,
+            suppressed_by: None,
+            notified_open_ms: Some(2_000),
+            notified_resolve_ms: None,
+            deliveries: Vec::new(),
+            silent: false,
+        });
+    let (url, admin) = serve(backend).await;
+    tokio::task::spawn_blocking(move || {
+        let c = AdminClient::new(&url, admin);
+        let open = c
+            .incidents(&IncidentsQuery {
+                open: true,
+                ..IncidentsQuery::default()
+            })
+            .unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(c.incident(7).unwrap().reason.as_deref(), Some("refused"));
+        let err = c.incident(8).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 404, .. }),
+            "{err}"
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = format!("Bearer {}", "a".repeat(64));
+        for (path, status) in [
+            ("/api/v1/incidents/abc", 400),
+            ("/api/v1/incidents?limit=abc", 400),
+            ("/api/v1/incidents?bogus=1", 400),
+            ("/api/v1/incidents?limit=100000000", 400),
+        ] {
+            let resp = agent
+                .get(&format!("{url}{path}"))
+                .header("Authorization", &auth)
+                .call()
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{path}");
+            let text = resp.into_body().read_to_string().unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["error"]["message"].as_str().is_some(), "{text}");
+        }
+        for path in ["/api/v1/incidents", "/api/v1/incidents/7", "/api/v1/status"] {
+            let resp = agent.get(&format!("{url}{path}")).call().unwrap();
+            assert_eq!(resp.status().as_u16(), 401, "{path}");
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -36,8 +36,8 @@ impl Obs {
         }
     }
 
-    fn failing(&self) -> bool {
-        self.status == pb::Status::Down as i32
+    fn failing(&self, degraded_is_down: bool) -> bool {
+        self.status == pb::Status::Down as i32 || (degraded_is_down && self.degraded())
     }
 
     fn degraded(&self) -> bool {
@@ -56,6 +56,8 @@ pub struct Rules {
     pub failure_rate: Option<(u8, i64)>,
     pub edge: bool,
     pub expect_closed: bool,
+    /// A degraded check counts as a failure.
+    pub degraded_is_down: bool,
     /// A location whose newest result is this old is unknown.
     pub stale_ms: i64,
 }
@@ -80,6 +82,7 @@ impl Rules {
                 .map(|(pct, w)| (pct, crate::store::ms(w))),
             edge: m.alert.edge,
             expect_closed: m.spec.options.as_ref().is_some_and(|o| o.expect_closed),
+            degraded_is_down: m.alert.degraded_is_down,
             stale_ms: 2 * interval + STALE_SLACK_MS,
         }
     }
@@ -241,7 +244,7 @@ struct Run {
 
 impl Run {
     fn feed(&mut self, o: Obs, r: &Rules) {
-        if o.failing() {
+        if o.failing(r.degraded_is_down) {
             if self.fails == 0 {
                 self.streak_start = o.ts_ms;
             }
@@ -294,6 +297,7 @@ impl Run {
 
 /// The sliding window of the rate rule.
 struct Window {
+    degraded_is_down: bool,
     ms: i64,
     pct: u8,
     checks: VecDeque<(i64, bool)>,
@@ -302,8 +306,9 @@ struct Window {
 
 impl Window {
     fn push(&mut self, o: &Obs) {
-        self.checks.push_back((o.ts_ms, o.failing()));
-        self.failed += usize::from(o.failing());
+        let failed = o.failing(self.degraded_is_down);
+        self.checks.push_back((o.ts_ms, failed));
+        self.failed += usize::from(failed);
     }
 
     /// Forgets checks that left the window ending at `t` (it is `(t-ms, t]`).
@@ -361,6 +366,7 @@ pub fn sweep(series: &Series, rules: &Rules, now_ms: i64) -> Outcome {
     }
     events.sort_by_key(|e| (e.0, e.1, e.2));
     let mut window = rules.failure_rate.map(|(pct, ms)| Window {
+        degraded_is_down: rules.degraded_is_down,
         ms,
         pct,
         checks: VecDeque::new(),

@@ -26,6 +26,7 @@ fn rules(cd: u32, cu: u32) -> Rules {
         failure_rate: None,
         edge: true,
         expect_closed: false,
+        degraded_is_down: false,
         stale_ms: 2 * 10 * S + 15 * S,
     }
 }
@@ -233,6 +234,16 @@ fn quorum_and_window_rules() {
             locations: &[("agent:a", 0, "USSSU")],
             now_s: 45,
             want: &[],
+        },
+        Case {
+            name: "degraded counts as down when the policy says so",
+            rules: Rules {
+                degraded_is_down: true,
+                ..rules(2, 1)
+            },
+            locations: &[("agent:a", 0, "USSSU")],
+            now_s: 45,
+            want: &[(Kind::Down, 20, Some(40))],
         },
         Case {
             name: "a silent location is unknown: never down, and it does not close an incident",
