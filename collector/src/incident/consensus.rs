@@ -43,6 +43,13 @@ impl Obs {
     fn degraded(&self) -> bool {
         self.status == pb::Status::Degraded as i32
     }
+
+    /// The location's policy refused the target (a private address from a
+    /// public location): says nothing about the service, so the location
+    /// counts as unknown rather than down.
+    fn blocked(&self) -> bool {
+        self.reason == pb::Reason::BlockedAddress as i32
+    }
 }
 
 /// The rules one monitor is judged by (from its alert policy).
@@ -244,6 +251,10 @@ struct Run {
 
 impl Run {
     fn feed(&mut self, o: Obs, r: &Rules) {
+        if o.blocked() {
+            self.last = Some(o);
+            return;
+        }
         if o.failing(r.degraded_is_down) {
             if self.fails == 0 {
                 self.streak_start = o.ts_ms;
@@ -268,7 +279,7 @@ impl Run {
     fn at(&self, t: i64, r: &Rules) -> LocState {
         match self.last {
             None => LocState::Unknown,
-            Some(l) if t >= l.ts_ms.saturating_add(r.stale_ms) => LocState::Unknown,
+            Some(l) if t >= l.ts_ms.saturating_add(r.stale_ms) || l.blocked() => LocState::Unknown,
             Some(l) => match self.state {
                 LocState::Up if l.degraded() => LocState::Degraded,
                 s => s,
@@ -381,7 +392,7 @@ pub fn sweep(series: &Series, rules: &Rules, now_ms: i64) -> Outcome {
             let (_, is_result, i, o) = events[k];
             if is_result {
                 runs[i].feed(o, rules);
-                if let Some(w) = window.as_mut() {
+                if let Some(w) = window.as_mut().filter(|_| !o.blocked()) {
                     w.push(&o);
                 }
             }

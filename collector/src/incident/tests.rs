@@ -49,6 +49,7 @@ fn feed(series: &mut Series, location: &str, start_s: i64, pattern: &str) {
             'D' => obs(t, pb::Status::Down, pb::Reason::Refused),
             'T' => obs(t, pb::Status::Down, pb::Reason::Timeout),
             'S' => obs(t, pb::Status::Degraded, pb::Reason::Slow),
+            'B' => obs(t, pb::Status::Down, pb::Reason::BlockedAddress),
             '.' => continue,
             other => panic!("bad pattern char {other}"),
         };
@@ -94,6 +95,7 @@ struct Case {
     name: &'static str,
     rules: Rules,
     /// (location, first check s, pattern every 10 s)
+    /// (`B`: the location's policy refused the target.)
     locations: &'static [(&'static str, i64, &'static str)],
     now_s: i64,
     want: &'static [(Kind, i64, Option<i64>)],
@@ -233,6 +235,13 @@ fn quorum_and_window_rules() {
             rules: rules(1, 1),
             locations: &[("agent:a", 0, "USSSU")],
             now_s: 45,
+            want: &[],
+        },
+        Case {
+            name: "a public location refused a private target: unknown, not an edge incident",
+            rules: rules(2, 1),
+            locations: &[("agent:a", 0, "UUUUUU"), ("public:x", 1, "BBBBBB")],
+            now_s: 55,
             want: &[],
         },
         Case {
