@@ -73,6 +73,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every monitor at every location now (colour on a terminal)
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Incidents, newest first: open ones, or the history
     Incidents {
         #[command(flatten)]
@@ -433,6 +441,23 @@ pub fn run_admin(command: &Command) -> i32 {
             }
             Ok(())
         })(),
+        Command::Status { target, json } => (|| {
+            let status = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .status()
+                .map_err(api_failure)?;
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            print_status(&status, colour);
+            Ok(())
+        })(),
         Command::Incidents {
             target,
             open,
@@ -619,6 +644,50 @@ fn print_agents(agents: &[AgentInfo]) {
             a.backlog
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+fn print_status(status: &[crate::incident::engine::MonitorStatus], colour: bool) {
+    let paint = |state: &str| -> String {
+        let code = match state {
+            "up" => "32",
+            "degraded" | "edge" => "33",
+            "down" => "31",
+            "maintenance" => "34",
+            _ => "90",
+        };
+        if colour {
+            format!("\x1b[{code}m{state:<11}\x1b[0m")
+        } else {
+            format!("{state:<11}")
+        }
+    };
+    println!(
+        "{:<28} {:<11} {:<9} LOCATIONS",
+        "MONITOR", "STATE", "INCIDENT"
+    );
+    for m in status {
+        let locations: Vec<String> = m
+            .locations
+            .iter()
+            .map(|l| match &l.reason {
+                Some(r) if l.state != crate::incident::LocState::Up => {
+                    format!("{}={}({r})", l.location, l.state.as_str())
+                }
+                _ => format!("{}={}", l.location, l.state.as_str()),
+            })
+            .collect();
+        println!(
+            "{:<28} {} {:<9} {}",
+            m.monitor,
+            paint(&m.state),
+            m.incident.map_or_else(|| "-".to_owned(), |i| i.to_string()),
+            if locations.is_empty() {
+                "-".to_owned()
+            } else {
+                locations.join("  ")
+            }
         );
     }
 }
