@@ -3,7 +3,8 @@
 //! enrolls with a one-time token over TLS with the CA pin and then streams over
 //! mTLS, and monitors on real local ports: one open, one closed, the
 //! collector's own TLS port (certificate expiry), its HTTP port, and ICMP to
-//! loopback. Results are printed as they are stored until Ctrl-C.
+//! loopback. Results are printed as they are stored, and incidents as they
+//! open and resolve (the closed port is one), until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -210,6 +211,7 @@ locations = ["site=demo"]
         .map(|m| m.name.clone())
         .collect();
     let mut last_seen = std::collections::HashMap::<(String, String), i64>::new();
+    let mut incidents = std::collections::BTreeMap::<u64, crate::incident::Incident>::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = tokio::spawn(stop);
     tokio::pin!(stop);
@@ -232,6 +234,30 @@ locations = ["site=demo"]
                 println!("{}", line(id, location, r));
             }
         }
+        // Incidents as they open and resolve (the closed port is one).
+        let open: std::collections::BTreeMap<u64, crate::incident::Incident> = collector
+            .incidents
+            .open_incidents()
+            .into_iter()
+            .map(|i| (i.id, i))
+            .collect();
+        for (id, i) in &open {
+            if !incidents.contains_key(id) {
+                println!(
+                    "INCIDENT #{id} opened: {} [{}] {} (reason {})",
+                    i.monitor,
+                    i.kind.as_str(),
+                    i.diagnosis,
+                    i.reason.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        for (id, i) in &incidents {
+            if !open.contains_key(id) {
+                println!("INCIDENT #{id} resolved: {}", i.monitor);
+            }
+        }
+        incidents = open;
     }
     println!("stopping: the agent drains its buffer, the collector flushes");
     let _ = stop_tx.send(true);

@@ -1,0 +1,300 @@
+//! The alert a user waits for, with the real binaries: a real Redis watched
+//! by a really enrolled agent is killed, and a local webhook receiver gets
+//! "TCP Port Unreachable" with reason `refused` within interval x
+//! consecutive_down + 1 s, signed with the channel's secret; Redis restarted,
+//! it gets "Reachable Again". The same incidents reach an SMTP server
+//! (Debian's aiosmtpd) by email.
+//!
+//! Only 127.0.0.1 is ever contacted.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portwatch_harness::{self as h, Service};
+use serde_json::Value;
+
+fn collector(args: &[&str]) -> Output {
+    Command::new(h::cargo_bin("portwatch-collector"))
+        .args(args)
+        .output()
+        .expect("run portwatch-collector")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the webhook body is JSON")
+    }
+}
+
+/// A webhook receiver on loopback: records every POST and answers 200.
+fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len.min(1 << 20)];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            sink.lock().unwrap().push(Received {
+                at: Instant::now(),
+                headers,
+                body,
+            });
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn status(data: &Path) -> Vec<Value> {
+    let o = collector(&["status", "--data-dir", data.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+const SECRET: &str = "webhook-secret-for-tests-only";
+
+#[test]
+fn a_killed_redis_pages_the_webhook_and_its_restart_says_reachable_again() {
+    let dir = h::temp_dir();
+    let data = dir.path().join("collector");
+    let d = data.to_str().unwrap().to_owned();
+    let redis_port = h::free_tcp_port();
+    let mut redis = h::redis(dir.path(), redis_port);
+    let (hook_port, hooks) = receiver();
+    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"public_probes = false
+
+[[monitors]]
+name = "redis-main"
+target = "tcp://127.0.0.1:{redis_port}"
+preset = "redis"
+interval = "1s"
+timeout = "500ms"
+locations = ["site=lab"]
+runbook = "https://wiki.example/redis"
+
+[[notifications]]
+name = "ops-hook"
+kind = "webhook"
+url = "http://127.0.0.1:{hook_port}/hook"
+secret = "{SECRET}"
+"#
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
+    cmd.args(["serve", "--data-dir", &d, "--config"])
+        .arg(&config)
+        .args([
+            "--agent-addr",
+            &format!("127.0.0.1:{agent_port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ]);
+    let mut coll = Service::spawn("collector", cmd, dir.path());
+    coll.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(20));
+    assert!(h::poll_until(Duration::from_secs(10), || data
+        .join("collector.json")
+        .exists()));
+    let o = collector(&[
+        "token",
+        "create",
+        "--data-dir",
+        &d,
+        "--name",
+        "bastion-1",
+        "--labels",
+        "site=lab",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let join = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let agent_dir = dir.path().join("agent");
+    let a = agent_dir.to_str().unwrap();
+    let o = Command::new(h::cargo_bin("portwatch-agent"))
+        .args(["enroll", &join, "--data-dir", a])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
+    cmd.args(["run", "--data-dir", a]);
+    let mut agent = Service::spawn("agent", cmd, dir.path());
+    assert!(
+        h::poll_until(Duration::from_secs(30), || status(&data)
+            .iter()
+            .any(|m| m["monitor"] == "redis-main" && m["state"] == "up")),
+        "redis never up: {:?}\n{}\n{}",
+        status(&data),
+        agent.log(),
+        coll.log()
+    );
+
+    // Kill Redis: refused from now on.
+    redis.kill();
+    let killed = Instant::now();
+    let down = wait_for(Duration::from_secs(15), || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.json()["event"] == "opened")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no page: {:?}\n{}", status(&data), coll.log()));
+    let took = down.at - killed;
+    println!("redis killed -> webhook received in {took:?}");
+    assert!(
+        took <= Duration::from_secs(3),
+        "the page took {took:?}, more than interval x consecutive_down + 1 s"
+    );
+    let v = down.json();
+    assert!(
+        v["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("TCP Port Unreachable"),
+        "{v}"
+    );
+    assert_eq!(v["reason"], "refused", "{v}");
+    assert_eq!(v["monitor"], "redis-main", "{v}");
+    assert_eq!(v["target"], format!("127.0.0.1:{redis_port}"), "{v}");
+    assert_eq!(v["runbook"], "https://wiki.example/redis", "{v}");
+    // The signature covers "<timestamp>.<body>" with the channel's secret.
+    let ts = down
+        .header("x-portwatch-timestamp")
+        .expect("timestamp header");
+    let sig = down
+        .header("x-portwatch-signature")
+        .expect("signature header");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(&down.body);
+    let hex_sig = sig.strip_prefix("sha256=").expect("sha256= prefix");
+    let bytes: Vec<u8> = (0..hex_sig.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex_sig[i..i + 2], 16).unwrap())
+        .collect();
+    ring::hmac::verify(&key, &signed, &bytes).expect("the signature verifies");
+
+    // Restart it: "Reachable Again", once.
+    let mut redis = h::redis(dir.path(), redis_port);
+    let up = wait_for(Duration::from_secs(15), || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.json()["event"] == "resolved")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no resolve: {:?}\n{}", status(&data), coll.log()));
+    let v = up.json();
+    assert!(
+        v["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("TCP Port Reachable Again"),
+        "{v}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(hooks.lock().unwrap().len(), 2, "one page and one all-clear");
+
+    // The incident as the CLI shows it.
+    let o = collector(&["incidents", "--data-dir", &d, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let incidents: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let i = &incidents[0];
+    assert_eq!(i["kind"], "down");
+    assert_eq!(i["reason"], "refused");
+    assert!(
+        i["resolved_ms"].is_i64() && i["notified_resolve_ms"].is_i64(),
+        "{i}"
+    );
+    assert!(
+        i["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "delivered"),
+        "{i}"
+    );
+    let o = collector(&["status", "--data-dir", &d]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("redis-main"));
+    redis.assert_running();
+    agent.assert_running();
+}
