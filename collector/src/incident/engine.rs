@@ -146,6 +146,8 @@ struct Book {
     incidents: BTreeMap<u64, Incident>,
     /// Per monitor: every location now, and when a location turns stale next.
     status: HashMap<String, (Vec<LocationView>, Option<i64>)>,
+    /// When agent presence was last looked at (it reads the agent registry).
+    presence_at_ms: Option<i64>,
 }
 
 struct Shared {
@@ -321,7 +323,13 @@ impl IncidentEngine {
             self.reconcile(&mut book, &monitor, &rules, outcome.spans, now_ms);
         }
         let mut book = lock(&self.shared.book);
-        self.agents(&mut book, now_ms);
+        if book
+            .presence_at_ms
+            .is_none_or(|at| now_ms - at >= 1000 || now_ms < at)
+        {
+            book.presence_at_ms = Some(now_ms);
+            self.agents(&mut book, now_ms);
+        }
         self.forget_deleted(&mut book, now_ms);
         self.settle_all(&mut book, now_ms);
         book.incidents

@@ -877,3 +877,85 @@ fn a_restart_neither_forgets_nor_duplicates_an_open_incident() {
     );
     let _ = &r.registry;
 }
+
+/// The run loop on tokio's paused clock: a held notification goes out on the
+/// engine's own tick when the delay is over, with no new result to wake it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_run_loop_sends_a_delayed_notification_on_its_own_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(dir.path(), StoreConfig::default()).unwrap());
+    let registry = MonitorRegistry::open(
+        monitors(
+            r#"
+[[monitors]]
+name = "redis"
+target = "tcp://127.0.0.1:6379"
+interval = "10s"
+locations = ["agent-a"]
+alert = { notification_delay = "30s" }
+"#,
+        ),
+        None,
+    )
+    .unwrap();
+    let base = tokio::time::Instant::now();
+    let clock: Clock = Arc::new(move || T0 + base.elapsed().as_millis() as i64);
+    let sent = Arc::new(Sent::default());
+    let engine = IncidentEngine::open(
+        store.clone(),
+        registry,
+        Arc::new(NoAgents),
+        Arc::new(NoMaintenance),
+        sent.clone(),
+        clock,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(engine.clone().run(stopped));
+    let feed = |t: i64, up: bool| {
+        let (status, reason) = if up {
+            (pb::Status::Up, pb::Reason::Ok)
+        } else {
+            (pb::Status::Down, pb::Reason::Refused)
+        };
+        engine.observe(&[Sample {
+            monitor_id: "redis".into(),
+            location: "agent:agent-a".into(),
+            seq: t as u64 + 1,
+            result: pb::CheckResult {
+                monitor_id: "redis".into(),
+                scheduled_at_unix_ms: T0 + t * S,
+                status: status as i32,
+                reason: reason as i32,
+                ..Default::default()
+            },
+        }]);
+    };
+    let at =
+        |t: i64| tokio::time::sleep_until(base + std::time::Duration::from_millis((t * S) as u64));
+    for (t, up) in [(0, true), (10, false), (20, false)] {
+        at(t).await;
+        feed(t, up);
+    }
+    // Opened at 20 s, held until 50 s; the results stop (still within their staleness).
+    at(49).await;
+    assert!(sent.take().is_empty(), "sent before the delay was over");
+    let open = engine.open_incidents();
+    assert_eq!(open.len(), 1);
+    assert!(
+        open[0]
+            .held
+            .as_deref()
+            .unwrap()
+            .starts_with("notification delay")
+    );
+    at(52).await;
+    assert_eq!(
+        sent.take(),
+        vec![(Phase::Opened, "redis".into(), Kind::Down)]
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
