@@ -53,6 +53,9 @@ pub enum Command {
     /// Monitors: list, show, put (create/replace through the API), delete, check a config file
     #[command(subcommand)]
     Monitors(MonitorsCommand),
+    /// Maintenance windows: list, add, cancel, upcoming
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// Recent results of a monitor, from every location
     Results {
         #[command(flatten)]
@@ -140,6 +143,71 @@ pub enum TokenCommand {
         #[command(flatten)]
         target: Target,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Every window (config file and API) with its current or next occurrence
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a window through the API: one-off (--start with --end or --duration)
+    /// or recurring (--days, --at, --duration, --time-zone)
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        /// Monitor names, comma separated ("*" for all)
+        #[arg(long, value_delimiter = ',')]
+        monitors: Vec<String>,
+        /// Tags, comma separated: monitors with any of them
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// One-off start: 2026-11-28T02:00:00Z, or "2026-11-28 02:00" in --time-zone
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        /// e.g. 2h
+        #[arg(long)]
+        duration: Option<String>,
+        /// Recurring days: mon,thu or daily, weekdays, weekends
+        #[arg(long, value_delimiter = ',')]
+        days: Vec<String>,
+        /// Recurring local start time, e.g. 02:30
+        #[arg(long)]
+        at: Option<String>,
+        /// IANA time zone (default UTC)
+        #[arg(long)]
+        time_zone: Option<String>,
+        /// Recurring: first and last date, YYYY-MM-DD
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Cancel an API window (a running one ends now)
+    Cancel {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+    /// Occurrences in the coming days
+    Upcoming {
+        #[command(flatten)]
+        target: Target,
+        /// How far ahead, e.g. 7d (default 30d)
+        #[arg(long, value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        within: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -572,6 +640,7 @@ pub fn run_admin(command: &Command) -> i32 {
             Ok(())
         })(),
         Command::Monitors(cmd) => run_monitors(cmd),
+        Command::Maintenance(cmd) => run_maintenance(cmd),
         Command::Agent(AgentCommand::Rotate { target, name }) => (|| {
             let a = target
                 .client()
@@ -735,6 +804,144 @@ fn read_monitor(path: &std::path::Path) -> Result<crate::monitors::RawMonitor, S
         toml::from_str(&text).map_err(|e| e.to_string().trim().replace('\n', " "))
     };
     parsed.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run_maintenance(cmd: &MaintenanceCommand) -> Result<(), (i32, String)> {
+    let window_line = |w: &crate::maintenance::WindowInfo| {
+        let d = &w.definition;
+        let schedule = if d.days.is_empty() {
+            format!(
+                "once {} .. {}",
+                d.start.as_deref().unwrap_or("?"),
+                d.end
+                    .clone()
+                    .or_else(|| d.duration.clone().map(|x| format!("+{x}")))
+                    .unwrap_or_default()
+            )
+        } else {
+            format!(
+                "{} at {} for {} ({})",
+                d.days.join(","),
+                d.at.as_deref().unwrap_or("?"),
+                d.duration.as_deref().unwrap_or("?"),
+                d.time_zone.as_deref().unwrap_or("UTC")
+            )
+        };
+        let mut selects = d.monitors.clone();
+        selects.extend(d.tags.iter().map(|t| format!("tag:{t}")));
+        format!(
+            "{:<24} {:<5} {:<7} {:<40} {:<22} {}",
+            w.name,
+            match w.origin {
+                crate::maintenance::WindowOrigin::File => "file",
+                crate::maintenance::WindowOrigin::Api => "api",
+            },
+            if w.active { "ACTIVE" } else { "-" },
+            schedule,
+            w.next_start_ms.map_or_else(|| "-".into(), fmt_ms),
+            selects.join(",")
+        )
+    };
+    match cmd {
+        MaintenanceCommand::List { target, json } => {
+            let list = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .list_maintenance()
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<5} {:<7} {:<40} {:<22} SELECTS",
+                "NAME", "FROM", "NOW", "SCHEDULE", "NEXT START"
+            );
+            for w in &list {
+                println!("{}", window_line(w));
+            }
+            Ok(())
+        }
+        MaintenanceCommand::Add {
+            target,
+            name,
+            monitors,
+            tags,
+            start,
+            end,
+            duration,
+            days,
+            at,
+            time_zone,
+            from,
+            until,
+            reason,
+        } => {
+            let def = crate::maintenance::RawWindow {
+                name: name.clone(),
+                reason: reason.clone(),
+                monitors: monitors.clone(),
+                tags: tags.clone(),
+                start: start.clone(),
+                end: end.clone(),
+                days: days.clone(),
+                at: at.clone(),
+                duration: duration.clone(),
+                time_zone: time_zone.clone(),
+                from: from.clone(),
+                until: until.clone(),
+            };
+            let w = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .add_maintenance(&def)
+                .map_err(api_failure)?;
+            println!("{}", window_line(&w));
+            Ok(())
+        }
+        MaintenanceCommand::Cancel { target, name } => {
+            let w = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .cancel_maintenance(name)
+                .map_err(api_failure)?;
+            println!("cancelled {}", w.name);
+            Ok(())
+        }
+        MaintenanceCommand::Upcoming {
+            target,
+            within,
+            json,
+        } => {
+            let now = crate::state::unix_ms(std::time::SystemTime::now());
+            let to = within.map(|w| now + crate::store::ms(w));
+            let list = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .upcoming_maintenance(Some(now), to)
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            for o in &list {
+                println!(
+                    "{}  {}  {:<24} {}",
+                    fmt_ms(o.start_ms),
+                    fmt_ms(o.end_ms),
+                    o.name,
+                    o.reason.as_deref().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn run_monitors(cmd: &MonitorsCommand) -> Result<(), (i32, String)> {

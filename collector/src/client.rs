@@ -182,6 +182,43 @@ impl AdminClient {
         .map(|_| ())
     }
 
+    pub fn list_maintenance(&self) -> Result<Vec<crate::maintenance::WindowInfo>, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/maintenance", None)
+    }
+
+    pub fn add_maintenance(
+        &self,
+        def: &crate::maintenance::RawWindow,
+    ) -> Result<crate::maintenance::WindowInfo, ClientError> {
+        self.call("POST", "/api/v1/maintenance", Some(def))
+    }
+
+    pub fn cancel_maintenance(
+        &self,
+        name: &str,
+    ) -> Result<crate::maintenance::WindowInfo, ClientError> {
+        self.call::<(), _>(
+            "DELETE",
+            &format!("/api/v1/maintenance/{}", path_segment(name)),
+            None,
+        )
+    }
+
+    pub fn upcoming_maintenance(
+        &self,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<crate::maintenance::registry::Occurrence>, ClientError> {
+        let mut path = "/api/v1/maintenance/upcoming?".to_owned();
+        if let Some(f) = from {
+            path.push_str(&format!("from={f}&"));
+        }
+        if let Some(t) = to {
+            path.push_str(&format!("to={t}"));
+        }
+        self.call::<(), _>("GET", path.trim_end_matches(['&', '?']), None)
+    }
+
     pub fn config_status(&self) -> Result<ReloadStatusView, ClientError> {
         self.call::<(), _>("GET", "/api/v1/config/status", None)
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::maintenance::{RawWindow, Window, WindowOrigin};
 use crate::monitors::{Located, Monitor, Origin, Parents, Problems, RawMonitor, validate_all};
 
 /// Default address agents connect to.
@@ -42,6 +43,12 @@ pub enum ConfigError {
     /// Every problem of every monitor, one per line.
     #[error("{0}")]
     Monitors(Problems),
+    /// Every problem of every maintenance window, one per line.
+    #[error("{origin}: {}", .problems.join(&format!("\n{origin}: ")))]
+    Maintenance {
+        origin: String,
+        problems: Vec<String>,
+    },
 }
 
 /// The file as written.
@@ -81,6 +88,9 @@ struct RawConfig {
     dashboard_url: Option<String>,
     #[serde(default)]
     monitors: Vec<toml::Spanned<RawMonitor>>,
+    /// Maintenance windows (`[[maintenance]]`, see `maintenance.rs`).
+    #[serde(default)]
+    maintenance: Vec<RawWindow>,
 }
 
 /// The checked configuration.
@@ -105,6 +115,9 @@ pub struct Config {
     pub monitors: Vec<Monitor>,
     /// The same monitors as written, with their lines.
     pub monitor_sources: Vec<Located>,
+    /// The file's maintenance windows, checked, and as written.
+    pub maintenance: Vec<Window>,
+    pub maintenance_sources: Vec<RawWindow>,
     /// Where it came from (a path, or "defaults").
     pub origin: String,
     /// The file it was loaded from, watched for changes by a running collector.
@@ -254,6 +267,13 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
             }
         })
         .collect();
+    let maintenance =
+        crate::maintenance::validate_all(&raw.maintenance, "maintenance", WindowOrigin::File)
+            .map_err(|problems| ConfigError::Maintenance {
+                origin: origin.to_owned(),
+                problems,
+            })?;
+    let maintenance_sources = raw.maintenance;
     let monitors = validate_all(
         &monitor_sources,
         origin,
@@ -278,6 +298,8 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         rollup_retention,
         monitors,
         monitor_sources,
+        maintenance,
+        maintenance_sources,
         origin: origin.to_owned(),
         path: None,
     })

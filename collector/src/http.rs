@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminToken;
 use crate::incident::Incident;
 use crate::incident::engine::MonitorStatus;
+use crate::maintenance::registry::Occurrence;
+use crate::maintenance::{MaintenanceError, MaintenanceRegistry, RawWindow, WindowInfo};
 use crate::monitors::registry::{MonitorRegistry, RegistryError, ReloadStatus};
 use crate::monitors::{Monitor, Origin, RawMonitor};
 
@@ -299,6 +301,8 @@ pub trait AdminBackend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AgentInfo, ApiError>> + Send;
     /// The live monitor set: the monitor endpoints work on it directly.
     fn monitor_registry(&self) -> &MonitorRegistry;
+    /// The live maintenance windows, likewise.
+    fn maintenance_registry(&self) -> &MaintenanceRegistry;
     /// The newest `q.limit` results of a monitor in the range, oldest first.
     fn results(
         &self,
@@ -356,6 +360,18 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/incidents", get(incidents::<B>))
         .route("/api/v1/incidents/{id}", get(incident::<B>))
         .route("/api/v1/status", get(status::<B>))
+        .route(
+            "/api/v1/maintenance",
+            get(list_maintenance::<B>).post(add_maintenance::<B>),
+        )
+        .route(
+            "/api/v1/maintenance/upcoming",
+            get(upcoming_maintenance::<B>),
+        )
+        .route(
+            "/api/v1/maintenance/{name}",
+            get(get_maintenance::<B>).delete(cancel_maintenance::<B>),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -632,6 +648,116 @@ async fn config_status<B: AdminBackend>(
 ) -> Result<Json<ReloadStatus>, ApiError> {
     authorize(&api, &headers)?;
     Ok(Json(api.backend.monitor_registry().reload_status()))
+}
+
+/// `GET /api/v1/maintenance/upcoming?[from=MS][&to=MS]`: occurrences
+/// overlapping the range (default: now to 30 days ahead).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpcomingQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    crate::state::unix_ms(std::time::SystemTime::now())
+}
+
+async fn list_maintenance<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<WindowInfo>>, ApiError> {
+    authorize(&api, &headers)?;
+    let now = now_ms();
+    let list = api.backend.maintenance_registry().list();
+    Ok(Json(list.iter().map(|w| w.info(now)).collect()))
+}
+
+async fn get_maintenance<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<WindowInfo>, ApiError> {
+    authorize(&api, &headers)?;
+    api.backend
+        .maintenance_registry()
+        .get(&name)
+        .map(|w| Json(w.info(now_ms())))
+        .ok_or_else(|| ApiError::not_found(format!("no maintenance window is named {name:?}")))
+}
+
+async fn add_maintenance<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<WindowInfo>), ApiError> {
+    authorize(&api, &headers)?;
+    let def: RawWindow = serde_json::from_value(json_body(body)?)
+        .map_err(|e| ApiError::bad_request(format!("maintenance window: {e}")))?;
+    let registry = api.backend.maintenance_registry().clone();
+    let now = now_ms();
+    let w = tokio::task::spawn_blocking(move || registry.add(def, now))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(window = %w.name, "maintenance window added through the api");
+    api.backend.audit(
+        "maintenance.add",
+        &w.name,
+        serde_json::to_value(&w.raw).unwrap_or_default(),
+    );
+    Ok((StatusCode::CREATED, Json(w.info(now))))
+}
+
+async fn cancel_maintenance<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<WindowInfo>, ApiError> {
+    authorize(&api, &headers)?;
+    let registry = api.backend.maintenance_registry().clone();
+    let w = tokio::task::spawn_blocking(move || registry.cancel(&name))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(window = %w.name, "maintenance window cancelled through the api");
+    api.backend
+        .audit("maintenance.cancel", &w.name, serde_json::Value::Null);
+    Ok(Json(w.info(now_ms())))
+}
+
+async fn upcoming_maintenance<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    query: QueryParams<UpcomingQuery>,
+) -> Result<Json<Vec<Occurrence>>, ApiError> {
+    authorize(&api, &headers)?;
+    let q = query_params(query)?;
+    let from = q.from.unwrap_or_else(now_ms);
+    let to = q.to.unwrap_or(from + 30 * 86_400_000);
+    if to < from || to - from > 400 * 86_400_000 {
+        return Err(ApiError::bad_request(
+            "to: must be after from and at most 400 days later",
+        ));
+    }
+    Ok(Json(api.backend.maintenance_registry().upcoming(from, to)))
+}
+
+impl From<MaintenanceError> for ApiError {
+    fn from(e: MaintenanceError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            MaintenanceError::NotFound(_) => ApiError::not_found(message),
+            MaintenanceError::ManagedByFile(_) => {
+                ApiError::new(StatusCode::CONFLICT, "managed_by_file", message)
+            }
+            MaintenanceError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "exists", message),
+            MaintenanceError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_window", message)
+            }
+            MaintenanceError::Storage { .. } => ApiError::internal(message),
+        }
+    }
 }
 
 impl From<RegistryError> for ApiError {

@@ -22,6 +22,7 @@ pub mod enroll;
 pub mod http;
 pub mod incident;
 pub mod ingest;
+pub mod maintenance;
 pub mod monitors;
 pub mod public;
 pub mod server;

@@ -26,11 +26,10 @@ use crate::http::{
     router,
 };
 use crate::incident::engine::MonitorStatus;
-use crate::incident::engine::{
-    AgentPresence, EngineConfig, NoMaintenance, NoOutbox, Presence, wall_clock,
-};
+use crate::incident::engine::{AgentPresence, EngineConfig, NoOutbox, Presence, wall_clock};
 use crate::incident::{Incident, IncidentEngine};
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
+use crate::maintenance::MaintenanceRegistry;
 use crate::monitors::registry::MonitorRegistry;
 use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
@@ -75,6 +74,8 @@ pub struct Collector {
     pub config: Arc<Config>,
     /// The live monitor set (config file + API).
     pub monitors: MonitorRegistry,
+    /// Maintenance windows (config file + API).
+    pub maintenance: MaintenanceRegistry,
     pub incidents: IncidentEngine,
     /// The address agents are told to use (in join strings).
     pub public_agent_addr: String,
@@ -111,6 +112,11 @@ pub fn open(
         Some(&data_dir.join("monitors.json")),
     )
     .map_err(setup)?;
+    let maintenance = MaintenanceRegistry::open(
+        config.maintenance.clone(),
+        Some(&data_dir.join("maintenance.json")),
+    )
+    .map_err(setup)?;
     let config = Arc::new(config);
     let assignments = Arc::new(RegistryAssignments {
         monitors: monitors.clone(),
@@ -137,7 +143,7 @@ pub fn open(
             agents: agents.clone(),
             ingest: ingest.clone(),
         }),
-        Arc::new(NoMaintenance),
+        Arc::new(maintenance.clone()),
         Arc::new(NoOutbox),
         wall_clock(),
         EngineConfig {
@@ -172,6 +178,7 @@ pub fn open(
             ingest,
             config,
             monitors,
+            maintenance,
             incidents,
             public_agent_addr,
         },
@@ -264,6 +271,7 @@ pub async fn serve(
         tokio::spawn(watch_config(
             path,
             collector.monitors.clone(),
+            collector.maintenance.clone(),
             collector.results.clone(),
             hup,
             stop_rx.clone(),
@@ -479,6 +487,7 @@ impl Assignments for RegistryAssignments {
 async fn watch_config(
     path: PathBuf,
     monitors: MonitorRegistry,
+    maintenance: MaintenanceRegistry,
     store: Arc<dyn Store>,
     mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
@@ -501,13 +510,19 @@ async fn watch_config(
             tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
             continue;
         };
-        reload_monitors(&path, &text, &monitors, &*store);
+        reload_monitors(&path, &text, &monitors, &maintenance, &*store);
     }
 }
 
-/// Applies a new version of the config file to the live monitors, and
-/// records the outcome in the audit log.
-pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry, store: &dyn Store) {
+/// Applies a new version of the config file to the live monitors and
+/// maintenance windows, and records the outcome in the audit log.
+pub fn reload_monitors(
+    path: &Path,
+    text: &str,
+    monitors: &MonitorRegistry,
+    maintenance: &MaintenanceRegistry,
+    store: &dyn Store,
+) {
     let origin = path.display().to_string();
     let parsed = match Config::parse(text, &origin) {
         Ok(c) => c,
@@ -525,7 +540,28 @@ pub fn reload_monitors(path: &Path, text: &str, monitors: &MonitorRegistry, stor
             return;
         }
     };
-    match monitors.replace_file(&parsed.monitor_sources, &origin) {
+    // Both or neither: the windows are checked before the monitors change.
+    let windows = match maintenance.check_file(&parsed.maintenance_sources) {
+        Ok(w) => w,
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(problem = %p, "config file rejected: keeping the current monitors and windows");
+            }
+            monitors.reload_failed(&origin, problems.join("\n"));
+            audit(
+                store,
+                "config.reject",
+                &origin,
+                serde_json::json!({ "problems": problems }),
+            );
+            return;
+        }
+    };
+    let applied = monitors.replace_file(&parsed.monitor_sources, &origin);
+    if applied.is_ok() {
+        maintenance.set_file(windows);
+    }
+    match applied {
         Ok(change) if change.is_empty() => {
             tracing::info!(file = %origin, "config file reloaded: monitors unchanged");
         }
@@ -756,6 +792,10 @@ impl AdminBackend for Backend {
             .map_err(internal)?
             .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
         crate::incident::engine::parse(&row).map_err(internal)
+    }
+
+    fn maintenance_registry(&self) -> &MaintenanceRegistry {
+        &self.0.maintenance
     }
 
     async fn status(&self) -> Result<Vec<MonitorStatus>, ApiError> {

@@ -15,6 +15,8 @@ struct Memory {
     /// What the handlers asked to audit: (action, subject).
     audited: Mutex<Vec<(String, String)>>,
     incidents: Mutex<Vec<crate::incident::Incident>>,
+    /// The real maintenance registry, in memory.
+    maintenance: crate::maintenance::MaintenanceRegistry,
     /// The real registry, in memory: the API maps its answers and errors.
     monitors: crate::monitors::registry::MonitorRegistry,
 }
@@ -57,6 +59,9 @@ impl AdminBackend for Arc<Memory> {
     }
     fn monitor_registry(&self) -> &crate::monitors::registry::MonitorRegistry {
         &self.monitors
+    }
+    fn maintenance_registry(&self) -> &crate::maintenance::MaintenanceRegistry {
+        &self.maintenance
     }
     async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
         if req.name.is_empty() {
@@ -432,6 +437,57 @@ async fn incidents_are_listed_and_fetched_and_bad_ids_are_400() {
             let resp = agent.get(&format!("{url}{path}")).call().unwrap();
             assert_eq!(resp.status().as_u16(), 401, "{path}");
         }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_windows_are_added_listed_and_cancelled_through_the_api() {
+    let backend = Arc::new(Memory::default());
+    let (url, admin) = serve(backend.clone()).await;
+    tokio::task::spawn_blocking(move || {
+        let c = AdminClient::new(&url, admin);
+        let now = crate::state::unix_ms(std::time::SystemTime::now());
+        let start = crate::cli::fmt_ms(now - 60_000);
+        let def = crate::maintenance::RawWindow {
+            name: "redis-upgrade".into(),
+            monitors: vec!["redis".into()],
+            start: Some(start),
+            duration: Some("1h".into()),
+            reason: Some("7.2 upgrade".into()),
+            ..Default::default()
+        };
+        let w = c.add_maintenance(&def).unwrap();
+        assert!(w.active, "{w:?}");
+        assert!(backend.maintenance.active_for("redis", &[], now).is_some());
+        let err = c.add_maintenance(&def).unwrap_err();
+        assert!(matches!(&err, ClientError::Api { status: 409, code, .. } if code == "exists"), "{err}");
+        let err = c
+            .add_maintenance(&crate::maintenance::RawWindow {
+                name: "bad".into(),
+                monitors: vec!["redis".into()],
+                days: vec!["mon".into()],
+                at: Some("02:00".into()),
+                duration: Some("1h".into()),
+                time_zone: Some("Mars/Base".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 422, message, .. } if message.contains("unknown time zone")),
+            "{err}"
+        );
+        assert_eq!(c.list_maintenance().unwrap().len(), 1);
+        let upcoming = c.upcoming_maintenance(None, None).unwrap();
+        assert_eq!(upcoming.len(), 1);
+        assert_eq!(upcoming[0].reason.as_deref(), Some("7.2 upgrade"));
+        c.cancel_maintenance("redis-upgrade").unwrap();
+        let err = c.cancel_maintenance("redis-upgrade").unwrap_err();
+        assert!(matches!(&err, ClientError::Api { status: 404, .. }), "{err}");
+        assert!(backend.maintenance.active_for("redis", &[], now).is_none());
+        let audited: Vec<String> = backend.audited.lock().unwrap().iter().map(|a| a.0.clone()).collect();
+        assert_eq!(audited, vec!["maintenance.add", "maintenance.cancel"]);
     })
     .await
     .unwrap();
