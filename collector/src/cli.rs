@@ -146,6 +146,8 @@ pub enum TokenCommand {
     },
 }
 
+// Parsed once per process: the size of the `add` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum MaintenanceCommand {
     /// Every window (config file and API) with its current or next occurrence
