@@ -31,6 +31,12 @@ for bin in "${!need[@]}"; do
   fi
 done
 
+# The SMTP server the notification tests send mail to: a Python module, run
+# with Debian's own interpreter.
+if ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  missing+=(python3-aiosmtpd)
+fi
+
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

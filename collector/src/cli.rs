@@ -84,6 +84,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Notification channels and the latest delivery attempts (failures first in mind)
+    Notifications {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
     /// Incidents, newest first: open ones, or the history
     Incidents {
         #[command(flatten)]
@@ -526,6 +533,38 @@ pub fn run_admin(command: &Command) -> i32 {
                 return Ok(());
             }
             print_status(&status, colour);
+            Ok(())
+        })(),
+        Command::Notifications { target, json } => (|| {
+            let info = target
+                .client()
+                .map_err(|e| (EXIT_FAILURE, e))?
+                .notifications()
+                .map_err(api_failure)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!("{:<20} {:<10} DESTINATION", "CHANNEL", "KIND");
+            for c in &info.channels {
+                println!("{:<20} {:<10} {}", c.name, c.kind, c.destination);
+            }
+            println!();
+            for e in &info.recent {
+                let d = &e.body["delivery"];
+                println!(
+                    "{}  {:<16} incident #{:<5} {:<20} attempt {:<3} {}",
+                    fmt_ms(e.at_unix_ms),
+                    e.body["action"].as_str().unwrap_or("?"),
+                    e.body["incident"],
+                    d["channel"].as_str().unwrap_or("?"),
+                    d["attempt"],
+                    d["error"].as_str().unwrap_or("")
+                );
+            }
             Ok(())
         })(),
         Command::Incidents {

@@ -182,6 +182,10 @@ impl AdminClient {
         .map(|_| ())
     }
 
+    pub fn notifications(&self) -> Result<crate::http::NotificationsInfo, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/notifications", None)
+    }
+
     pub fn list_maintenance(&self) -> Result<Vec<crate::maintenance::WindowInfo>, ClientError> {
         self.call::<(), _>("GET", "/api/v1/maintenance", None)
     }

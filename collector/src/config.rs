@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::maintenance::{RawWindow, Window, WindowOrigin};
 use crate::monitors::{Located, Monitor, Origin, Parents, Problems, RawMonitor, validate_all};
+use crate::notify::{Channel, RawChannel};
 
 /// Default address agents connect to.
 pub const DEFAULT_AGENT_ADDR: &str = "0.0.0.0:7443";
@@ -43,6 +44,12 @@ pub enum ConfigError {
     /// Every problem of every monitor, one per line.
     #[error("{0}")]
     Monitors(Problems),
+    /// Every problem of every notification channel, one per line.
+    #[error("{origin}: {}", .problems.join(&format!("\n{origin}: ")))]
+    Notifications {
+        origin: String,
+        problems: Vec<String>,
+    },
     /// Every problem of every maintenance window, one per line.
     #[error("{origin}: {}", .problems.join(&format!("\n{origin}: ")))]
     Maintenance {
@@ -91,6 +98,9 @@ struct RawConfig {
     /// Maintenance windows (`[[maintenance]]`, see `maintenance.rs`).
     #[serde(default)]
     maintenance: Vec<RawWindow>,
+    /// Notification channels (`[[notifications]]`, see `notify.rs`).
+    #[serde(default)]
+    notifications: Vec<RawChannel>,
 }
 
 /// The checked configuration.
@@ -118,6 +128,8 @@ pub struct Config {
     /// The file's maintenance windows, checked, and as written.
     pub maintenance: Vec<Window>,
     pub maintenance_sources: Vec<RawWindow>,
+    /// Where incidents are sent.
+    pub notifications: Vec<Channel>,
     /// Where it came from (a path, or "defaults").
     pub origin: String,
     /// The file it was loaded from, watched for changes by a running collector.
@@ -274,6 +286,13 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
                 problems,
             })?;
     let maintenance_sources = raw.maintenance;
+    let notifications =
+        crate::notify::validate_channels(&raw.notifications).map_err(|problems| {
+            ConfigError::Notifications {
+                origin: origin.to_owned(),
+                problems,
+            }
+        })?;
     let monitors = validate_all(
         &monitor_sources,
         origin,
@@ -300,6 +319,7 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         monitor_sources,
         maintenance,
         maintenance_sources,
+        notifications,
         origin: origin.to_owned(),
         path: None,
     })

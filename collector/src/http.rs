@@ -322,6 +322,8 @@ pub trait AdminBackend: Send + Sync + 'static {
         q: &IncidentsQuery,
     ) -> impl Future<Output = Result<Vec<Incident>, ApiError>> + Send;
     fn incident(&self, id: u64) -> impl Future<Output = Result<Incident, ApiError>> + Send;
+    /// The channels (nothing secret) and the latest delivery attempts.
+    fn notifications(&self) -> impl Future<Output = Result<NotificationsInfo, ApiError>> + Send;
     /// Every monitor at every location now, with its open incident.
     fn status(&self) -> impl Future<Output = Result<Vec<MonitorStatus>, ApiError>> + Send;
     /// Records an admin action in the audit log. Never fails the action: a
@@ -360,6 +362,7 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/incidents", get(incidents::<B>))
         .route("/api/v1/incidents/{id}", get(incident::<B>))
         .route("/api/v1/status", get(status::<B>))
+        .route("/api/v1/notifications", get(notifications::<B>))
         .route(
             "/api/v1/maintenance",
             get(list_maintenance::<B>).post(add_maintenance::<B>),
@@ -648,6 +651,23 @@ async fn config_status<B: AdminBackend>(
 ) -> Result<Json<ReloadStatus>, ApiError> {
     authorize(&api, &headers)?;
     Ok(Json(api.backend.monitor_registry().reload_status()))
+}
+
+/// `GET /api/v1/notifications`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotificationsInfo {
+    pub channels: Vec<crate::notify::ChannelInfo>,
+    /// The latest delivery attempts (last 24 h, newest first, at most 200):
+    /// `{incident, action: delivered|delivery_failed, delivery: {...}}`.
+    pub recent: Vec<EventInfo>,
+}
+
+async fn notifications<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<NotificationsInfo>, ApiError> {
+    authorize(&api, &headers)?;
+    Ok(Json(api.backend.notifications().await?))
 }
 
 /// `GET /api/v1/maintenance/upcoming?[from=MS][&to=MS]`: occurrences

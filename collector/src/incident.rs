@@ -148,3 +148,76 @@ pub fn reason_name(reason: i32) -> String {
         })
         .unwrap_or_else(|_| format!("reason_{reason}"))
 }
+
+/// The message channels render for one notification of an incident.
+pub fn notification(
+    out: &engine::Outbound,
+    dashboard_url: Option<&str>,
+) -> crate::notify::Notification {
+    let inc = &out.incident;
+    let m = out.monitor.as_ref();
+    let (protocol, target) = match m.map(|m| m.spec.target.as_str()) {
+        Some(t) => match t.split_once("://") {
+            Some((scheme, rest)) => (scheme.to_ascii_uppercase(), rest.to_owned()),
+            None => (String::new(), t.to_owned()),
+        },
+        None => (String::new(), String::new()),
+    };
+    crate::notify::Notification {
+        event: match out.phase {
+            Phase::Opened => crate::notify::NotifyEvent::Opened,
+            Phase::Resolved => crate::notify::NotifyEvent::Resolved,
+        },
+        incident_id: inc.id,
+        kind: inc.kind.as_str().to_owned(),
+        monitor: inc.monitor.clone(),
+        protocol,
+        target,
+        // An agent going away matters about as much as a high-severity monitor.
+        severity: m.map_or(crate::monitors::Severity::High, |m| m.severity),
+        tags: m.map(|m| m.tags.clone()).unwrap_or_default(),
+        locations: inc
+            .locations
+            .iter()
+            .map(|l| crate::notify::LocationView {
+                location: l.location.clone(),
+                state: l.state.as_str().to_owned(),
+                reason: l.reason.clone(),
+            })
+            .collect(),
+        diagnosis: inc.diagnosis.clone(),
+        reason: inc.reason.clone(),
+        since_ms: inc.since_ms,
+        resolved_ms: inc.resolved_ms,
+        runbook: m.and_then(|m| m.runbook.clone()),
+        dashboard_url: dashboard_url.map(|u| format!("{u}/incidents/{}", inc.id)),
+    }
+}
+
+/// A dispatcher report as the incident keeps it.
+pub fn delivery(r: &crate::notify::DeliveryReport) -> Delivery {
+    let (state, error, retry_at_ms) = match &r.outcome {
+        crate::notify::Outcome::Delivered => ("delivered", None, None),
+        crate::notify::Outcome::Failed { error, retry_at_ms } => (
+            if retry_at_ms.is_some() {
+                "retrying"
+            } else {
+                "failed"
+            },
+            Some(error.clone()),
+            *retry_at_ms,
+        ),
+    };
+    Delivery {
+        channel: r.channel.clone(),
+        phase: match r.event {
+            crate::notify::NotifyEvent::Opened => Phase::Opened,
+            crate::notify::NotifyEvent::Resolved => Phase::Resolved,
+        },
+        attempt: r.attempt,
+        at_ms: r.at_ms,
+        state: state.into(),
+        error,
+        retry_at_ms,
+    }
+}

@@ -24,6 +24,7 @@ pub mod incident;
 pub mod ingest;
 pub mod maintenance;
 pub mod monitors;
+pub mod notify;
 pub mod public;
 pub mod server;
 pub mod state;

@@ -22,15 +22,18 @@ use crate::config::Config;
 use crate::enroll::{EnrollConfig, EnrollService, server_tls};
 use crate::http::{
     AdminBackend, AgentInfo, ApiError, CreateToken, CreatedToken, EventInfo, EventsQuery,
-    IncidentsQuery, PhaseInfo, ResultInfo, ResultsQuery, RollupInfo, RollupsQuery, TokenInfo,
-    router,
+    IncidentsQuery, NotificationsInfo, PhaseInfo, ResultInfo, ResultsQuery, RollupInfo,
+    RollupsQuery, TokenInfo, router,
 };
 use crate::incident::engine::MonitorStatus;
-use crate::incident::engine::{AgentPresence, EngineConfig, NoOutbox, Presence, wall_clock};
+use crate::incident::engine::{
+    AgentPresence, EngineConfig, Outbound, Outbox, Presence, wall_clock,
+};
 use crate::incident::{Incident, IncidentEngine};
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
 use crate::maintenance::MaintenanceRegistry;
 use crate::monitors::registry::MonitorRegistry;
+use crate::notify::{Backoff, Dispatcher};
 use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
 use crate::store::observed::Observed;
@@ -77,6 +80,8 @@ pub struct Collector {
     /// Maintenance windows (config file + API).
     pub maintenance: MaintenanceRegistry,
     pub incidents: IncidentEngine,
+    /// Sends incidents to the notification channels.
+    pub dispatcher: Dispatcher,
     /// The address agents are told to use (in join strings).
     pub public_agent_addr: String,
 }
@@ -112,6 +117,9 @@ pub fn open(
         Some(&data_dir.join("monitors.json")),
     )
     .map_err(setup)?;
+    // Delivery reports are written on their incidents (by the task below).
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Dispatcher::new(config.notifications.clone(), Backoff::default(), reports_tx);
     let maintenance = MaintenanceRegistry::open(
         config.maintenance.clone(),
         Some(&data_dir.join("maintenance.json")),
@@ -144,7 +152,10 @@ pub fn open(
             ingest: ingest.clone(),
         }),
         Arc::new(maintenance.clone()),
-        Arc::new(NoOutbox),
+        Arc::new(DispatcherOutbox {
+            dispatcher: dispatcher.clone(),
+            dashboard_url: config.dashboard_url.clone(),
+        }),
         wall_clock(),
         EngineConfig {
             agent_offline_after: config.agent_offline_after,
@@ -155,6 +166,16 @@ pub fn open(
     {
         let engine = incidents.clone();
         observed.set_observer(Arc::new(move |samples| engine.observe(samples)));
+        let engine = incidents.clone();
+        tokio::spawn(async move {
+            while let Some(r) = reports.recv().await {
+                let engine = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    engine.delivered(r.incident_id, crate::incident::delivery(&r))
+                })
+                .await;
+            }
+        });
     }
     let host = match agent_addr.ip() {
         ip if ip.is_unspecified() => config
@@ -180,6 +201,7 @@ pub fn open(
             monitors,
             maintenance,
             incidents,
+            dispatcher,
             public_agent_addr,
         },
         admin,
@@ -272,6 +294,7 @@ pub async fn serve(
             path,
             collector.monitors.clone(),
             collector.maintenance.clone(),
+            collector.dispatcher.clone(),
             collector.results.clone(),
             hup,
             stop_rx.clone(),
@@ -342,6 +365,21 @@ async fn maintain_store(store: Arc<dyn Store>, stop: impl Future<Output = ()>) {
             Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
             Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
         }
+    }
+}
+
+/// Incidents to notify go to the dispatcher's channel workers.
+struct DispatcherOutbox {
+    dispatcher: Dispatcher,
+    dashboard_url: Option<String>,
+}
+
+impl Outbox for DispatcherOutbox {
+    fn send(&self, out: Outbound) {
+        self.dispatcher.notify(crate::incident::notification(
+            &out,
+            self.dashboard_url.as_deref(),
+        ));
     }
 }
 
@@ -488,6 +526,7 @@ async fn watch_config(
     path: PathBuf,
     monitors: MonitorRegistry,
     maintenance: MaintenanceRegistry,
+    dispatcher: Dispatcher,
     store: Arc<dyn Store>,
     mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
@@ -510,7 +549,7 @@ async fn watch_config(
             tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
             continue;
         };
-        reload_monitors(&path, &text, &monitors, &maintenance, &*store);
+        reload_monitors(&path, &text, &monitors, &maintenance, &dispatcher, &*store);
     }
 }
 
@@ -521,6 +560,7 @@ pub fn reload_monitors(
     text: &str,
     monitors: &MonitorRegistry,
     maintenance: &MaintenanceRegistry,
+    dispatcher: &Dispatcher,
     store: &dyn Store,
 ) {
     let origin = path.display().to_string();
@@ -560,6 +600,7 @@ pub fn reload_monitors(
     let applied = monitors.replace_file(&parsed.monitor_sources, &origin);
     if applied.is_ok() {
         maintenance.set_file(windows);
+        dispatcher.set_channels(parsed.notifications.clone());
     }
     match applied {
         Ok(change) if change.is_empty() => {
@@ -792,6 +833,23 @@ impl AdminBackend for Backend {
             .map_err(internal)?
             .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
         crate::incident::engine::parse(&row).map_err(internal)
+    }
+
+    async fn notifications(&self) -> Result<NotificationsInfo, ApiError> {
+        let mut recent = self
+            .events(&EventsQuery {
+                kind: Some("notification".into()),
+                from: Some(unix_ms(SystemTime::now()) - 86_400_000),
+                to: None,
+                limit: 100_000,
+            })
+            .await?;
+        recent.reverse();
+        recent.truncate(200);
+        Ok(NotificationsInfo {
+            channels: self.0.dispatcher.channels(),
+            recent,
+        })
     }
 
     fn maintenance_registry(&self) -> &MaintenanceRegistry {

@@ -2,7 +2,7 @@
 //! by a really enrolled agent is killed, and a local webhook receiver gets
 //! "TCP Port Unreachable" with reason `refused` within interval x
 //! consecutive_down + 1 s, signed with the channel's secret; Redis restarted,
-//! it gets "Reachable Again". The same incidents reach an SMTP server
+//! it gets "Reachable Again". The same messages reach an SMTP server
 //! (Debian's aiosmtpd) by email.
 //!
 //! Only 127.0.0.1 is ever contacted.
@@ -128,6 +128,26 @@ fn a_killed_redis_pages_the_webhook_and_its_restart_says_reachable_again() {
     let redis_port = h::free_tcp_port();
     let mut redis = h::redis(dir.path(), redis_port);
     let (hook_port, hooks) = receiver();
+    // Debian's aiosmtpd as the mail relay: prints every message it accepts.
+    let smtp_port = h::free_tcp_port();
+    let smtp = {
+        let python = Path::new("/usr/bin/python3");
+        assert!(
+            python.is_file(),
+            "install python3-aiosmtpd (.ci/run does this)"
+        );
+        let mut cmd = Command::new(python);
+        cmd.env("PYTHONUNBUFFERED", "1").args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+        ]);
+        let mut s = Service::spawn("aiosmtpd", cmd, dir.path());
+        s.wait_tcp(([127, 0, 0, 1], smtp_port).into(), Duration::from_secs(15));
+        s
+    };
     let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
     let config = dir.path().join("collector.toml");
     std::fs::write(
@@ -149,6 +169,15 @@ name = "ops-hook"
 kind = "webhook"
 url = "http://127.0.0.1:{hook_port}/hook"
 secret = "{SECRET}"
+
+[[notifications]]
+name = "ops-mail"
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+tls = "none"
+from = "portwatch@example.test"
+to = ["oncall@example.test"]
 "#
         ),
     )
@@ -271,6 +300,20 @@ secret = "{SECRET}"
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(hooks.lock().unwrap().len(), 2, "one page and one all-clear");
+
+    // The same two messages by email.
+    assert!(
+        h::poll_until(Duration::from_secs(10), || {
+            let log = smtp.log();
+            log.contains(&format!(
+                "Subject: TCP Port Unreachable: redis-main (127.0.0.1:{redis_port})"
+            )) && log.contains(&format!(
+                "Subject: TCP Port Reachable Again: redis-main (127.0.0.1:{redis_port})"
+            )) && log.contains("Reason:     refused")
+        }),
+        "{}",
+        smtp.log()
+    );
 
     // The incident as the CLI shows it.
     let o = collector(&["incidents", "--data-dir", &d, "--json"]);

@@ -48,6 +48,9 @@ impl AdminBackend for Arc<Memory> {
     async fn status(&self) -> Result<Vec<crate::incident::engine::MonitorStatus>, ApiError> {
         Ok(Vec::new())
     }
+    async fn notifications(&self) -> Result<NotificationsInfo, ApiError> {
+        Ok(NotificationsInfo::default())
+    }
     async fn rotate_agent(&self, name: &str) -> Result<AgentInfo, ApiError> {
         self.agents
             .lock()

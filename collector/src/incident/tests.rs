@@ -15,7 +15,7 @@ use crate::monitors::{Located, Monitor, Origin, Parents, RawMonitor, validate_al
 use crate::store::{IncidentQuery, RedbStore, Sample, Store, StoreConfig};
 
 const S: i64 = 1000;
-/// A fixed start: 2026-11-22T10:00:00Z.
+/// A fixed start: 2026-11-28T10:00:00Z.
 const T0: i64 = 1_795_860_000_000;
 
 fn rules(cd: u32, cu: u32) -> Rules {

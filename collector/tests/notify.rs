@@ -1,0 +1,440 @@
+//! The dispatcher against real receivers on loopback: an HTTP receiver that
+//! records requests and answers what the test says, and Debian's aiosmtpd as
+//! the SMTP server (plain, and STARTTLS with a CA made by the test).
+//!
+//! Only 127.0.0.1 is ever contacted.
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use portwatch_collector::monitors::Severity;
+use portwatch_collector::notify::{
+    Backoff, Channel, DeliveryReport, Dispatcher, LocationView, Notification, NotifyEvent, Outcome,
+    RawChannel, validate_channels,
+};
+use portwatch_harness::{self as h, Service};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+struct Got {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// An HTTP receiver: records every POST, answers the queued statuses, then 200.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    answers: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        let r = Receiver::default();
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            axum::routing::post(
+                move |axum::extract::Path(path): axum::extract::Path<String>,
+                      headers: HeaderMap,
+                      body: Bytes| {
+                    let state = state.clone();
+                    async move {
+                        state.got.lock().unwrap().push(Got {
+                            path,
+                            headers,
+                            body,
+                        });
+                        let code = state.answers.lock().unwrap().pop_front().unwrap_or(200);
+                        (StatusCode::from_u16(code).unwrap(), "receiver says so")
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (r, url)
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn channels(text: &str) -> Vec<Channel> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        notifications: Vec<RawChannel>,
+    }
+    let f: F = toml::from_str(text).unwrap();
+    validate_channels(&f.notifications).unwrap_or_else(|p| panic!("{p:?}"))
+}
+
+fn note(id: u64, event: NotifyEvent) -> Notification {
+    Notification {
+        event,
+        incident_id: id,
+        kind: "down".into(),
+        monitor: "redis-main".into(),
+        protocol: "TCP".into(),
+        target: "127.0.0.1:6379".into(),
+        severity: Severity::High,
+        tags: vec!["db".into()],
+        locations: vec![LocationView {
+            location: "agent:site-a".into(),
+            state: "down".into(),
+            reason: Some("refused".into()),
+        }],
+        diagnosis: "service down, seen from agent:site-a".into(),
+        reason: Some("refused".into()),
+        since_ms: 1_795_860_000_000,
+        resolved_ms: (event == NotifyEvent::Resolved).then_some(1_795_860_060_000),
+        runbook: None,
+        dashboard_url: None,
+    }
+}
+
+fn quick() -> Backoff {
+    Backoff {
+        first: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        give_up_after: Duration::from_secs(60),
+    }
+}
+
+async fn reports_until(
+    rx: &mut mpsc::UnboundedReceiver<DeliveryReport>,
+    n: usize,
+    within: Duration,
+) -> Vec<DeliveryReport> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(r)) => out.push(r),
+            _ => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_signed_and_a_failing_receiver_is_retried_in_order() {
+    let (recv, url) = Receiver::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Dispatcher::new(
+        channels(&format!(
+            "[[notifications]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\nsecret = \"hmac-secret-0123456789\"\nheaders = {{ \"X-Team\" = \"ops\" }}\n"
+        )),
+        quick(),
+        tx,
+    );
+    // Twice 500, then 200: the opened message is delivered on attempt 3, and
+    // the resolved one queued behind it only after it.
+    recv.answers.lock().unwrap().extend([500, 503]);
+    d.notify(note(7, NotifyEvent::Opened));
+    d.notify(note(7, NotifyEvent::Resolved));
+    let reports = reports_until(&mut rx, 4, Duration::from_secs(10)).await;
+    let summary: Vec<(NotifyEvent, u32, bool)> = reports
+        .iter()
+        .map(|r| (r.event, r.attempt, r.outcome == Outcome::Delivered))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (NotifyEvent::Opened, 1, false),
+            (NotifyEvent::Opened, 2, false),
+            (NotifyEvent::Opened, 3, true),
+            (NotifyEvent::Resolved, 1, true),
+        ]
+    );
+    match &reports[0].outcome {
+        Outcome::Failed { error, retry_at_ms } => {
+            assert!(error.starts_with("HTTP 500"), "{error}");
+            assert!(retry_at_ms.unwrap() > reports[0].at_ms);
+        }
+        o => panic!("{o:?}"),
+    }
+    let got = recv.got();
+    assert_eq!(got.len(), 4);
+    let last_open = &got[2];
+    assert_eq!(last_open.path, "hook");
+    assert_eq!(last_open.json()["event"], "opened");
+    assert_eq!(got[3].json()["event"], "resolved");
+    assert_eq!(last_open.headers["x-team"], "ops");
+    // The receiver checks the signature over "<timestamp>.<body>".
+    let ts = last_open.headers["x-portwatch-timestamp"].to_str().unwrap();
+    let sig = last_open.headers["x-portwatch-signature"].to_str().unwrap();
+    let hex = sig.strip_prefix("sha256=").unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"hmac-secret-0123456789");
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(&last_open.body);
+    ring::hmac::verify(&key, &signed, &bytes).expect("signature verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_fails_at_once_and_a_dead_receiver_is_given_up() {
+    let (recv, url) = Receiver::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Dispatcher::new(
+        channels(&format!(
+            "[[notifications]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\n"
+        )),
+        Backoff {
+            give_up_after: Duration::from_millis(400),
+            ..quick()
+        },
+        tx,
+    );
+    recv.answers.lock().unwrap().push_back(400);
+    d.notify(note(1, NotifyEvent::Opened));
+    let r = reports_until(&mut rx, 1, Duration::from_secs(5)).await;
+    assert!(
+        matches!(&r[0].outcome, Outcome::Failed { error, retry_at_ms: None } if error.contains("HTTP 400") && error.contains("receiver says so")),
+        "{r:?}"
+    );
+    // Always 500: retried with growing delays, then given up (retry_at None).
+    recv.answers.lock().unwrap().extend([500; 50]);
+    let started = Instant::now();
+    d.notify(note(2, NotifyEvent::Opened));
+    let mut attempts = Vec::new();
+    loop {
+        let r = reports_until(&mut rx, 1, Duration::from_secs(5)).await;
+        let r = r.into_iter().next().expect("a report");
+        let done = matches!(
+            r.outcome,
+            Outcome::Failed {
+                retry_at_ms: None,
+                ..
+            }
+        );
+        attempts.push(r);
+        if done {
+            break;
+        }
+    }
+    assert!(attempts.len() >= 3, "{attempts:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(attempts.iter().all(|a| a.outcome != Outcome::Delivered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_discord_teams_and_pagerduty_get_their_shapes_and_routing_holds() {
+    let (recv, url) = Receiver::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Dispatcher::new(
+        channels(&format!(
+            r#"
+[[notifications]]
+name = "slack"
+kind = "slack"
+url = "{url}/slack"
+
+[[notifications]]
+name = "discord"
+kind = "discord"
+url = "{url}/discord"
+
+[[notifications]]
+name = "teams"
+kind = "teams"
+url = "{url}/teams"
+
+[[notifications]]
+name = "pd"
+kind = "pagerduty"
+url = "{url}/pd"
+routing_key = "R0UT1NGK3Y"
+min_severity = "critical"
+"#
+        )),
+        quick(),
+        tx,
+    );
+    d.notify(note(9, NotifyEvent::Opened));
+    let reports = reports_until(&mut rx, 3, Duration::from_secs(10)).await;
+    assert_eq!(
+        reports.len(),
+        3,
+        "a high incident skips the critical-only pager"
+    );
+    assert!(reports.iter().all(|r| r.outcome == Outcome::Delivered));
+    let mut crit = note(10, NotifyEvent::Opened);
+    crit.severity = Severity::Critical;
+    d.notify(crit.clone());
+    crit.event = NotifyEvent::Resolved;
+    crit.resolved_ms = Some(crit.since_ms + 1000);
+    d.notify(crit);
+    reports_until(&mut rx, 8, Duration::from_secs(10)).await;
+    let got = recv.got();
+    let by = |p: &str| -> Vec<serde_json::Value> {
+        got.iter().filter(|g| g.path == p).map(Got::json).collect()
+    };
+    let slack = by("slack");
+    assert!(
+        slack[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("TCP Port Unreachable")
+    );
+    assert_eq!(slack[0]["attachments"][0]["color"], "#d00000");
+    let discord = by("discord");
+    assert!(
+        discord[0]["embeds"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    let teams = by("teams");
+    assert_eq!(teams[0]["@type"], "MessageCard");
+    let pd = by("pd");
+    assert_eq!(pd.len(), 2);
+    assert_eq!(pd[0]["event_action"], "trigger");
+    assert_eq!(pd[0]["payload"]["severity"], "critical");
+    assert_eq!(pd[1]["event_action"], "resolve");
+    assert_eq!(pd[0]["dedup_key"], pd[1]["dedup_key"]);
+    assert_eq!(pd[0]["routing_key"], "R0UT1NGK3Y");
+}
+
+/// aiosmtpd, Debian's RFC 5321 server, printing what it receives.
+fn smtp_sink(
+    dir: &std::path::Path,
+    port: u16,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> Service {
+    // Debian's interpreter: the package's module is not on another python's path.
+    let python = std::path::Path::new("/usr/bin/python3");
+    assert!(
+        python.is_file(),
+        "/usr/bin/python3 not found: install the Debian package python3-aiosmtpd (.ci/run does this)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.env("PYTHONUNBUFFERED", "1").args([
+        "-m",
+        "aiosmtpd",
+        "-n",
+        "-l",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    if let Some((cert, key)) = tls {
+        cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+    }
+    // One log per sink: the log file is named after the service.
+    let mut s = Service::spawn(&format!("aiosmtpd-{port}"), cmd, dir);
+    s.wait_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(15));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reaches_a_real_smtp_server_plain_and_over_starttls() {
+    let dir = h::temp_dir();
+    // A throwaway CA and a server certificate for 127.0.0.1.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portwatch test smtp ca");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let srv_key = rcgen::KeyPair::generate().unwrap();
+    let srv_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let srv = srv_params.signed_by(&srv_key, &issuer).unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("smtp.pem"),
+        dir.path().join("smtp.key"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, srv.pem()).unwrap();
+    std::fs::write(&key_file, srv_key.serialize_pem()).unwrap();
+
+    let plain_port = h::free_tcp_port();
+    let mut plain = smtp_sink(dir.path(), plain_port, None);
+    let tls_port = h::free_tcp_port();
+    let mut secure = smtp_sink(dir.path(), tls_port, Some((&cert_file, &key_file)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Dispatcher::new(
+        channels(&format!(
+            r#"
+[[notifications]]
+name = "mail-plain"
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {plain_port}
+tls = "none"
+from = "portwatch <portwatch@example.test>"
+to = ["ops@example.test"]
+
+[[notifications]]
+name = "mail-starttls"
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {tls_port}
+tls = "starttls"
+ca_file = "{}"
+from = "portwatch@example.test"
+to = ["oncall@example.test", "db@example.test"]
+"#,
+            ca_file.display()
+        )),
+        quick(),
+        tx,
+    );
+    d.notify(note(5, NotifyEvent::Opened));
+    let reports = reports_until(&mut rx, 2, Duration::from_secs(20)).await;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for r in &reports {
+        assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
+    }
+    for (sink, rcpt) in [
+        (&mut plain, "ops@example.test"),
+        (&mut secure, "db@example.test"),
+    ] {
+        assert!(
+            h::poll_until(Duration::from_secs(10), || {
+                let log = sink.log();
+                log.contains("Subject: TCP Port Unreachable: redis-main (127.0.0.1:6379)")
+                    && log.contains("Diagnosis:  service down, seen from agent:site-a")
+                    && log.contains(rcpt)
+            }),
+            "{}",
+            sink.log()
+        );
+    }
+    // The STARTTLS sink refuses mail without TLS: a channel that does not
+    // trust its CA fails (and says why), it never falls back to clear text.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Dispatcher::new(
+        channels(&format!(
+            "[[notifications]]\nname = \"mail-untrusted\"\nkind = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {tls_port}\nfrom = \"portwatch@example.test\"\nto = [\"ops@example.test\"]\n"
+        )),
+        Backoff {
+            give_up_after: Duration::from_millis(100),
+            ..quick()
+        },
+        tx,
+    );
+    d.notify(note(6, NotifyEvent::Opened));
+    let r = reports_until(&mut rx, 1, Duration::from_secs(10)).await;
+    assert!(
+        matches!(&r[0].outcome, Outcome::Failed { error, .. } if error.starts_with("SMTP")),
+        "{r:?}"
+    );
+}
