@@ -729,8 +729,16 @@ impl Dispatcher {
 
     /// Queues `n` on every channel whose route takes it. Never blocks.
     pub fn notify(&self, n: Notification) {
+        self.notify_skipping(n, &[]);
+    }
+
+    /// Like [`notify`](Self::notify), except on the channels named in `skip`.
+    pub fn notify_skipping(&self, n: Notification, skip: &[String]) {
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        for w in workers.iter().filter(|w| w.channel.routes(&n)) {
+        for w in workers
+            .iter()
+            .filter(|w| w.channel.routes(&n) && !skip.contains(&w.channel.name))
+        {
             let _ = w.queue.send(n.clone());
         }
     }

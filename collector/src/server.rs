@@ -166,6 +166,7 @@ pub fn open(
     {
         let engine = incidents.clone();
         observed.set_observer(Arc::new(move |samples| engine.observe(samples)));
+        incidents.resume_deliveries();
         let engine = incidents.clone();
         tokio::spawn(async move {
             while let Some(r) = reports.recv().await {
@@ -376,10 +377,10 @@ struct DispatcherOutbox {
 
 impl Outbox for DispatcherOutbox {
     fn send(&self, out: Outbound) {
-        self.dispatcher.notify(crate::incident::notification(
-            &out,
-            self.dashboard_url.as_deref(),
-        ));
+        self.dispatcher.notify_skipping(
+            crate::incident::notification(&out, self.dashboard_url.as_deref()),
+            &out.skip,
+        );
     }
 }
 

@@ -3,7 +3,8 @@
 //! "TCP Port Unreachable" with reason `refused` within interval x
 //! consecutive_down + 1 s, signed with the channel's secret; Redis restarted,
 //! it gets "Reachable Again". The same messages reach an SMTP server
-//! (Debian's aiosmtpd) by email.
+//! (Debian's aiosmtpd) by email. Inside a maintenance window the next outage
+//! is recorded and shown but not sent, until the window is cancelled.
 //!
 //! Only 127.0.0.1 is ever contacted.
 
@@ -338,6 +339,98 @@ to = ["oncall@example.test"]
     let o = collector(&["status", "--data-dir", &d]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("redis-main"));
+
+    // A maintenance window over Redis: stopped inside it, the incident is
+    // recorded and shown, and nobody is paged.
+    let start = rfc3339(unix_now() - 60);
+    let o = collector(&[
+        "maintenance",
+        "add",
+        "--data-dir",
+        &d,
+        "--name",
+        "redis-work",
+        "--monitors",
+        "redis-main",
+        "--start",
+        &start,
+        "--duration",
+        "1h",
+        "--reason",
+        "upgrade",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    redis.kill();
+    let held = wait_for(Duration::from_secs(15), || {
+        let o = collector(&["incidents", "--data-dir", &d, "--open", "--json"]);
+        let v: Vec<Value> = serde_json::from_slice(&o.stdout).ok()?;
+        v.into_iter().find(|i| i["maintenance"] == "redis-work")
+    })
+    .unwrap_or_else(|| panic!("no incident inside the window: {}", coll.log()));
+    assert!(
+        held["held"]
+            .as_str()
+            .unwrap()
+            .contains("maintenance window redis-work"),
+        "{held}"
+    );
+    assert!(
+        status(&data)
+            .iter()
+            .any(|m| m["monitor"] == "redis-main" && m["state"] == "maintenance")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        hooks.lock().unwrap().len(),
+        2,
+        "paged inside a maintenance window"
+    );
+    // The window is cancelled with Redis still down: the page goes out now.
+    let o = collector(&["maintenance", "cancel", "--data-dir", &d, "redis-work"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cancelled = Instant::now();
+    let late = wait_for(Duration::from_secs(10), || {
+        hooks.lock().unwrap().get(2).cloned()
+    })
+    .expect("no page once the window was over");
+    assert_eq!(late.json()["event"], "opened");
+    assert!(late.at - cancelled < Duration::from_secs(3));
+    let mut redis = h::redis(dir.path(), redis_port);
+    assert!(
+        wait_for(Duration::from_secs(15), || hooks
+            .lock()
+            .unwrap()
+            .get(3)
+            .cloned())
+        .is_some()
+    );
     redis.assert_running();
     agent.assert_running();
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Unix seconds as RFC 3339 UTC (days-from-civil, H. Hinnant).
+fn rfc3339(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

@@ -99,6 +99,8 @@ pub struct Outbound {
     /// The monitor as defined when it was sent (None for agent incidents or
     /// a monitor deleted since).
     pub monitor: Option<Monitor>,
+    /// Channels that already have it (a resend after a restart skips them).
+    pub skip: Vec<String>,
 }
 
 /// Where notifications go (the dispatcher, or a channel in tests).
@@ -236,6 +238,43 @@ impl IncidentEngine {
                 started_ms: now,
             }),
         })
+    }
+
+    /// Sends again what was handed to the dispatcher before a restart but
+    /// not confirmed delivered: the dispatcher's queues live in memory. A
+    /// channel that delivered it, or gave up for good, is skipped.
+    pub fn resume_deliveries(&self) {
+        let book = lock(&self.shared.book);
+        for inc in book.incidents.values() {
+            for (phase, sent) in [
+                (Phase::Opened, inc.notified_open_ms),
+                (Phase::Resolved, inc.notified_resolve_ms),
+            ] {
+                if sent.is_none() {
+                    continue;
+                }
+                let done: Vec<String> = inc
+                    .deliveries
+                    .iter()
+                    .filter(|d| d.phase == phase && d.state != "retrying")
+                    .map(|d| d.channel.clone())
+                    .collect();
+                let pending = inc
+                    .deliveries
+                    .iter()
+                    .any(|d| d.phase == phase && d.state == "retrying")
+                    || !inc.deliveries.iter().any(|d| d.phase == phase);
+                if pending {
+                    tracing::info!(incident = inc.id, phase = ?phase, "resending a notification not confirmed before the restart");
+                    self.shared.outbox.send(Outbound {
+                        phase,
+                        incident: inc.clone(),
+                        monitor: self.shared.monitors.get(&inc.monitor),
+                        skip: done,
+                    });
+                }
+            }
+        }
     }
 
     /// Takes results the store has just made durable.
@@ -639,6 +678,7 @@ impl IncidentEngine {
                     phase,
                     incident: next.clone(),
                     monitor: monitor.clone(),
+                    skip: Vec::new(),
                 });
             }
         }

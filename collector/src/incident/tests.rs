@@ -959,3 +959,49 @@ alert = { notification_delay = "30s" }
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[test]
+fn after_a_restart_a_notification_not_confirmed_is_sent_again_to_the_channels_that_lack_it() {
+    let r = rig(REDIS);
+    for (t, up) in [(0, true), (10, false), (20, false)] {
+        r.result("redis", "agent:agent-a", t, up);
+        r.step(t);
+    }
+    assert_eq!(r.sent.take().len(), 1);
+    let id = r.incidents()[0].id;
+    let report = |channel: &str, state: &str| super::Delivery {
+        channel: channel.into(),
+        phase: Phase::Opened,
+        attempt: 1,
+        at_ms: T0 + 21 * S,
+        state: state.into(),
+        error: (state != "delivered").then(|| "HTTP 503: busy".into()),
+        retry_at_ms: (state == "retrying").then_some(T0 + 22 * S),
+    };
+    r.engine.delivered(id, report("hook", "delivered"));
+    r.engine.delivered(id, report("pager", "retrying"));
+    let stored = r.incidents();
+    assert_eq!(stored[0].deliveries.len(), 2);
+    let Rig {
+        _dir,
+        store,
+        engine,
+        ..
+    } = r;
+    drop((engine, store));
+    let r = rig_with(
+        REDIS,
+        Arc::new(NoAgents),
+        Arc::new(NoMaintenance),
+        Some(_dir),
+    );
+    r.engine.resume_deliveries();
+    let again = r.sent.0.lock().unwrap().drain(..).collect::<Vec<_>>();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].phase, Phase::Opened);
+    assert_eq!(again[0].skip, vec!["hook".to_owned()]);
+    // Once every channel confirmed, nothing is resent.
+    r.engine.delivered(id, report("pager", "delivered"));
+    r.engine.resume_deliveries();
+    assert!(r.sent.take().is_empty());
+}
