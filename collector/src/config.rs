@@ -381,4 +381,57 @@ mod tests {
         assert!(e.contains(".target") && e.contains("1-65535"), "{e}");
         assert!(e.contains(".interval: must be at least 1s"), "{e}");
     }
+
+    #[test]
+    fn channels_and_windows_are_checked_with_the_file_and_field() {
+        let c = Config::parse(
+            r#"
+agent_offline_after = "2m"
+[[notifications]]
+name = "hook"
+kind = "webhook"
+url = "https://hooks.example/x"
+
+[[maintenance]]
+name = "nightly"
+monitors = ["*"]
+days = ["daily"]
+at = "03:00"
+duration = "30m"
+time_zone = "Europe/Berlin"
+"#,
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(c.notifications.len(), 1);
+        assert_eq!(c.maintenance.len(), 1);
+        assert_eq!(c.agent_offline_after, Duration::from_secs(120));
+        let e = Config::parse(
+            "[[notifications]]\nname = \"mail\"\nkind = \"email\"\nsmtp_host = \"mx\"\nfrom = \"x@y.z\"\n",
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "c.toml: notifications[0] (\"mail\").to: needs at least one recipient"
+        );
+        let e = Config::parse(
+            "[[maintenance]]\nname = \"w\"\nmonitors = [\"db\"]\ndays = [\"mon\"]\nat = \"02:00\"\nduration = \"1h\"\ntime_zone = \"Mars/Base\"\n",
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("c.toml: maintenance[0] (\"w\").time_zone: unknown time zone"),
+            "{e}"
+        );
+        let e = Config::parse("agent_offline_after = \"1s\"", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent_offline_after: must be between 5s and 24h"),
+            "{e}"
+        );
+    }
 }
