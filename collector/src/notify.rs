@@ -135,7 +135,8 @@ pub enum SmtpTls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Webhook {
-        url: String,
+        /// A URL may carry a token (query string, user info).
+        url: Secret,
         secret: Option<Secret>,
         headers: BTreeMap<String, String>,
     },
@@ -227,10 +228,11 @@ impl Channel {
             None => "?".into(),
         };
         let destination = match &self.target {
-            Target::Webhook { url, .. } | Target::PagerDuty { url, .. } => host_of(url),
-            Target::Slack { url } | Target::Discord { url } | Target::Teams { url } => {
-                host_of(url.expose())
-            }
+            Target::PagerDuty { url, .. } => host_of(url),
+            Target::Webhook { url, .. }
+            | Target::Slack { url }
+            | Target::Discord { url }
+            | Target::Teams { url } => host_of(url.expose()),
             Target::Email { host, port, to, .. } => {
                 format!("smtp://{host}:{port} -> {}", to.join(", "))
             }
@@ -345,7 +347,7 @@ pub fn validate_channels(raws: &[RawChannel]) -> Result<Vec<Channel>, Vec<String
                     bad("secret", "must be at least 16 characters".into());
                 }
                 url(&mut bad).map(|url| Target::Webhook {
-                    url,
+                    url: Secret(url),
                     secret: raw.secret.clone().map(Secret),
                     headers: raw.headers.clone(),
                 })

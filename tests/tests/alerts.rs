@@ -119,6 +119,60 @@ fn status(data: &Path) -> Vec<Value> {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// `portwatch-collector serve` on the given ports, once its API answers.
+fn serve(dir: &Path, data: &Path, config: &Path, agent_port: u16, http_port: u16) -> Service {
+    let _ = std::fs::remove_file(data.join("collector.json"));
+    let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .args([
+            "--agent-addr",
+            &format!("127.0.0.1:{agent_port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ]);
+    let mut coll = Service::spawn("collector", cmd, dir);
+    coll.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(20));
+    assert!(h::poll_until(Duration::from_secs(10), || data
+        .join("collector.json")
+        .exists()));
+    coll
+}
+
+/// A one-time token, `portwatch-agent enroll`, then `portwatch-agent run`.
+fn enroll_and_run(dir: &Path, data: &Path) -> Service {
+    let d = data.to_str().unwrap();
+    let o = collector(&[
+        "token",
+        "create",
+        "--data-dir",
+        d,
+        "--name",
+        "bastion-1",
+        "--labels",
+        "site=lab",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let join = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let agent_dir = dir.join("agent");
+    let a = agent_dir.to_str().unwrap();
+    let o = Command::new(h::cargo_bin("portwatch-agent"))
+        .args(["enroll", &join, "--data-dir", a])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
+    cmd.args(["run", "--data-dir", a]);
+    Service::spawn("agent", cmd, dir)
+}
+
 const SECRET: &str = "webhook-secret-for-tests-only";
 
 #[test]
@@ -183,46 +237,8 @@ to = ["oncall@example.test"]
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
-    cmd.args(["serve", "--data-dir", &d, "--config"])
-        .arg(&config)
-        .args([
-            "--agent-addr",
-            &format!("127.0.0.1:{agent_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ]);
-    let mut coll = Service::spawn("collector", cmd, dir.path());
-    coll.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(20));
-    assert!(h::poll_until(Duration::from_secs(10), || data
-        .join("collector.json")
-        .exists()));
-    let o = collector(&[
-        "token",
-        "create",
-        "--data-dir",
-        &d,
-        "--name",
-        "bastion-1",
-        "--labels",
-        "site=lab",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let join = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let agent_dir = dir.path().join("agent");
-    let a = agent_dir.to_str().unwrap();
-    let o = Command::new(h::cargo_bin("portwatch-agent"))
-        .args(["enroll", &join, "--data-dir", a])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
-    cmd.args(["run", "--data-dir", a]);
-    let mut agent = Service::spawn("agent", cmd, dir.path());
+    let coll = serve(dir.path(), &data, &config, agent_port, http_port);
+    let mut agent = enroll_and_run(dir.path(), &data);
     assert!(
         h::poll_until(Duration::from_secs(30), || status(&data)
             .iter()
@@ -433,4 +449,107 @@ fn rfc3339(secs: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The collector is down (kill -9) while Redis fails and recovers; the agent
+/// keeps checking into its buffer. When the collector is back, the replayed
+/// backlog puts the incident where the checks saw it (since and resolved
+/// within a check of the real kill and restart), marked as backfilled, and
+/// the webhook still hears about it, once each way.
+#[test]
+fn an_outage_seen_only_in_the_agents_backlog_lands_where_it_happened() {
+    let dir = h::temp_dir();
+    let data = dir.path().join("collector");
+    let d = data.to_str().unwrap().to_owned();
+    let redis_port = h::free_tcp_port();
+    let mut redis = h::redis(dir.path(), redis_port);
+    let (hook_port, hooks) = receiver();
+    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"public_probes = false
+
+[[monitors]]
+name = "redis-main"
+target = "tcp://127.0.0.1:{redis_port}"
+preset = "redis"
+interval = "1s"
+timeout = "500ms"
+locations = ["site=lab"]
+
+[[notifications]]
+name = "ops-hook"
+kind = "webhook"
+url = "http://127.0.0.1:{hook_port}/hook"
+"#
+        ),
+    )
+    .unwrap();
+    let mut coll = serve(dir.path(), &data, &config, agent_port, http_port);
+    let mut agent = enroll_and_run(dir.path(), &data);
+    assert!(
+        h::poll_until(Duration::from_secs(30), || status(&data)
+            .iter()
+            .any(|m| m["monitor"] == "redis-main" && m["state"] == "up")),
+        "{}",
+        agent.log()
+    );
+    coll.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    redis.kill();
+    let killed_ms = unix_now() * 1000;
+    std::thread::sleep(Duration::from_secs(5));
+    let mut redis = h::redis(dir.path(), redis_port);
+    let back_ms = unix_now() * 1000;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut coll = serve(dir.path(), &data, &config, agent_port, http_port);
+    let incident = wait_for(Duration::from_secs(40), || {
+        let o = collector(&["incidents", "--data-dir", &d, "--json"]);
+        let v: Vec<Value> = serde_json::from_slice(&o.stdout).ok()?;
+        v.into_iter().find(|i| i["resolved_ms"].is_i64())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no incident from the backlog\n{}\n{}",
+            coll.log(),
+            agent.log()
+        )
+    });
+    let since = incident["since_ms"].as_i64().unwrap();
+    let resolved = incident["resolved_ms"].as_i64().unwrap();
+    // Checks run every second: the first failing one within ~1 s of the
+    // kill (the clock above is read in whole seconds), the first good one
+    // within ~1 s of the restart.
+    assert!(
+        since >= killed_ms - 1000 && since <= killed_ms + 2500,
+        "since {since} vs kill {killed_ms}: {incident}"
+    );
+    assert!(
+        resolved >= back_ms - 1000 && resolved <= back_ms + 2500,
+        "resolved {resolved} vs restart {back_ms}: {incident}"
+    );
+    assert_eq!(incident["backfilled"], true, "{incident}");
+    assert_eq!(incident["reason"], "refused", "{incident}");
+    let got = wait_for(Duration::from_secs(15), || {
+        let g = hooks.lock().unwrap().clone();
+        (g.len() >= 2).then_some(g)
+    })
+    .expect("the backfilled incident was not sent");
+    let events: Vec<Value> = got.iter().map(|r| r.json()["event"].clone()).collect();
+    assert_eq!(events, vec!["opened", "resolved"]);
+    assert_eq!(got[0].json()["since_ms"], since);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hooks.lock().unwrap().len(), 2, "sent twice");
+    let o = collector(&["incidents", "--data-dir", &d, "--json"]);
+    let all: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        all.len(),
+        1,
+        "one incident, not one per replayed batch: {all:?}"
+    );
+    redis.assert_running();
+    agent.assert_running();
+    coll.assert_running();
 }

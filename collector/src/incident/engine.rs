@@ -22,6 +22,10 @@ use crate::monitors::Monitor;
 use crate::monitors::registry::MonitorRegistry;
 use crate::store::{Event, IncidentQuery, IncidentRow, Sample, Store, StoreError};
 
+/// An incident first seen this long after the check that opened it (or
+/// already over when first seen) came from results that arrived late.
+pub const LATE_MS: i64 = 5_000;
+
 /// Timings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -359,7 +363,7 @@ impl IncidentEngine {
             let mut book = lock(&self.shared.book);
             book.status
                 .insert(name.clone(), (outcome.now.clone(), outcome.next_stale_ms));
-            self.reconcile(&mut book, &monitor, &rules, outcome.spans, now_ms);
+            self.reconcile(&mut book, &monitor, outcome.spans, now_ms);
         }
         let mut book = lock(&self.shared.book);
         if book
@@ -376,14 +380,7 @@ impl IncidentEngine {
     }
 
     /// Turns a sweep's spans into incident changes.
-    fn reconcile(
-        &self,
-        book: &mut Book,
-        monitor: &Monitor,
-        rules: &Rules,
-        spans: Vec<Span>,
-        now_ms: i64,
-    ) {
+    fn reconcile(&self, book: &mut Book, monitor: &Monitor, spans: Vec<Span>, now_ms: i64) {
         let recorded: Vec<u64> = book
             .incidents
             .values()
@@ -407,7 +404,7 @@ impl IncidentEngine {
                         if inc.notified_resolve_ms.is_some() {
                             // Told it was over: late results that say it was
                             // not are a new incident.
-                            self.create(book, monitor, rules, span, now_ms);
+                            self.create(book, monitor, span, now_ms);
                             continue;
                         }
                         inc.resolved_ms = None;
@@ -429,7 +426,7 @@ impl IncidentEngine {
                         self.save(book, inc, action, now_ms);
                     }
                 }
-                None => self.create(book, monitor, rules, span, now_ms),
+                None => self.create(book, monitor, span, now_ms),
             }
         }
         // Open incidents no span supports any more (late results cleared
@@ -451,7 +448,7 @@ impl IncidentEngine {
         }
     }
 
-    fn create(&self, book: &mut Book, monitor: &Monitor, rules: &Rules, span: Span, now_ms: i64) {
+    fn create(&self, book: &mut Book, monitor: &Monitor, span: Span, now_ms: i64) {
         let inc = Incident {
             id: 0,
             monitor: monitor.name.clone(),
@@ -462,7 +459,8 @@ impl IncidentEngine {
             diagnosis: span.diagnosis,
             reason: span.reason,
             locations: span.locations,
-            backfilled: now_ms - span.open_ms > rules.stale_ms,
+            // Results normally arrive well within a second of their check.
+            backfilled: span.close_ms.is_some() || now_ms - span.open_ms > LATE_MS,
             held: None,
             maintenance: None,
             suppressed_by: None,

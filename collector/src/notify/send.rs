@@ -221,7 +221,7 @@ fn send_blocking(channel: &Channel, n: &Notification) -> Result<(), SendError> {
                     signature(s.expose(), &ts, &body),
                 ));
             }
-            post(channel, url, &body, &extra)
+            post(channel, url.expose(), &body, &extra)
         }
         Target::Slack { url } => post_json(channel, url.expose(), &slack_body(n)),
         Target::Discord { url } => post_json(channel, url.expose(), &discord_body(n)),

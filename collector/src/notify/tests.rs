@@ -151,7 +151,7 @@ fn secrets_never_show_in_debug_output_or_the_channel_list() {
 [[notifications]]
 name = "hook"
 kind = "webhook"
-url = "https://hooks.example/in"
+url = "https://user:pw@hooks.example/in?token=TOKEN-SECRET"
 secret = "hmac-secret-0123456789"
 
 [[notifications]]
@@ -187,6 +187,8 @@ to = ["ops@example.com"]
         "T000/B000",
         "R0UT1NGK3Y-SECRET",
         "smtp-pass-SECRET",
+        "TOKEN-SECRET",
+        "user:pw",
     ] {
         assert!(!debug.contains(secret), "{secret} in {debug}");
         assert!(!listed.contains(secret), "{secret} in {listed}");
