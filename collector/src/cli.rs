@@ -177,7 +177,7 @@ pub enum MaintenanceCommand {
         /// Tags, comma separated: monitors with any of them
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
-        /// One-off start: 2026-11-28T02:00:00Z, or "2026-11-28 02:00" in --time-zone
+        /// One-off start: 2026-11-28T02:00:00Z, "2026-11-28 02:00" in --time-zone, or "now"
         #[arg(long)]
         start: Option<String>,
         #[arg(long)]
@@ -926,7 +926,15 @@ fn run_maintenance(cmd: &MaintenanceCommand) -> Result<(), (i32, String)> {
                 reason: reason.clone(),
                 monitors: monitors.clone(),
                 tags: tags.clone(),
-                start: start.clone(),
+                // "now" is the CLI's shorthand for putting something into
+                // maintenance at once.
+                start: start.as_ref().map(|s| {
+                    if s == "now" {
+                        fmt_ms(crate::state::unix_ms(std::time::SystemTime::now()))
+                    } else {
+                        s.clone()
+                    }
+                }),
                 end: end.clone(),
                 days: days.clone(),
                 at: at.clone(),

@@ -133,6 +133,36 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// A new incident, not stored yet (id 0), not notified.
+    pub fn new(
+        monitor: &str,
+        kind: Kind,
+        opened_ms: i64,
+        since_ms: i64,
+        diagnosis: String,
+        reason: Option<String>,
+    ) -> Incident {
+        Incident {
+            id: 0,
+            monitor: monitor.to_owned(),
+            kind,
+            opened_ms,
+            since_ms,
+            resolved_ms: None,
+            diagnosis,
+            reason,
+            locations: Vec::new(),
+            backfilled: false,
+            held: None,
+            maintenance: None,
+            suppressed_by: None,
+            notified_open_ms: None,
+            notified_resolve_ms: None,
+            deliveries: Vec::new(),
+            silent: false,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.resolved_ms.is_none()
     }

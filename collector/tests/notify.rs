@@ -5,7 +5,6 @@
 //! Only 127.0.0.1 is ever contacted.
 
 use std::collections::VecDeque;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use portwatch_collector::notify::{
     Backoff, Channel, DeliveryReport, Dispatcher, LocationView, Notification, NotifyEvent, Outcome,
     RawChannel, validate_channels,
 };
-use portwatch_harness::{self as h, Service};
+use portwatch_harness as h;
 use tokio::sync::mpsc;
 
 #[derive(Clone, Debug)]
@@ -312,35 +311,6 @@ min_severity = "critical"
     assert_eq!(pd[0]["routing_key"], "R0UT1NGK3Y");
 }
 
-/// aiosmtpd, Debian's RFC 5321 server, printing what it receives.
-fn smtp_sink(
-    dir: &std::path::Path,
-    port: u16,
-    tls: Option<(&std::path::Path, &std::path::Path)>,
-) -> Service {
-    // Debian's interpreter: the package's module is not on another python's path.
-    let python = std::path::Path::new("/usr/bin/python3");
-    assert!(
-        python.is_file(),
-        "/usr/bin/python3 not found: install the Debian package python3-aiosmtpd (.ci/run does this)"
-    );
-    let mut cmd = Command::new(python);
-    cmd.env("PYTHONUNBUFFERED", "1").args([
-        "-m",
-        "aiosmtpd",
-        "-n",
-        "-l",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    if let Some((cert, key)) = tls {
-        cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
-    }
-    // One log per sink: the log file is named after the service.
-    let mut s = Service::spawn(&format!("aiosmtpd-{port}"), cmd, dir);
-    s.wait_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(15));
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_reaches_a_real_smtp_server_plain_and_over_starttls() {
     let dir = h::temp_dir();
@@ -366,9 +336,9 @@ async fn email_reaches_a_real_smtp_server_plain_and_over_starttls() {
     std::fs::write(&key_file, srv_key.serialize_pem()).unwrap();
 
     let plain_port = h::free_tcp_port();
-    let mut plain = smtp_sink(dir.path(), plain_port, None);
+    let mut plain = h::smtp_sink(dir.path(), plain_port, None);
     let tls_port = h::free_tcp_port();
-    let mut secure = smtp_sink(dir.path(), tls_port, Some((&cert_file, &key_file)));
+    let mut secure = h::smtp_sink(dir.path(), tls_port, Some((&cert_file, &key_file)));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let d = Dispatcher::new(
         channels(&format!(

@@ -100,19 +100,6 @@ fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
     (port, got)
 }
 
-fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn status(data: &Path) -> Vec<Value> {
     let o = collector(&["status", "--data-dir", data.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -185,24 +172,7 @@ fn a_killed_redis_pages_the_webhook_and_its_restart_says_reachable_again() {
     let (hook_port, hooks) = receiver();
     // Debian's aiosmtpd as the mail relay: prints every message it accepts.
     let smtp_port = h::free_tcp_port();
-    let smtp = {
-        let python = Path::new("/usr/bin/python3");
-        assert!(
-            python.is_file(),
-            "install python3-aiosmtpd (.ci/run does this)"
-        );
-        let mut cmd = Command::new(python);
-        cmd.env("PYTHONUNBUFFERED", "1").args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{smtp_port}"),
-        ]);
-        let mut s = Service::spawn("aiosmtpd", cmd, dir.path());
-        s.wait_tcp(([127, 0, 0, 1], smtp_port).into(), Duration::from_secs(15));
-        s
-    };
+    let smtp = h::smtp_sink(dir.path(), smtp_port, None);
     let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
     let config = dir.path().join("collector.toml");
     std::fs::write(
@@ -252,7 +222,7 @@ to = ["oncall@example.test"]
     // Kill Redis: refused from now on.
     redis.kill();
     let killed = Instant::now();
-    let down = wait_for(Duration::from_secs(15), || {
+    let down = h::wait_for(Duration::from_secs(15), || {
         hooks
             .lock()
             .unwrap()
@@ -298,7 +268,7 @@ to = ["oncall@example.test"]
 
     // Restart it: "Reachable Again", once.
     let mut redis = h::redis(dir.path(), redis_port);
-    let up = wait_for(Duration::from_secs(15), || {
+    let up = h::wait_for(Duration::from_secs(15), || {
         hooks
             .lock()
             .unwrap()
@@ -358,7 +328,6 @@ to = ["oncall@example.test"]
 
     // A maintenance window over Redis: stopped inside it, the incident is
     // recorded and shown, and nobody is paged.
-    let start = rfc3339(unix_now() - 60);
     let o = collector(&[
         "maintenance",
         "add",
@@ -369,7 +338,7 @@ to = ["oncall@example.test"]
         "--monitors",
         "redis-main",
         "--start",
-        &start,
+        "now",
         "--duration",
         "1h",
         "--reason",
@@ -377,7 +346,7 @@ to = ["oncall@example.test"]
     ]);
     assert!(o.status.success(), "{}", text(&o));
     redis.kill();
-    let held = wait_for(Duration::from_secs(15), || {
+    let held = h::wait_for(Duration::from_secs(15), || {
         let o = collector(&["incidents", "--data-dir", &d, "--open", "--json"]);
         let v: Vec<Value> = serde_json::from_slice(&o.stdout).ok()?;
         v.into_iter().find(|i| i["maintenance"] == "redis-work")
@@ -405,7 +374,7 @@ to = ["oncall@example.test"]
     let o = collector(&["maintenance", "cancel", "--data-dir", &d, "redis-work"]);
     assert!(o.status.success(), "{}", text(&o));
     let cancelled = Instant::now();
-    let late = wait_for(Duration::from_secs(10), || {
+    let late = h::wait_for(Duration::from_secs(10), || {
         hooks.lock().unwrap().get(2).cloned()
     })
     .expect("no page once the window was over");
@@ -413,7 +382,7 @@ to = ["oncall@example.test"]
     assert!(late.at - cancelled < Duration::from_secs(3));
     let mut redis = h::redis(dir.path(), redis_port);
     assert!(
-        wait_for(Duration::from_secs(15), || hooks
+        h::wait_for(Duration::from_secs(15), || hooks
             .lock()
             .unwrap()
             .get(3)
@@ -429,26 +398,6 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// Unix seconds as RFC 3339 UTC (days-from-civil, H. Hinnant).
-fn rfc3339(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// The collector is down (kill -9) while Redis fails and recovers; the agent
@@ -505,7 +454,7 @@ url = "http://127.0.0.1:{hook_port}/hook"
     let back_ms = unix_now() * 1000;
     std::thread::sleep(Duration::from_secs(2));
     let mut coll = serve(dir.path(), &data, &config, agent_port, http_port);
-    let incident = wait_for(Duration::from_secs(40), || {
+    let incident = h::wait_for(Duration::from_secs(40), || {
         let o = collector(&["incidents", "--data-dir", &d, "--json"]);
         let v: Vec<Value> = serde_json::from_slice(&o.stdout).ok()?;
         v.into_iter().find(|i| i["resolved_ms"].is_i64())
@@ -532,7 +481,7 @@ url = "http://127.0.0.1:{hook_port}/hook"
     );
     assert_eq!(incident["backfilled"], true, "{incident}");
     assert_eq!(incident["reason"], "refused", "{incident}");
-    let got = wait_for(Duration::from_secs(15), || {
+    let got = h::wait_for(Duration::from_secs(15), || {
         let g = hooks.lock().unwrap().clone();
         (g.len() >= 2).then_some(g)
     })

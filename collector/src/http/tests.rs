@@ -382,22 +382,15 @@ async fn incidents_are_listed_and_fetched_and_bad_ids_are_400() {
         .unwrap()
         .push(crate::incident::Incident {
             id: 7,
-            monitor: "redis".into(),
-            kind: crate::incident::Kind::Down,
-            opened_ms: 2_000,
-            since_ms: 1_000,
-            resolved_ms: None,
-            diagnosis: "service down, seen from agent:a".into(),
-            reason: Some("refused".into()),
-            locations: Vec::new(),
-            backfilled: false,
-            held: None,
-            maintenance: None,
-            suppressed_by: None,
             notified_open_ms: Some(2_000),
-            notified_resolve_ms: None,
-            deliveries: Vec::new(),
-            silent: false,
+            ..crate::incident::Incident::new(
+                "redis",
+                crate::incident::Kind::Down,
+                2_000,
+                1_000,
+                "service down, seen from agent:a".into(),
+                Some("refused".into()),
+            )
         });
     let (url, admin) = serve(backend).await;
     tokio::task::spawn_blocking(move || {

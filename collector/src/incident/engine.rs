@@ -450,24 +450,18 @@ impl IncidentEngine {
 
     fn create(&self, book: &mut Book, monitor: &Monitor, span: Span, now_ms: i64) {
         let inc = Incident {
-            id: 0,
-            monitor: monitor.name.clone(),
-            kind: span.kind,
-            opened_ms: span.open_ms,
-            since_ms: span.since_ms,
             resolved_ms: span.close_ms,
-            diagnosis: span.diagnosis,
-            reason: span.reason,
             locations: span.locations,
             // Results normally arrive well within a second of their check.
             backfilled: span.close_ms.is_some() || now_ms - span.open_ms > LATE_MS,
-            held: None,
-            maintenance: None,
-            suppressed_by: None,
-            notified_open_ms: None,
-            notified_resolve_ms: None,
-            deliveries: Vec::new(),
-            silent: false,
+            ..Incident::new(
+                &monitor.name,
+                span.kind,
+                span.open_ms,
+                span.since_ms,
+                span.diagnosis,
+                span.reason,
+            )
         };
         self.save(book, inc, "opened", now_ms);
     }
@@ -564,25 +558,14 @@ impl IncidentEngine {
                             "disconnected",
                         )
                     };
-                    let inc = Incident {
-                        id: 0,
-                        monitor: a.location.clone(),
-                        kind: Kind::AgentOffline,
-                        opened_ms: if a.revoked { now_ms } else { since + grace },
-                        since_ms: since,
-                        resolved_ms: None,
+                    let inc = Incident::new(
+                        &a.location,
+                        Kind::AgentOffline,
+                        if a.revoked { now_ms } else { since + grace },
+                        since,
                         diagnosis,
-                        reason: Some(reason.into()),
-                        locations: Vec::new(),
-                        backfilled: false,
-                        held: None,
-                        maintenance: None,
-                        suppressed_by: None,
-                        notified_open_ms: None,
-                        notified_resolve_ms: None,
-                        deliveries: Vec::new(),
-                        silent: false,
-                    };
+                        Some(reason.into()),
+                    );
                     self.save(book, inc, "opened", now_ms);
                 }
                 Some(mut inc) if a.revoked && inc.reason.as_deref() != Some("revoked") => {

@@ -30,6 +30,17 @@ pub fn poll_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Polls `find` every 20 ms until it returns something or `within` has
+/// passed: [`poll_until`] for a test that wants the thing it waited for.
+pub fn wait_for<T>(within: Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    let mut found = None;
+    poll_until(within, || {
+        found = find();
+        found.is_some()
+    });
+    found
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel will not hand it out again soon).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -269,6 +280,38 @@ pub fn redis_with(dir: &Path, port: u16, extra: &[&str]) -> Service {
     s.wait_tcp(
         SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(10),
+    );
+    s
+}
+
+/// An SMTP server on 127.0.0.1:`port` (Debian's python3-aiosmtpd, run with
+/// Debian's own interpreter) that prints every message it accepts to its log.
+/// With `tls` = (certificate, key) PEM files it offers STARTTLS and requires it.
+pub fn smtp_sink(dir: &Path, port: u16, tls: Option<(&Path, &Path)>) -> Service {
+    let python = Path::new("/usr/bin/python3");
+    let has_module = Command::new(python)
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_module,
+        "aiosmtpd not found: install the Debian package python3-aiosmtpd (.ci/run does this)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.env("PYTHONUNBUFFERED", "1").args([
+        "-m",
+        "aiosmtpd",
+        "-n",
+        "-l",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    if let Some((cert, key)) = tls {
+        cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+    }
+    let mut s = Service::spawn(&format!("aiosmtpd-{port}"), cmd, dir);
+    s.wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(15),
     );
     s
 }
