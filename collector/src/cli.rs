@@ -309,6 +309,23 @@ impl Target {
             _ => AdminClient::from_data_dir(&self.data_dir).map_err(|e| e.to_string()),
         }
     }
+
+    /// The client, with the exit code a failure to build it means.
+    fn api(&self) -> Result<AdminClient, (i32, String)> {
+        self.client().map_err(|e| (EXIT_FAILURE, e))
+    }
+}
+
+/// Prints `value` as JSON with `--json`, else as `table` lays it out.
+fn show<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        table(value);
+    }
 }
 
 #[derive(Debug, Args)]
@@ -519,52 +536,14 @@ pub fn run_admin(command: &Command) -> i32 {
             Ok(())
         })(),
         Command::Status { target, json } => (|| {
-            let status = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
-                .status()
-                .map_err(api_failure)?;
+            let status = target.api()?.status().map_err(api_failure)?;
             let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
-                return Ok(());
-            }
-            print_status(&status, colour);
+            show(*json, &status, |s| print_status(s, colour));
             Ok(())
         })(),
         Command::Notifications { target, json } => (|| {
-            let info = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
-                .notifications()
-                .map_err(api_failure)?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&info).unwrap_or_default()
-                );
-                return Ok(());
-            }
-            println!("{:<20} {:<10} DESTINATION", "CHANNEL", "KIND");
-            for c in &info.channels {
-                println!("{:<20} {:<10} {}", c.name, c.kind, c.destination);
-            }
-            println!();
-            for e in &info.recent {
-                let d = &e.body["delivery"];
-                println!(
-                    "{}  {:<16} incident #{:<5} {:<20} attempt {:<3} {}",
-                    fmt_ms(e.at_unix_ms),
-                    e.body["action"].as_str().unwrap_or("?"),
-                    e.body["incident"],
-                    d["channel"].as_str().unwrap_or("?"),
-                    d["attempt"],
-                    d["error"].as_str().unwrap_or("")
-                );
-            }
+            let info = target.api()?.notifications().map_err(api_failure)?;
+            show(*json, &info, print_notifications);
             Ok(())
         })(),
         Command::Incidents {
@@ -575,8 +554,7 @@ pub fn run_admin(command: &Command) -> i32 {
             json,
         } => (|| {
             let incidents = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
+                .api()?
                 .incidents(&crate::http::IncidentsQuery {
                     open: *open,
                     monitor: monitor.clone(),
@@ -584,14 +562,7 @@ pub fn run_admin(command: &Command) -> i32 {
                     limit: *limit,
                 })
                 .map_err(api_failure)?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&incidents).unwrap_or_default()
-                );
-                return Ok(());
-            }
-            print_incidents(&incidents);
+            show(*json, &incidents, |i| print_incidents(i));
             Ok(())
         })(),
         Command::Audit {
@@ -802,6 +773,26 @@ fn print_status(status: &[crate::incident::engine::MonitorStatus], colour: bool)
     }
 }
 
+fn print_notifications(info: &crate::http::NotificationsInfo) {
+    println!("{:<20} {:<10} DESTINATION", "CHANNEL", "KIND");
+    for c in &info.channels {
+        println!("{:<20} {:<10} {}", c.name, c.kind, c.destination);
+    }
+    println!();
+    for e in &info.recent {
+        let d = &e.body["delivery"];
+        println!(
+            "{}  {:<16} incident #{:<5} {:<20} attempt {:<3} {}",
+            fmt_ms(e.at_unix_ms),
+            e.body["action"].as_str().unwrap_or("?"),
+            e.body["incident"],
+            d["channel"].as_str().unwrap_or("?"),
+            d["attempt"],
+            d["error"].as_str().unwrap_or("")
+        );
+    }
+}
+
 fn print_incidents(incidents: &[crate::incident::Incident]) {
     println!(
         "{:>5}  {:<13} {:<24} {:<20} {:<20} {:<10} DIAGNOSIS",
@@ -885,25 +876,16 @@ fn run_maintenance(cmd: &MaintenanceCommand) -> Result<(), (i32, String)> {
     };
     match cmd {
         MaintenanceCommand::List { target, json } => {
-            let list = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
-                .list_maintenance()
-                .map_err(api_failure)?;
-            if *json {
+            let list = target.api()?.list_maintenance().map_err(api_failure)?;
+            show(*json, &list, |list| {
                 println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                    "{:<24} {:<5} {:<7} {:<40} {:<22} SELECTS",
+                    "NAME", "FROM", "NOW", "SCHEDULE", "NEXT START"
                 );
-                return Ok(());
-            }
-            println!(
-                "{:<24} {:<5} {:<7} {:<40} {:<22} SELECTS",
-                "NAME", "FROM", "NOW", "SCHEDULE", "NEXT START"
-            );
-            for w in &list {
-                println!("{}", window_line(w));
-            }
+                for w in list {
+                    println!("{}", window_line(w));
+                }
+            });
             Ok(())
         }
         MaintenanceCommand::Add {
@@ -943,18 +925,13 @@ fn run_maintenance(cmd: &MaintenanceCommand) -> Result<(), (i32, String)> {
                 from: from.clone(),
                 until: until.clone(),
             };
-            let w = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
-                .add_maintenance(&def)
-                .map_err(api_failure)?;
+            let w = target.api()?.add_maintenance(&def).map_err(api_failure)?;
             println!("{}", window_line(&w));
             Ok(())
         }
         MaintenanceCommand::Cancel { target, name } => {
             let w = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
+                .api()?
                 .cancel_maintenance(name)
                 .map_err(api_failure)?;
             println!("cancelled {}", w.name);
@@ -968,26 +945,20 @@ fn run_maintenance(cmd: &MaintenanceCommand) -> Result<(), (i32, String)> {
             let now = crate::state::unix_ms(std::time::SystemTime::now());
             let to = within.map(|w| now + crate::store::ms(w));
             let list = target
-                .client()
-                .map_err(|e| (EXIT_FAILURE, e))?
+                .api()?
                 .upcoming_maintenance(Some(now), to)
                 .map_err(api_failure)?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-                return Ok(());
-            }
-            for o in &list {
-                println!(
-                    "{}  {}  {:<24} {}",
-                    fmt_ms(o.start_ms),
-                    fmt_ms(o.end_ms),
-                    o.name,
-                    o.reason.as_deref().unwrap_or("")
-                );
-            }
+            show(*json, &list, |list| {
+                for o in list {
+                    println!(
+                        "{}  {}  {:<24} {}",
+                        fmt_ms(o.start_ms),
+                        fmt_ms(o.end_ms),
+                        o.name,
+                        o.reason.as_deref().unwrap_or("")
+                    );
+                }
+            });
             Ok(())
         }
     }
