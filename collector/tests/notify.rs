@@ -408,3 +408,36 @@ to = ["oncall@example.test", "db@example.test"]
         "{r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_replaces_channels_and_routes_follow_at_once() {
+    let (recv, url) = Receiver::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let one = format!("[[notifications]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"{url}/a\"\n");
+    let d = Dispatcher::new(channels(&one), quick(), tx);
+    d.notify(note(1, NotifyEvent::Opened));
+    assert_eq!(
+        reports_until(&mut rx, 1, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
+    // Channel a goes, b comes: the next notification reaches b only.
+    d.set_channels(channels(&format!(
+        "[[notifications]]\nname = \"b\"\nkind = \"webhook\"\nurl = \"{url}/b\"\n"
+    )));
+    assert_eq!(d.channels().len(), 1);
+    assert_eq!(d.channels()[0].name, "b");
+    d.notify(note(2, NotifyEvent::Opened));
+    let r = reports_until(&mut rx, 1, Duration::from_secs(5)).await;
+    assert_eq!(r[0].channel, "b");
+    let paths: Vec<String> = recv.got().into_iter().map(|g| g.path).collect();
+    assert_eq!(paths, vec!["a", "b"]);
+    // A resend after a restart skips the channels that already have it.
+    d.notify_skipping(note(2, NotifyEvent::Opened), &["b".to_owned()]);
+    assert!(
+        reports_until(&mut rx, 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+}
