@@ -170,6 +170,9 @@ pub struct Details {
     pub banner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_days_left: Option<i64>,
+    /// The leaf certificate's notAfter, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_not_after_unix: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_subject: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,6 +252,7 @@ impl CheckResult {
             details: Some(pb::Details {
                 banner: self.details.banner.clone(),
                 cert_days_left: self.details.cert_days_left,
+                cert_not_after_unix: self.details.cert_not_after_unix,
                 cert_subject: self.details.cert_subject.clone(),
                 cert_issuer: self.details.cert_issuer.clone(),
                 tls_version: self.details.tls_version.clone(),

@@ -315,6 +315,16 @@ async fn a_valid_certificate_from_the_trusted_ca_is_up_and_the_tunnel_carries_th
     let r = check(&spec).await;
     assert_verdict(&r, Status::Up, Reason::Ok);
     assert_eq!(r.details.cert_days_left, Some(90));
+    // The exact notAfter too (what /metrics reports as probe_ssl_earliest_cert_expiry).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let not_after = r.details.cert_not_after_unix.expect("notAfter");
+    assert!(
+        (not_after - (now + 90 * DAY + MARGIN)).abs() <= 5,
+        "{not_after} vs {now}"
+    );
     assert_eq!(r.details.tls_version.as_deref(), Some("TLSv1.3"));
     assert_eq!(r.details.cert_subject.as_deref(), Some("CN=portwatch.test"));
     assert_eq!(

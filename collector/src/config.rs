@@ -98,6 +98,10 @@ struct RawConfig {
     /// Maintenance windows (`[[maintenance]]`, see `maintenance.rs`).
     #[serde(default)]
     maintenance: Vec<RawWindow>,
+    /// Serve `/metrics` without the admin token (for a Prometheus on a trusted
+    /// network). Default false: scrape with `bearer_token_file`.
+    #[serde(default)]
+    metrics_open: bool,
     /// Notification channels (`[[notifications]]`, see `notify.rs`).
     #[serde(default)]
     notifications: Vec<RawChannel>,
@@ -120,6 +124,7 @@ pub struct Config {
     pub rollup_retention: Duration,
     pub agent_offline_after: Duration,
     pub dashboard_url: Option<String>,
+    pub metrics_open: bool,
     /// The file's monitors, checked on their own (names unique, dependencies
     /// inside the file); the registry re-checks them against the API's.
     pub monitors: Vec<Monitor>,
@@ -311,6 +316,7 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         public_region,
         agent_offline_after,
         dashboard_url,
+        metrics_open: raw.metrics_open,
         public_probes: raw.public_probes.unwrap_or(true),
         allow_private_targets: raw.allow_private_targets,
         raw_retention,

@@ -324,6 +324,12 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn incident(&self, id: u64) -> impl Future<Output = Result<Incident, ApiError>> + Send;
     /// The channels (nothing secret) and the latest delivery attempts.
     fn notifications(&self) -> impl Future<Output = Result<NotificationsInfo, ApiError>> + Send;
+    /// The Prometheus exposition.
+    fn metrics(&self) -> impl Future<Output = Result<String, ApiError>> + Send;
+    /// Whether `/metrics` is served without the admin token.
+    fn metrics_open(&self) -> bool;
+    /// Can the collector serve (its store answers)?
+    fn ready(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Every monitor at every location now, with its open incident.
     fn status(&self) -> impl Future<Output = Result<Vec<MonitorStatus>, ApiError>> + Send;
     /// Records an admin action in the audit log. Never fails the action: a
@@ -363,6 +369,9 @@ pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/api/v1/incidents/{id}", get(incident::<B>))
         .route("/api/v1/status", get(status::<B>))
         .route("/api/v1/notifications", get(notifications::<B>))
+        .route("/metrics", get(metrics::<B>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<B>))
         .route(
             "/api/v1/maintenance",
             get(list_maintenance::<B>).post(add_maintenance::<B>),
@@ -651,6 +660,29 @@ async fn config_status<B: AdminBackend>(
 ) -> Result<Json<ReloadStatus>, ApiError> {
     authorize(&api, &headers)?;
     Ok(Json(api.backend.monitor_registry().reload_status()))
+}
+
+async fn metrics<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !api.backend.metrics_open() {
+        authorize(&api, &headers)?;
+    }
+    let text = api.backend.metrics().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn readyz<B: AdminBackend>(State(api): State<Arc<Api<B>>>) -> Result<&'static str, ApiError> {
+    api.backend.ready().await?;
+    Ok("ready\n")
 }
 
 /// `GET /api/v1/notifications`.

@@ -23,6 +23,7 @@ pub mod http;
 pub mod incident;
 pub mod ingest;
 pub mod maintenance;
+pub mod metrics;
 pub mod monitors;
 pub mod notify;
 pub mod public;

@@ -680,12 +680,16 @@ struct Worker {
     queue: mpsc::UnboundedSender<Notification>,
 }
 
+/// Attempts per channel since start: (delivered, failed).
+type Counts = Arc<std::sync::Mutex<BTreeMap<String, (u64, u64)>>>;
+
 /// Routes notifications to channel workers. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
     workers: Arc<RwLock<Vec<Worker>>>,
     reports: mpsc::UnboundedSender<DeliveryReport>,
     backoff: Backoff,
+    counts: Counts,
 }
 
 impl Dispatcher {
@@ -700,6 +704,7 @@ impl Dispatcher {
             workers: Arc::new(RwLock::new(Vec::new())),
             reports,
             backoff,
+            counts: Counts::default(),
         };
         d.set_channels(channels);
         d
@@ -722,6 +727,7 @@ impl Dispatcher {
                 rx,
                 self.backoff.clone(),
                 self.reports.clone(),
+                self.counts.clone(),
             ));
             next.push(Worker { channel, queue: tx });
         }
@@ -745,6 +751,16 @@ impl Dispatcher {
         }
     }
 
+    /// (channel, delivered, failed) attempts since the collector started.
+    pub fn counts(&self) -> Vec<(String, u64, u64)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(c, (d, f))| (c.clone(), *d, *f))
+            .collect()
+    }
+
     pub fn channels(&self) -> Vec<ChannelInfo> {
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
         workers.iter().map(|w| w.channel.info()).collect()
@@ -762,7 +778,17 @@ async fn work(
     mut queue: mpsc::UnboundedReceiver<Notification>,
     backoff: Backoff,
     reports: mpsc::UnboundedSender<DeliveryReport>,
+    counts: Counts,
 ) {
+    let count = |ok: bool| {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let e = c.entry(channel.name.clone()).or_default();
+        if ok {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    };
     while let Some(n) = queue.recv().await {
         let first = tokio::time::Instant::now();
         let mut delay = backoff.first;
@@ -780,11 +806,13 @@ async fn work(
             };
             match result {
                 Ok(()) => {
+                    count(true);
                     tracing::info!(channel = %channel.name, incident = n.incident_id, event = n.event.as_str(), attempt, "notification delivered");
                     let _ = reports.send(report);
                     break;
                 }
                 Err(e) => {
+                    count(false);
                     // +-20 % so channels that failed together do not retry together.
                     let jitter = 0.8 + rand::random::<f64>() * 0.4;
                     let wait = delay.mul_f64(jitter);

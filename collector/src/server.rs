@@ -642,6 +642,74 @@ pub fn reload_monitors(
 
 struct Backend(Collector);
 
+/// What `/metrics` shows, read from the store, the engine and the link.
+fn metrics_snapshot(c: &Collector) -> Result<crate::metrics::Snapshot, ApiError> {
+    use crate::metrics::{AgentSeries, ChannelSeries, ProbeSeries, Snapshot};
+    let targets: std::collections::HashMap<String, String> = c
+        .monitors
+        .monitors()
+        .into_iter()
+        .map(|m| (m.name, m.spec.target))
+        .collect();
+    let probes = c
+        .results
+        .latest_all()
+        .map_err(internal)?
+        .into_iter()
+        // Only monitors that still exist.
+        .filter_map(|(monitor, location, result)| {
+            let target = targets.get(&monitor)?.clone();
+            Some(ProbeSeries {
+                monitor,
+                target,
+                location,
+                result,
+            })
+        })
+        .collect();
+    let status = c.incidents.status();
+    let mut open: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in c.incidents.open_incidents() {
+        *open.entry(i.kind.as_str().to_owned()).or_default() += 1;
+    }
+    let agents = c
+        .agents
+        .list()
+        .map_err(internal)?
+        .into_iter()
+        .filter(|a| !a.revoked)
+        .map(|a| {
+            let link = c.ingest.agent_stats(&a.id).unwrap_or_default();
+            AgentSeries {
+                name: a.name.clone(),
+                connected: link.connected,
+                backlog: link.backlog,
+                stored: link.stored,
+                duplicates: link.duplicates,
+                dropped_unassigned: link.dropped_unassigned,
+                gaps: link.gaps,
+                cert_expires_unix: a.cert_not_after_unix_ms / 1000,
+            }
+        })
+        .collect();
+    Ok(Snapshot {
+        probes,
+        monitor_states: status.into_iter().map(|s| (s.monitor, s.state)).collect(),
+        open_incidents: open.into_iter().collect(),
+        agents,
+        channels: c
+            .dispatcher
+            .counts()
+            .into_iter()
+            .map(|(channel, delivered, failed)| ChannelSeries {
+                channel,
+                delivered,
+                failed,
+            })
+            .collect(),
+    })
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
 }
@@ -834,6 +902,34 @@ impl AdminBackend for Backend {
             .map_err(internal)?
             .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
         crate::incident::engine::parse(&row).map_err(internal)
+    }
+
+    async fn metrics(&self) -> Result<String, ApiError> {
+        let c = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            metrics_snapshot(&c).map(|s| crate::metrics::render(&s))
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    fn metrics_open(&self) -> bool {
+        self.0.config.metrics_open
+    }
+
+    async fn ready(&self) -> Result<(), ApiError> {
+        let store = self.0.results.clone();
+        tokio::task::spawn_blocking(move || store.watermark("readyz"))
+            .await
+            .map_err(internal)?
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    e.to_string(),
+                )
+            })
     }
 
     async fn notifications(&self) -> Result<NotificationsInfo, ApiError> {

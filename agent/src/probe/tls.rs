@@ -100,6 +100,7 @@ pub async fn negotiate(
     let cert = leaf.as_ref().map(CertFacts::parse);
     if let Some(Ok(c)) = &cert {
         r.details.cert_days_left = Some(c.days_left(now));
+        r.details.cert_not_after_unix = Some(c.not_after);
         r.details.cert_subject = Some(c.subject.clone());
         r.details.cert_issuer = Some(c.issuer.clone());
     }

@@ -51,6 +51,15 @@ impl AdminBackend for Arc<Memory> {
     async fn notifications(&self) -> Result<NotificationsInfo, ApiError> {
         Ok(NotificationsInfo::default())
     }
+    async fn metrics(&self) -> Result<String, ApiError> {
+        Ok("# HELP up test\n# TYPE up gauge\nup 1\n".into())
+    }
+    fn metrics_open(&self) -> bool {
+        false
+    }
+    async fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
     async fn rotate_agent(&self, name: &str) -> Result<AgentInfo, ApiError> {
         self.agents
             .lock()
