@@ -379,6 +379,10 @@ fn mariadb(dir: &Path, port: u16, extra: &[&str]) -> Service {
     let install = require_binary("mariadb-install-db", "mariadb-server");
     let bin = require_binary("mariadbd", "mariadb-server");
     let data = dir.join(format!("mariadb-{port}"));
+    // Its own temp dir: two servers bootstrapping at once in the shared /tmp
+    // trip over each other's temporary tables.
+    let tmp = dir.join(format!("mariadb-{port}-tmp"));
+    std::fs::create_dir_all(&tmp).unwrap();
     let out = Command::new(install)
         .args([
             "--no-defaults",
@@ -387,6 +391,7 @@ fn mariadb(dir: &Path, port: u16, extra: &[&str]) -> Service {
             "--auth-root-authentication-method=normal",
         ])
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .output()
         .unwrap();
     assert!(
@@ -403,6 +408,7 @@ fn mariadb(dir: &Path, port: u16, extra: &[&str]) -> Service {
     ])
     .arg(format!("--port={port}"))
     .arg(format!("--datadir={}", data.display()))
+    .arg(format!("--tmpdir={}", tmp.display()))
     .arg(format!("--socket={}", data.join("mariadb.sock").display()))
     .arg(format!("--pid-file={}", data.join("mariadb.pid").display()))
     .args(extra);
