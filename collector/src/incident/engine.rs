@@ -483,17 +483,9 @@ impl IncidentEngine {
             body,
         };
         match self.shared.store.put_incident(&row) {
-            Ok(id) if inc.id == 0 => {
-                inc.id = id;
-                // The body must carry the id too.
-                if let Ok(body) = serde_json::to_string(&inc) {
-                    let _ = self
-                        .shared
-                        .store
-                        .put_incident(&IncidentRow { id, body, ..row });
-                }
-            }
-            Ok(_) => {}
+            // The row's id is the one that counts: `parse` puts it on the
+            // incident, so the body written with id 0 needs no second write.
+            Ok(id) => inc.id = id,
             Err(e) => {
                 // Kept in memory; the next change writes it again.
                 tracing::error!(monitor = %inc.monitor, error = %e, "storing an incident failed");
