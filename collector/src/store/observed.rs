@@ -9,7 +9,7 @@ use portwatch_proto::v1 as pb;
 use super::{
     BatchOutcome, Event, EventQuery, IncidentQuery, IncidentRow, ResultQuery, RetentionOutcome,
     Rollup, RollupOutcome, RollupQuery, Sample, SourceGap, Store, StoreError, StoreStats,
-    StoredGap, StoredResult,
+    StoredGap, StoredResult, Summary, SummaryQuery,
 };
 
 /// Called with the samples of each successful [`Store::ingest`] (duplicates
@@ -79,6 +79,10 @@ impl Store for Observed {
 
     fn rollups(&self, q: &RollupQuery) -> Result<Vec<Rollup>, StoreError> {
         self.inner.rollups(q)
+    }
+
+    fn summaries(&self, q: &SummaryQuery) -> Result<Vec<Summary>, StoreError> {
+        self.inner.summaries(q)
     }
 
     fn roll_up(&self, now_ms: i64) -> Result<RollupOutcome, StoreError> {

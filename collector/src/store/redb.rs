@@ -17,11 +17,12 @@ use ::redb::{
 use portwatch_proto::v1 as pb;
 use prost::Message;
 
+use super::Bucket;
 use super::{
     BatchOutcome, DAY_MS, Event, EventQuery, IncidentQuery, IncidentRow, MAX_FUTURE_MS, MINUTE_MS,
     Order, Partition, PhaseStats, ResultQuery, RetentionOutcome, Rollup, RollupOutcome,
     RollupQuery, Sample, SourceGap, Store, StoreConfig, StoreError, StoreStats, StoredGap,
-    StoredResult, day_name, day_of, minute_of, ms, parse_day_name,
+    StoredResult, Summary, SummaryQuery, day_name, day_of, minute_of, ms, parse_day_name,
 };
 
 type Bytes = &'static [u8];
@@ -37,6 +38,7 @@ const INCIDENTS_OPEN: TableDefinition<'_, u64, ()> = TableDefinition::new("incid
 
 const RAW_PREFIX: &str = "raw_";
 const ROLLUP_PREFIX: &str = "rollup_";
+const HOURLY_PREFIX: &str = "hourly_";
 
 /// Dirty minutes recomputed per write transaction, so a long roll-up does not
 /// hold ingest off for long.
@@ -55,6 +57,10 @@ fn raw_table(day: i64) -> String {
 
 fn rollup_table(day: i64) -> String {
     format!("{ROLLUP_PREFIX}{}", day_name(day))
+}
+
+fn hourly_table(day: i64) -> String {
+    format!("{HOURLY_PREFIX}{}", day_name(day))
 }
 
 fn def(name: &str) -> TableDefinition<'_, Bytes, Bytes> {
@@ -232,6 +238,37 @@ fn decode_rollup(minute_start_ms: i64, mut v: &[u8]) -> Option<Rollup> {
         };
     }
     Some(r)
+}
+
+/// A summary as stored: checks, failures, degraded, then count and sum of
+/// each phase, all varints. The hour is in the key.
+fn encode_summary(s: &Summary) -> Vec<u8> {
+    use prost::encoding::encode_varint;
+    let mut v = Vec::with_capacity(24);
+    for n in [s.checks, s.failures, s.degraded] {
+        encode_varint(n, &mut v);
+    }
+    for i in 0..5 {
+        encode_varint(s.phase_count[i], &mut v);
+        encode_varint(s.phase_sum_us[i], &mut v);
+    }
+    v
+}
+
+fn decode_summary(start_ms: i64, mut v: &[u8]) -> Option<Summary> {
+    let mut next = || prost::encoding::decode_varint(&mut v).ok();
+    let mut s = Summary {
+        start_ms,
+        checks: next()?,
+        failures: next()?,
+        degraded: next()?,
+        ..Summary::default()
+    };
+    for i in 0..5 {
+        s.phase_count[i] = next()?;
+        s.phase_sum_us[i] = next()?;
+    }
+    Some(s)
 }
 
 /// The day partitions (by day number) of one kind.
@@ -430,11 +467,41 @@ impl RedbStore {
         let name = rollup_table(day);
         let mut t = txn.open_table(def(&name)).map_err(backend)?;
         // Rollups are series-major (queries read one series' minutes).
-        if results.is_empty() {
-            t.remove(lo.as_slice()).map_err(backend)?;
+        let new = (!results.is_empty()).then(|| Rollup::compute(minute, &results));
+        let old = match &new {
+            None => t.remove(lo.as_slice()).map_err(backend)?,
+            Some(r) => t
+                .insert(lo.as_slice(), encode_rollup(r).as_slice())
+                .map_err(backend)?,
+        }
+        .map(|v| {
+            decode_rollup(minute, v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("rollup of {monitor}")))
+        })
+        .transpose()?;
+        // The hour's summary changes by the difference.
+        let hour = Bucket::Hour.start_of(minute);
+        let mut key = series.to_vec();
+        key.extend_from_slice(&ts_key(hour));
+        let mut h = txn.open_table(def(&hourly_table(day))).map_err(backend)?;
+        let mut sum = match h.get(key.as_slice()).map_err(backend)? {
+            Some(v) => decode_summary(hour, v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("summary of {monitor}")))?,
+            None => Summary {
+                start_ms: hour,
+                ..Summary::default()
+            },
+        };
+        if let Some(old) = &old {
+            sum.remove(old);
+        }
+        if let Some(new) = &new {
+            sum.add(new);
+        }
+        if sum.checks == 0 {
+            h.remove(key.as_slice()).map_err(backend)?;
         } else {
-            let r = Rollup::compute(minute, &results);
-            t.insert(lo.as_slice(), encode_rollup(&r).as_slice())
+            h.insert(key.as_slice(), encode_summary(&sum).as_slice())
                 .map_err(backend)?;
         }
         Ok(true)
@@ -719,6 +786,48 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn summaries(&self, q: &SummaryQuery) -> Result<Vec<Summary>, StoreError> {
+        let txn = self.read()?;
+        let parts = partitions(Self::table_names_read(&txn)?.into_iter(), HOURLY_PREFIX);
+        let prefix = series_key(&q.monitor_id, &q.location)?;
+        // Hours from the start of the first bucket, so a day is whole.
+        let from = q.bucket.start_of(q.from_ms);
+        let mut out: Vec<Summary> = Vec::new();
+        for (_, table) in days_in(&parts, from, q.to_ms) {
+            let t = txn.open_table(def(&table)).map_err(backend)?;
+            let mut lo = prefix.clone();
+            lo.extend_from_slice(&ts_key(from));
+            let mut hi = prefix.clone();
+            hi.extend_from_slice(&ts_key(q.to_ms));
+            for kv in t
+                .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+                .map_err(backend)?
+            {
+                let (k, v) = kv.map_err(backend)?;
+                let hour = k
+                    .value()
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|at| ts_from(&k.value()[at..]));
+                let s = hour
+                    .and_then(|h| decode_summary(h, v.value()))
+                    .ok_or_else(|| StoreError::Corrupt(format!("summary of {}", q.monitor_id)))?;
+                let start = q.bucket.start_of(s.start_ms);
+                if start < q.from_ms {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(last) if last.start_ms == start => last.merge(&s),
+                    _ => out.push(Summary {
+                        start_ms: start,
+                        ..s
+                    }),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn roll_up(&self, _now_ms: i64) -> Result<RollupOutcome, StoreError> {
         let mut out = RollupOutcome::default();
         let mut after: Option<Vec<u8>> = None;
@@ -790,10 +899,15 @@ impl Store for RedbStore {
                 out.raw_days.push(day_name(day));
             }
         }
-        for (day, name) in partitions(names.into_iter(), ROLLUP_PREFIX) {
+        for (day, name) in partitions(names.iter().cloned(), ROLLUP_PREFIX) {
             if expired(day, rollup_cutoff) {
                 txn.delete_table(def(&name)).map_err(backend)?;
                 out.rollup_days.push(day_name(day));
+            }
+        }
+        for (day, name) in partitions(names.into_iter(), HOURLY_PREFIX) {
+            if expired(day, rollup_cutoff) {
+                txn.delete_table(def(&name)).map_err(backend)?;
             }
         }
         txn.commit().map_err(backend)?;

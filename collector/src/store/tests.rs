@@ -657,6 +657,17 @@ fn retention_drops_raw_days_after_7_days_and_rollups_after_90() {
         .unwrap();
     assert_eq!(rollups.len(), 91);
     assert_eq!(rollups[0].minute_start_ms, t0() + 9 * DAY_MS + 3_600_000);
+    let days = s
+        .summaries(&SummaryQuery {
+            monitor_id: "m1".into(),
+            location: A.into(),
+            from_ms: i64::MIN / 2,
+            to_ms: i64::MAX / 2,
+            bucket: Bucket::Day,
+        })
+        .unwrap();
+    assert_eq!(days.len(), 91, "summaries are retained like rollups");
+    assert_eq!(days[0].start_ms, t0() + 9 * DAY_MS);
     // Nothing more to drop an hour later.
     let again = s.retain(now + 3_600_000).unwrap();
     assert!(again.raw_days.is_empty() && again.rollup_days.is_empty());
@@ -882,4 +893,93 @@ fn kill_dash_nine_after_ingest_returned_loses_no_acked_batch() {
             "iteration {iteration}"
         );
     }
+}
+
+/// Hourly summaries equal the sum of their minutes through late arrivals
+/// and recomputations; daily ones fold whole hours.
+#[test]
+fn summaries_follow_every_recomputed_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let phases = |c: u64| {
+        Some(pb::Phases {
+            connect_us: Some(c),
+            total_us: c + 10,
+            ..Default::default()
+        })
+    };
+    let at = |seq: u64, ts: i64, status: pb::Status, c: u64| Sample {
+        monitor_id: "m1".into(),
+        location: A.into(),
+        seq,
+        result: result("m1", ts, status, phases(c)),
+    };
+    // 10:00-10:02 and 11:30: four up, one down, one degraded.
+    let h10 = t0() + 10 * HOUR_MS;
+    let batch = [
+        at(1, h10 + 1_000, pb::Status::Up, 100),
+        at(2, h10 + 30_000, pb::Status::Up, 300),
+        at(3, h10 + MINUTE_MS + 5, pb::Status::Down, 0),
+        at(4, h10 + 2 * MINUTE_MS, pb::Status::Degraded, 900),
+        at(5, h10 + 90 * MINUTE_MS, pb::Status::Up, 200),
+    ];
+    s.ingest("a", 0, h10 + 2 * HOUR_MS, &batch, &[]).unwrap();
+    s.roll_up(h10 + 2 * HOUR_MS).unwrap();
+    let q = |bucket| SummaryQuery {
+        monitor_id: "m1".into(),
+        location: A.into(),
+        from_ms: t0(),
+        to_ms: t0() + DAY_MS,
+        bucket,
+    };
+    let hours = s.summaries(&q(Bucket::Hour)).unwrap();
+    assert_eq!(
+        hours
+            .iter()
+            .map(|h| (h.start_ms, h.checks, h.failures, h.degraded))
+            .collect::<Vec<_>>(),
+        [(h10, 4, 1, 1), (h10 + HOUR_MS, 1, 0, 0)]
+    );
+    assert_eq!(
+        hours[0].avg_us(Phase::Connect),
+        Some(325.0),
+        "(100+300+0+900)/4"
+    );
+    assert_eq!(hours[0].availability(), Some(0.75));
+
+    // A replayed result lands in the first minute again: the minute is
+    // recomputed and the hour changes by the difference only.
+    s.ingest(
+        "b",
+        0,
+        h10 + 3 * HOUR_MS,
+        &[at(1, h10 + 50_000, pb::Status::Down, 0)],
+        &[],
+    )
+    .unwrap();
+    s.roll_up(h10 + 3 * HOUR_MS).unwrap();
+    s.roll_up(h10 + 3 * HOUR_MS).unwrap();
+    let hours = s.summaries(&q(Bucket::Hour)).unwrap();
+    assert_eq!((hours[0].checks, hours[0].failures), (5, 2));
+    assert_eq!(hours[0].phase_count[Phase::Connect as usize], 5);
+    assert_eq!(hours[0].phase_sum_us[Phase::Connect as usize], 1300);
+
+    let days = s.summaries(&q(Bucket::Day)).unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!(
+        (days[0].start_ms, days[0].checks, days[0].failures),
+        (t0(), 6, 2)
+    );
+    // A range starting mid-day leaves the partial day out rather than
+    // report it as a whole one.
+    let mut mid = q(Bucket::Day);
+    mid.from_ms = h10 + 1;
+    assert!(s.summaries(&mid).unwrap().is_empty());
+    let mut mid = q(Bucket::Hour);
+    mid.from_ms = h10 + 1;
+    assert_eq!(
+        s.summaries(&mid).unwrap().len(),
+        1,
+        "only 11:00 starts inside"
+    );
 }
