@@ -50,6 +50,12 @@ pub enum ConfigError {
         origin: String,
         problems: Vec<String>,
     },
+    /// Every problem of the status page settings, one per line.
+    #[error("{origin}: {}", .problems.join(&format!("\n{origin}: ")))]
+    StatusPage {
+        origin: String,
+        problems: Vec<String>,
+    },
     /// Every problem of every maintenance window, one per line.
     #[error("{origin}: {}", .problems.join(&format!("\n{origin}: ")))]
     Maintenance {
@@ -105,6 +111,9 @@ struct RawConfig {
     /// Notification channels (`[[notifications]]`, see `notify.rs`).
     #[serde(default)]
     notifications: Vec<RawChannel>,
+    /// The public status page (`[status_page]`, see `web/status.rs`).
+    #[serde(default)]
+    status_page: crate::web::status::RawStatusPage,
 }
 
 /// The checked configuration.
@@ -125,6 +134,8 @@ pub struct Config {
     pub agent_offline_after: Duration,
     pub dashboard_url: Option<String>,
     pub metrics_open: bool,
+    /// The public status page's settings.
+    pub status_page: crate::web::status::StatusPage,
     /// The file's monitors, checked on their own (names unique, dependencies
     /// inside the file); the registry re-checks them against the API's.
     pub monitors: Vec<Monitor>,
@@ -298,6 +309,12 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
                 problems,
             }
         })?;
+    let status_page = crate::web::status::validate(&raw.status_page).map_err(|problems| {
+        ConfigError::StatusPage {
+            origin: origin.to_owned(),
+            problems,
+        }
+    })?;
     let monitors = validate_all(
         &monitor_sources,
         origin,
@@ -317,6 +334,7 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         agent_offline_after,
         dashboard_url,
         metrics_open: raw.metrics_open,
+        status_page,
         public_probes: raw.public_probes.unwrap_or(true),
         allow_private_targets: raw.allow_private_targets,
         raw_retention,

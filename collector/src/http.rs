@@ -713,7 +713,7 @@ pub struct UpcomingQuery {
     pub to: Option<i64>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     crate::state::unix_ms(std::time::SystemTime::now())
 }
 

@@ -10,6 +10,7 @@
 //!   store (raw results, rollups, gaps, events).
 //! - `config`: the configuration file; `admin`, `http`, `client`, `cli`: the
 //!   admin API and the command line that talks to it.
+//! - `web`: the dashboard and the public status page.
 
 pub mod admin;
 pub mod agents;
@@ -31,3 +32,4 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod token;
+pub mod web;

@@ -319,7 +319,8 @@ pub async fn serve(
             TcpListenerStream::new(agent_listener),
             stopped(stop_rx.clone()),
         );
-    let app = router(Backend(collector.clone()), admin);
+    let app = router(Backend(collector.clone()), admin.clone())
+        .merge(crate::web::router(Backend(collector.clone()), admin));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let (g, h) = tokio::join!(grpc, async { http.await });
     if let Some(public) = public {
@@ -712,6 +713,24 @@ fn metrics_snapshot(c: &Collector) -> Result<crate::metrics::Snapshot, ApiError>
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
+}
+
+impl crate::web::WebBackend for Backend {
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.results.clone()
+    }
+
+    fn status_page(&self) -> crate::web::status::StatusPage {
+        self.0.config.status_page.clone()
+    }
+
+    fn secure_cookies(&self) -> bool {
+        self.0
+            .config
+            .dashboard_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
 }
 
 impl AdminBackend for Backend {
