@@ -18,6 +18,8 @@ declare -A need=(
   [ssh-keygen]=openssh-client
   [runuser]=util-linux
   [mariadbd]=mariadb-server
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 # PostgreSQL: any initdb on PATH or under /usr/lib/postgresql will do.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -169,9 +169,14 @@ locations = ["site=demo"]
     println!("portwatch demo");
     println!("  data dir:        {}", data_dir.display());
     println!("  agent port:      127.0.0.1:{agent_port} (enrollment + mTLS stream)");
+    println!("  dashboard:       http://127.0.0.1:{http_port}/");
     println!(
-        "  admin API:       http://127.0.0.1:{http_port}/api/v1/agents (token in {})",
+        "  sign in with:    the admin token: cat {}",
         collector_dir.join("admin.token").display()
+    );
+    println!("  status page:     http://127.0.0.1:{http_port}/status (public, no sign-in)");
+    println!(
+        "  admin API:       http://127.0.0.1:{http_port}/api/v1/agents (Authorization: Bearer <admin token>)"
     );
     println!(
         "  agent enrolled:  {} ({}), CA pin {}",

@@ -145,7 +145,7 @@ impl Frame {
                 @let y = self.y(*v);
                 line x1=(LEFT) x2=(W - RIGHT) y1=(y) y2=(y) stroke="#e5e7eb" {}
                 text x=(LEFT - 6.0) y=(y + 4.0) text-anchor="end" font-size="11" fill="#6b7280" {
-                    (fmt_tick(*v, unit))
+                    (fmt_tick(*v, step, unit))
                 }
             }
             @for t in &ticks {
@@ -189,15 +189,14 @@ impl Span {
     }
 }
 
-fn fmt_tick(v: f64, unit: &str) -> String {
-    if v == 0.0 {
-        return format!("0 {unit}");
-    }
-    if v >= 10.0 || v.fract() == 0.0 {
-        format!("{v:.0} {unit}")
+/// A tick label with as many decimals as the step needs (no 0.6000000001).
+fn fmt_tick(v: f64, step: f64, unit: &str) -> String {
+    let decimals = if step >= 1.0 {
+        0
     } else {
-        format!("{v} {unit}")
-    }
+        (-step.log10()).ceil().clamp(0.0, 6.0) as usize
+    };
+    format!("{v:.decimals$} {unit}")
 }
 
 /// The SVG path of a series, a new subpath after each gap.
@@ -235,7 +234,7 @@ pub fn lines(label: &str, from_ms: i64, to_ms: i64, lines: &[Line], spans: &[Spa
     };
     html! {
         figure.chart {
-            svg.chart-svg viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(label) preserveAspectRatio="none" {
+            svg.chart-svg viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(label)  {
                 title { (label) }
                 (frame.axes(step, "ms"))
                 (frame.spans(spans))
@@ -343,7 +342,7 @@ pub fn stacked(label: &str, from_ms: i64, to_ms: i64, layers: &[Line], spans: &[
     }
     html! {
         figure.chart {
-            svg.chart-svg viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(label) preserveAspectRatio="none" {
+            svg.chart-svg viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(label)  {
                 title { (label) }
                 (frame.axes(step, "ms"))
                 (frame.spans(spans))
@@ -436,7 +435,8 @@ mod tests {
         assert_eq!(nice_scale(f64::NAN, 4), (1.0, 0.25));
         assert_eq!(nice_scale(7.3, 4), (8.0, 2.0));
         assert_eq!(nice_scale(1030.0, 4), (1500.0, 500.0));
-        assert_eq!(nice_scale(0.42, 4), (0.5, 0.1));
+        let (top, step) = nice_scale(0.42, 4);
+        assert!((top - 0.6).abs() < 1e-9 && (step - 0.2).abs() < 1e-9, "{top} {step}");
         for max in [0.013, 0.9, 3.0, 99.0, 101.0, 5_000.0] {
             let (top, step) = nice_scale(max, 4);
             assert!(top >= max && top / step <= 10.0, "{max}: {top} {step}");
@@ -496,6 +496,9 @@ mod tests {
         let svg = lines("x", 0, 10, &[], &[]).into_string();
         assert!(svg.contains("no data in this range"));
         assert!(sparkline(&[None, None], "t").into_string().contains("<svg"));
+        assert_eq!(fmt_tick(0.6000000001, 0.2, "ms"), "0.6 ms");
+        assert_eq!(fmt_tick(0.05, 0.05, "ms"), "0.05 ms");
+        assert_eq!(fmt_tick(1500.0, 500.0, "ms"), "1500 ms");
     }
 
     #[test]

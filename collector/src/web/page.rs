@@ -82,10 +82,16 @@ pub fn utc(ts_ms: i64) -> String {
 pub fn span(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-    if d > 0 {
+    if d > 0 && h == 0 {
+        format!("{d} d")
+    } else if d > 0 {
         format!("{d} d {h} h")
+    } else if h > 0 && m == 0 {
+        format!("{h} h")
     } else if h > 0 {
         format!("{h} h {m} min")
+    } else if m > 0 && sec == 0 {
+        format!("{m} min")
     } else if m > 0 {
         format!("{m} min {sec} s")
     } else if ms < 1000 && ms > 0 {
@@ -177,6 +183,9 @@ mod tests {
         assert_eq!(span(250), "250 ms");
         assert_eq!(span(45_000), "45 s");
         assert_eq!(span(125_000), "2 min 5 s");
+        assert_eq!(span(300_000), "5 min");
+        assert_eq!(span(3_600_000), "1 h");
+        assert_eq!(span(86_400_000), "1 d");
         assert_eq!(span(3 * 3_600_000 + 12 * 60_000), "3 h 12 min");
         assert_eq!(span(2 * 86_400_000 + 3_600_000), "2 d 1 h");
     }
