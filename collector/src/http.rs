@@ -1,7 +1,15 @@
 //! The collector's HTTP API (axum, on the same hyper/tower stack as tonic).
-//! Today: the admin endpoints the CLI uses (tokens, agents). Every endpoint
-//! takes `Authorization: Bearer <admin token>`; errors are JSON
+//! The admin endpoints the CLI uses (tokens, agents, monitors, results,
+//! incidents, maintenance, notifications) take `Authorization: Bearer <admin
+//! token>`; `/healthz`, `/readyz` and `/api/openapi.json` are open, and
+//! `/metrics` is too when `metrics_open` is set. Errors are JSON
 //! `{"error": {"code": "...", "message": "..."}}` with a matching status.
+//!
+//! The OpenAPI 3.1 document at `/api/openapi.json` is generated from this
+//! file: each handler carries its `#[utoipa::path]` (method, path,
+//! parameters, body, every response) and the router is built from those same
+//! annotations (`utoipa_axum::routes!`), so a route cannot be served without
+//! being documented, nor documented at a path or method it is not served on.
 //!
 //! The handlers talk to an `AdminBackend`, so the HTTP layer knows nothing of
 //! how tokens and agents are stored.
@@ -13,9 +21,12 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::admin::AdminToken;
 use crate::incident::Incident;
@@ -55,14 +66,20 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Serialize, Deserialize, ToSchema)]
 struct ErrorBody {
     error: ErrorDetail,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 struct ErrorDetail {
+    /// A stable machine code: `bad_request`, `unauthorized`, `not_found`,
+    /// `exists`, `managed_by_file`, `depended_on`, `not_connected`,
+    /// `invalid_monitor`, `invalid_window`, `not_ready` or `internal`.
+    #[schema(example = "not_found")]
     code: String,
+    /// For people; several problems come one per line.
     message: String,
 }
 
@@ -78,8 +95,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `POST /api/v1/tokens`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// A new enrollment token (`POST /api/v1/tokens`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,
@@ -94,7 +111,7 @@ pub struct CreateToken {
 }
 
 /// A created token: the join string is shown once and never again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     pub token_id: String,
     pub name: String,
@@ -102,7 +119,8 @@ pub struct CreatedToken {
     pub join: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An enrollment token, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub token_id: String,
     pub name: String,
@@ -113,7 +131,8 @@ pub struct TokenInfo {
     pub used_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An enrolled agent and its stream.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentInfo {
     pub id: String,
     pub name: String,
@@ -136,7 +155,7 @@ pub struct AgentInfo {
 }
 
 /// One stored check result, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResultInfo {
     pub monitor_id: String,
     /// The location that ran it: `agent:<name>` or `public:<region>`.
@@ -155,35 +174,48 @@ pub struct ResultInfo {
 
 /// `GET /api/v1/results?monitor=ID[&location=L][&from=MS][&to=MS][&limit=N]`:
 /// the newest `limit` results in `[from, to)` (unix ms), returned oldest first.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
+    /// The monitor's name.
     pub monitor: String,
+    /// Only this location (`agent:<name>` or `public:<region>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// From this check time on (unix ms, inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<i64>,
+    /// Before this check time (unix ms, exclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<i64>,
+    /// How many results at most (the newest ones).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 10_000, default = 100)]
     pub limit: usize,
 }
 
 /// `GET /api/v1/rollups?monitor=ID&location=L[&from=MS][&to=MS]`: one-minute
 /// rollups, oldest first (at most 10,080: a week of minutes).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RollupsQuery {
+    /// The monitor's name.
     pub monitor: String,
+    /// The location (`agent:<name>` or `public:<region>`).
     pub location: String,
+    /// From this minute on (unix ms); default: a day before `to`, at most a
+    /// week before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<i64>,
+    /// Up to this time (unix ms); default: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<i64>,
 }
 
 /// One phase over one minute, in microseconds (absent phases: count 0).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PhaseInfo {
     pub count: u32,
     pub min_us: u64,
@@ -193,7 +225,7 @@ pub struct PhaseInfo {
 }
 
 /// One monitor at one location over one minute.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RollupInfo {
     pub minute_start_unix_ms: i64,
     pub checks: u32,
@@ -208,20 +240,27 @@ pub struct RollupInfo {
 
 /// `GET /api/v1/events?[kind=K][&from=MS][&to=MS][&limit=N]`: the audit log
 /// (and, later, incidents), oldest first.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only events of this kind, e.g. `audit` or `notification`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// From this time on (unix ms, inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<i64>,
+    /// Before this time (unix ms, exclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<i64>,
+    /// How many events at most.
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 10_000, default = 100)]
     pub limit: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One entry of the event log (an admin action, a notification delivery).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventInfo {
     pub id: u64,
     pub at_unix_ms: i64,
@@ -232,16 +271,22 @@ pub struct EventInfo {
 
 /// `GET /api/v1/incidents?[open=true][&monitor=M][&before=ID][&limit=N]`:
 /// newest first; page back with `before` = the last id seen.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IncidentsQuery {
+    /// Only incidents still open.
     #[serde(default)]
     pub open: bool,
+    /// Only this monitor's (or `agent:<name>`'s) incidents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<String>,
+    /// Only incidents with a smaller id: the last id of the previous page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<u64>,
+    /// How many incidents at most.
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 10_000, default = 100)]
     pub limit: usize,
 }
 
@@ -262,7 +307,7 @@ fn default_limit() -> usize {
 
 /// A monitor as the API shows it: its definition as written (the body a
 /// `PUT` takes) and where it is defined.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MonitorInfo {
     pub name: String,
     /// `file` (change it in the config file) or `api`.
@@ -340,50 +385,101 @@ pub trait AdminBackend: Send + Sync + 'static {
 struct Api<B> {
     backend: B,
     admin: AdminToken,
+    /// This API's OpenAPI document, serialized once.
+    openapi: axum::body::Bytes,
+}
+
+/// The document's frame: what the handlers' `#[utoipa::path]`s do not say.
+/// The paths and the schemas they use are added by [`api_routes`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "portwatch collector API",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "The collector's REST API: enrollment tokens, agents, monitors, results, \
+            incidents, maintenance windows and notifications, plus health, readiness and \
+            Prometheus metrics. Every error is JSON `{\"error\": {\"code\", \"message\"}}` \
+            with a matching HTTP status.",
+    ),
+    modifiers(&AdminBearer),
+    tags(
+        (name = "tokens", description = "Enrollment tokens: an agent joins with one"),
+        (name = "agents", description = "Enrolled agents (private locations)"),
+        (name = "monitors", description = "Monitors: file ones are read-only here"),
+        (name = "results", description = "Stored check results, rollups and the event log"),
+        (name = "incidents", description = "Incidents and the current status"),
+        (name = "maintenance", description = "Maintenance windows"),
+        (name = "notifications", description = "Notification channels and deliveries"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The admin bearer scheme's name in the document: the handlers'
+/// `security(("admin_token" = []))` name it.
+const ADMIN_TOKEN: &str = "admin_token";
+
+/// Adds the admin bearer token as a security scheme.
+struct AdminBearer;
+
+impl utoipa::Modify for AdminBearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            ADMIN_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <admin token>`: the collector's admin token",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, each from its handler's `#[utoipa::path]`: the router and
+/// the document come from this one list. Handlers in one `routes!` must share
+/// a path: it serves each of them at every path among them.
+fn api_routes<B: AdminBackend>() -> OpenApiRouter<Arc<Api<B>>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(delete_token))
+        .routes(routes!(list_agents))
+        .routes(routes!(revoke_agent))
+        .routes(routes!(rotate_agent))
+        .routes(routes!(results))
+        .routes(routes!(rollups))
+        .routes(routes!(events))
+        .routes(routes!(list_monitors))
+        .routes(routes!(get_monitor, put_monitor, delete_monitor))
+        .routes(routes!(config_status))
+        .routes(routes!(incidents))
+        .routes(routes!(incident))
+        .routes(routes!(status))
+        .routes(routes!(notifications))
+        .routes(routes!(list_maintenance, add_maintenance))
+        .routes(routes!(upcoming_maintenance))
+        .routes(routes!(get_maintenance, cancel_maintenance))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
 }
 
 /// The API router.
 pub fn router<B: AdminBackend>(backend: B, admin: AdminToken) -> Router {
-    let api = Arc::new(Api { backend, admin });
-    Router::new()
-        .route(
-            "/api/v1/tokens",
-            post(create_token::<B>).get(list_tokens::<B>),
-        )
-        .route("/api/v1/tokens/{id}", delete(delete_token::<B>))
-        .route("/api/v1/agents", get(list_agents::<B>))
-        .route("/api/v1/agents/{name}/revoke", post(revoke_agent::<B>))
-        .route("/api/v1/agents/{name}/rotate", post(rotate_agent::<B>))
-        .route("/api/v1/results", get(results::<B>))
-        .route("/api/v1/monitors", get(list_monitors::<B>))
-        .route(
-            "/api/v1/monitors/{name}",
-            get(get_monitor::<B>)
-                .put(put_monitor::<B>)
-                .delete(delete_monitor::<B>),
-        )
-        .route("/api/v1/config/status", get(config_status::<B>))
-        .route("/api/v1/rollups", get(rollups::<B>))
-        .route("/api/v1/events", get(events::<B>))
-        .route("/api/v1/incidents", get(incidents::<B>))
-        .route("/api/v1/incidents/{id}", get(incident::<B>))
-        .route("/api/v1/status", get(status::<B>))
-        .route("/api/v1/notifications", get(notifications::<B>))
-        .route("/metrics", get(metrics::<B>))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz::<B>))
-        .route(
-            "/api/v1/maintenance",
-            get(list_maintenance::<B>).post(add_maintenance::<B>),
-        )
-        .route(
-            "/api/v1/maintenance/upcoming",
-            get(upcoming_maintenance::<B>),
-        )
-        .route(
-            "/api/v1/maintenance/{name}",
-            get(get_maintenance::<B>).delete(cancel_maintenance::<B>),
-        )
+    let (routes, doc) = api_routes::<B>().split_for_parts();
+    let openapi = serde_json::to_vec(&doc)
+        .expect("an OpenAPI document always serializes")
+        .into();
+    let api = Arc::new(Api {
+        backend,
+        admin,
+        openapi,
+    });
+    routes
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -428,6 +524,26 @@ fn json_body<T>(
         .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
 }
 
+/// Create an enrollment token
+///
+/// The answer's `join` string is all an agent needs to enroll; it is shown
+/// once and never again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    security(("admin_token" = [])),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created", body = CreatedToken),
+        (status = 400, description = "Malformed JSON, or a field the collector refuses (name, ttl, public_region)", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "JSON that is not a CreateToken (missing or unknown field, wrong type)", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn create_token<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -444,6 +560,20 @@ async fn create_token<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// List enrollment tokens
+///
+/// Expired tokens are purged first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every token", body = Vec<TokenInfo>),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn list_tokens<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -452,6 +582,20 @@ async fn list_tokens<B: AdminBackend>(
     Ok(Json(api.backend.list_tokens().await?))
 }
 
+/// Delete an enrollment token
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn delete_token<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -464,6 +608,18 @@ async fn delete_token<B: AdminBackend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// List enrolled agents
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "agents",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every agent, revoked ones too", body = Vec<AgentInfo>),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn list_agents<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -472,6 +628,22 @@ async fn list_agents<B: AdminBackend>(
     Ok(Json(api.backend.list_agents().await?))
 }
 
+/// Revoke an agent
+///
+/// Its live stream closes within seconds and it cannot reconnect.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{name}/revoke",
+    tag = "agents",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The agent's name or id")),
+    responses(
+        (status = 200, description = "Revoked", body = AgentInfo),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn revoke_agent<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -487,6 +659,21 @@ async fn revoke_agent<B: AdminBackend>(
     Ok(Json(a))
 }
 
+/// Ask a connected agent to renew its certificate now
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{name}/rotate",
+    tag = "agents",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The agent's name or id")),
+    responses(
+        (status = 200, description = "Asked; the agent renews on its stream", body = AgentInfo),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "`not_connected`: the agent has no live stream", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn rotate_agent<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -502,6 +689,22 @@ async fn rotate_agent<B: AdminBackend>(
     Ok(Json(a))
 }
 
+/// Stored check results of a monitor
+///
+/// The newest `limit` results in `[from, to)`, returned oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/results",
+    tag = "results",
+    security(("admin_token" = [])),
+    params(ResultsQuery),
+    responses(
+        (status = 200, description = "Results, oldest first", body = Vec<ResultInfo>),
+        (status = 400, description = "A missing, malformed or unknown query parameter, or `limit` out of 1-10000", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn results<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -513,6 +716,22 @@ async fn results<B: AdminBackend>(
     Ok(Json(api.backend.results(&q).await?))
 }
 
+/// One-minute rollups of a monitor at a location
+///
+/// Oldest first, at most a week of minutes (10,080).
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollups",
+    tag = "results",
+    security(("admin_token" = [])),
+    params(RollupsQuery),
+    responses(
+        (status = 200, description = "Rollups, oldest first", body = Vec<RollupInfo>),
+        (status = 400, description = "A missing, malformed or unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn rollups<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -523,6 +742,20 @@ async fn rollups<B: AdminBackend>(
     Ok(Json(api.backend.rollups(&q).await?))
 }
 
+/// The event log (audit, notifications), oldest first
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "results",
+    security(("admin_token" = [])),
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "Events, oldest first", body = Vec<EventInfo>),
+        (status = 400, description = "A malformed or unknown query parameter, or `limit` out of 1-10000", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn events<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -534,6 +767,22 @@ async fn events<B: AdminBackend>(
     Ok(Json(api.backend.events(&q).await?))
 }
 
+/// List incidents, newest first
+///
+/// Page back with `before` = the last id seen.
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents",
+    tag = "incidents",
+    security(("admin_token" = [])),
+    params(IncidentsQuery),
+    responses(
+        (status = 200, description = "Incidents, newest first", body = Vec<Incident>),
+        (status = 400, description = "A malformed or unknown query parameter, or `limit` out of 1-10000", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn incidents<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -545,6 +794,21 @@ async fn incidents<B: AdminBackend>(
     Ok(Json(api.backend.incidents(&q).await?))
 }
 
+/// One incident
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{id}",
+    tag = "incidents",
+    security(("admin_token" = [])),
+    params(("id" = u64, Path, description = "The incident's id")),
+    responses(
+        (status = 200, description = "The incident", body = Incident),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn incident<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -557,6 +821,18 @@ async fn incident<B: AdminBackend>(
     Ok(Json(api.backend.incident(id).await?))
 }
 
+/// Every monitor at every location now, with its open incident
+#[utoipa::path(
+    get,
+    path = "/api/v1/status",
+    tag = "incidents",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "One entry per monitor", body = Vec<MonitorStatus>),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn status<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -565,6 +841,17 @@ async fn status<B: AdminBackend>(
     Ok(Json(api.backend.status().await?))
 }
 
+/// List monitors, from the config file and from the API
+#[utoipa::path(
+    get,
+    path = "/api/v1/monitors",
+    tag = "monitors",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every monitor", body = Vec<MonitorInfo>),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+    )
+)]
 async fn list_monitors<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -574,6 +861,19 @@ async fn list_monitors<B: AdminBackend>(
     Ok(Json(monitors.iter().map(MonitorInfo::of).collect()))
 }
 
+/// One monitor
+#[utoipa::path(
+    get,
+    path = "/api/v1/monitors/{name}",
+    tag = "monitors",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The monitor's name")),
+    responses(
+        (status = 200, description = "The monitor", body = MonitorInfo),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such monitor", body = ErrorBody),
+    )
+)]
 async fn get_monitor<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -588,8 +888,29 @@ async fn get_monitor<B: AdminBackend>(
     Ok(Json(MonitorInfo::of(&m)))
 }
 
-/// `PUT /api/v1/monitors/{name}`: the body is the monitor as written in the
-/// config file (JSON); its `name` may be left out, or must match the path.
+/// Create or replace an API monitor
+///
+/// The body is the monitor as written in the config file, in JSON; its
+/// `name` may be left out, or must match the path.
+#[utoipa::path(
+    put,
+    path = "/api/v1/monitors/{name}",
+    tag = "monitors",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The monitor's name")),
+    request_body(content = RawMonitor, description = "The definition; `name` may be left out"),
+    responses(
+        (status = 200, description = "Replaced", body = MonitorInfo),
+        (status = 201, description = "Created", body = MonitorInfo),
+        (status = 400, description = "Malformed JSON, unknown field, wrong type, or a name that does not match the path", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 409, description = "`managed_by_file`: the monitor is defined in the config file", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_monitor`: every problem with the definition, one per line", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn put_monitor<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -637,6 +958,23 @@ async fn put_monitor<B: AdminBackend>(
     Ok((status, Json(info)))
 }
 
+/// Delete an API monitor
+///
+/// Refused while another monitor depends on it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/monitors/{name}",
+    tag = "monitors",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The monitor's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such monitor", body = ErrorBody),
+        (status = 409, description = "`managed_by_file` (defined in the config file) or `depended_on` (another monitor's `depends_on`)", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn delete_monitor<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -654,6 +992,17 @@ async fn delete_monitor<B: AdminBackend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The outcome of the last config file (re)load
+#[utoipa::path(
+    get,
+    path = "/api/v1/config/status",
+    tag = "monitors",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The last reload", body = ReloadStatus),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+    )
+)]
 async fn config_status<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -662,6 +1011,22 @@ async fn config_status<B: AdminBackend>(
     Ok(Json(api.backend.monitor_registry().reload_status()))
 }
 
+/// Prometheus metrics
+///
+/// Probe series per monitor and location (blackbox_exporter-compatible),
+/// states, open incidents, agent and notification self-metrics. Needs the
+/// admin token unless the collector is configured with `metrics_open`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The text exposition format 0.0.4", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "No valid admin bearer token (unless `metrics_open`)", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn metrics<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -680,13 +1045,57 @@ async fn metrics<B: AdminBackend>(
         .into_response())
 }
 
+/// Readiness: can the collector serve (does its store answer)?
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain", example = "ready\n"),
+        (status = 503, description = "`not_ready`: the store does not answer", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn readyz<B: AdminBackend>(State(api): State<Arc<Api<B>>>) -> Result<&'static str, ApiError> {
     api.backend.ready().await?;
     Ok("ready\n")
 }
 
+/// Liveness: the process serves HTTP
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive", body = String, content_type = "text/plain", example = "ok\n"),
+    )
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// This document
+///
+/// The API's OpenAPI 3.1 description, generated from the code; open, since it
+/// describes the API and holds no data.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"),
+    )
+)]
+async fn openapi_json<B: AdminBackend>(State(api): State<Arc<Api<B>>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        api.openapi.clone(),
+    )
+        .into_response()
+}
+
 /// `GET /api/v1/notifications`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct NotificationsInfo {
     pub channels: Vec<crate::notify::ChannelInfo>,
     /// The latest delivery attempts (last 24 h, newest first, at most 200):
@@ -694,6 +1103,18 @@ pub struct NotificationsInfo {
     pub recent: Vec<EventInfo>,
 }
 
+/// Notification channels (nothing secret) and the latest deliveries
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications",
+    tag = "notifications",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Channels and recent delivery attempts", body = NotificationsInfo),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn notifications<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -704,11 +1125,15 @@ async fn notifications<B: AdminBackend>(
 
 /// `GET /api/v1/maintenance/upcoming?[from=MS][&to=MS]`: occurrences
 /// overlapping the range (default: now to 30 days ahead).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UpcomingQuery {
+    /// From this time (unix ms); default: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<i64>,
+    /// Up to this time (unix ms), at most 400 days after `from`; default:
+    /// 30 days after `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<i64>,
 }
@@ -717,6 +1142,17 @@ pub(crate) fn now_ms() -> i64 {
     crate::state::unix_ms(std::time::SystemTime::now())
 }
 
+/// List maintenance windows, from the config file and from the API
+#[utoipa::path(
+    get,
+    path = "/api/v1/maintenance",
+    tag = "maintenance",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every window with its next occurrence", body = Vec<WindowInfo>),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+    )
+)]
 async fn list_maintenance<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -727,6 +1163,19 @@ async fn list_maintenance<B: AdminBackend>(
     Ok(Json(list.iter().map(|w| w.info(now)).collect()))
 }
 
+/// One maintenance window
+#[utoipa::path(
+    get,
+    path = "/api/v1/maintenance/{name}",
+    tag = "maintenance",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The window's name")),
+    responses(
+        (status = 200, description = "The window", body = WindowInfo),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such window", body = ErrorBody),
+    )
+)]
 async fn get_maintenance<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -740,6 +1189,24 @@ async fn get_maintenance<B: AdminBackend>(
         .ok_or_else(|| ApiError::not_found(format!("no maintenance window is named {name:?}")))
 }
 
+/// Add a maintenance window
+#[utoipa::path(
+    post,
+    path = "/api/v1/maintenance",
+    tag = "maintenance",
+    security(("admin_token" = [])),
+    request_body = RawWindow,
+    responses(
+        (status = 201, description = "Added", body = WindowInfo),
+        (status = 400, description = "Malformed JSON, unknown field or wrong type", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 409, description = "`exists`: a window of that name exists already", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_window`: every problem with the definition, one per line", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn add_maintenance<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -762,6 +1229,23 @@ async fn add_maintenance<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(w.info(now))))
 }
 
+/// Cancel an API maintenance window
+///
+/// A running window ends at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/maintenance/{name}",
+    tag = "maintenance",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The window's name")),
+    responses(
+        (status = 200, description = "Cancelled; the window as it was", body = WindowInfo),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such window", body = ErrorBody),
+        (status = 409, description = "`managed_by_file`: the window is defined in the config file", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
+    )
+)]
 async fn cancel_maintenance<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
@@ -778,6 +1262,19 @@ async fn cancel_maintenance<B: AdminBackend>(
     Ok(Json(w.info(now_ms())))
 }
 
+/// Maintenance occurrences overlapping a time range
+#[utoipa::path(
+    get,
+    path = "/api/v1/maintenance/upcoming",
+    tag = "maintenance",
+    security(("admin_token" = [])),
+    params(UpcomingQuery),
+    responses(
+        (status = 200, description = "Occurrences by start time", body = Vec<Occurrence>),
+        (status = 400, description = "A malformed or unknown query parameter, or `to` not after `from` or over 400 days later", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+    )
+)]
 async fn upcoming_maintenance<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,

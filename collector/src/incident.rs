@@ -41,7 +41,7 @@ pub use consensus::{LocState, LocationView};
 pub use engine::{EngineConfig, IncidentEngine};
 
 /// What kind of incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The quorum of locations (or the failure rate) says down.
@@ -66,7 +66,7 @@ impl Kind {
 }
 
 /// Which notification of an incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Opened,
@@ -74,7 +74,7 @@ pub enum Phase {
 }
 
 /// The outcome of one delivery attempt to one channel, as last reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub channel: String,
     pub phase: Phase,
@@ -89,7 +89,7 @@ pub struct Delivery {
 }
 
 /// One incident, as stored (JSON in the store's incident row) and shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Incident {
     pub id: u64,
     /// The monitor, or `agent:<name>` for an agent offline incident.

@@ -36,7 +36,7 @@ pub const MIN_DURATION: Duration = Duration::from_secs(60);
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
 
 /// A window as written (TOML `[[maintenance]]` or API JSON).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWindow {
     /// Unique name, like a monitor name.
@@ -95,7 +95,7 @@ pub enum Schedule {
 }
 
 /// Where a window's definition lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowOrigin {
     File,
@@ -116,7 +116,7 @@ pub struct Window {
 }
 
 /// A window as the API shows it, with its next (or current) occurrence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WindowInfo {
     pub name: String,
     pub origin: WindowOrigin,

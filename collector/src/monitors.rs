@@ -26,7 +26,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A monitor as written, in TOML (`[[monitors]]`) or JSON (the REST API).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMonitor {
     /// Unique name: letters, digits, `_`, `.`, `-` (1-128), starting with a
@@ -93,13 +93,14 @@ pub struct RawMonitor {
     pub depends_on: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// PEM file of the CA that signs the server's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<std::path::PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_verify: bool,
@@ -107,7 +108,7 @@ pub struct RawTls {
     pub expiring_days: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAlert {
     /// Failures in a row before a location counts as down. Default 2.
@@ -208,7 +209,9 @@ impl fmt::Display for LocationSel {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Critical,
@@ -257,7 +260,7 @@ impl Default for AlertPolicy {
 
 /// Where a monitor's definition lives: only API monitors can be changed
 /// through the API; file monitors change with the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     File,

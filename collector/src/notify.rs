@@ -164,7 +164,7 @@ pub enum Target {
 }
 
 /// Which incidents a channel gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Route {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub monitors: Vec<String>,
@@ -186,7 +186,7 @@ pub struct Channel {
 }
 
 /// A channel as the API lists it: nothing secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChannelInfo {
     pub name: String,
     pub kind: String,

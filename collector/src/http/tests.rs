@@ -19,6 +19,8 @@ struct Memory {
     maintenance: crate::maintenance::MaintenanceRegistry,
     /// The real registry, in memory: the API maps its answers and errors.
     monitors: crate::monitors::registry::MonitorRegistry,
+    statuses: Mutex<Vec<crate::incident::engine::MonitorStatus>>,
+    notifications: Mutex<NotificationsInfo>,
 }
 
 impl AdminBackend for Arc<Memory> {
@@ -46,10 +48,10 @@ impl AdminBackend for Arc<Memory> {
             .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
     }
     async fn status(&self) -> Result<Vec<crate::incident::engine::MonitorStatus>, ApiError> {
-        Ok(Vec::new())
+        Ok(self.statuses.lock().unwrap().clone())
     }
     async fn notifications(&self) -> Result<NotificationsInfo, ApiError> {
-        Ok(NotificationsInfo::default())
+        Ok(self.notifications.lock().unwrap().clone())
     }
     async fn metrics(&self) -> Result<String, ApiError> {
         Ok("# HELP up test\n# TYPE up gauge\nup 1\n".into())
@@ -493,6 +495,851 @@ async fn maintenance_windows_are_added_listed_and_cancelled_through_the_api() {
         assert!(backend.maintenance.active_for("redis", &[], now).is_none());
         let audited: Vec<String> = backend.audited.lock().unwrap().iter().map(|a| a.0.clone()).collect();
         assert_eq!(audited, vec!["maintenance.add", "maintenance.cancel"]);
+    })
+    .await
+    .unwrap();
+}
+
+// The OpenAPI document: served open, valid OpenAPI 3.1, and true to the router
+// (every documented operation is served, nothing else is, and what comes back
+// fits what the document says).
+
+/// The JSON Schema of OpenAPI 3.1 documents (`$id` .../oas/3.1/schema/2022-10-07)
+/// as the OpenAPI Initiative publishes it (Apache-2.0), from
+/// openapi-spec-validator 0.9.0. It checks the document's structure strictly
+/// (an unknown key is an error) but leaves the JSON Schemas inside it to
+/// JSON Schema 2020-12, which `openapi_problems` checks separately.
+const OAS_3_1_SCHEMA: &str = include_str!("openapi-3.1.schema.json");
+
+/// The methods tried on every documented path.
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+
+/// One HTTP exchange, as the tests look at it.
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+/// `method url+path`, with the admin token when `auth`, and a JSON body.
+fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    auth: bool,
+    body: Option<&serde_json::Value>,
+) -> Reply {
+    let body = body.map(|b| ("application/json", serde_json::to_vec(b).unwrap()));
+    call_raw(url, method, path, auth, body)
+}
+
+/// Like `call`, with any body: (content type, bytes).
+fn call_raw(
+    url: &str,
+    method: &str,
+    path: &str,
+    auth: bool,
+    body: Option<(&str, Vec<u8>)>,
+) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"));
+    if auth {
+        req = req.header("Authorization", format!("Bearer {}", "a".repeat(64)));
+    }
+    let resp = match body {
+        Some((content_type, bytes)) => agent.run(
+            req.header("Content-Type", content_type)
+                .body(bytes)
+                .unwrap(),
+        ),
+        None => agent.run(req.body(()).unwrap()),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Reply {
+        status: resp.status().as_u16(),
+        content_type,
+        body: resp.into_body().read_to_string().unwrap_or_default(),
+    }
+}
+
+/// The router has nothing at this method and path: the fallback's 404 or a 405.
+fn not_served(r: &Reply) -> bool {
+    let fallback = serde_json::from_str::<serde_json::Value>(&r.body)
+        .is_ok_and(|v| v["error"]["message"] == "no such endpoint");
+    r.status == 405 || (r.status == 404 && fallback)
+}
+
+fn fetch_openapi(url: &str) -> serde_json::Value {
+    let r = call(url, "GET", "/api/openapi.json", false, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// Every operation of the document: (METHOD, path template, operation).
+fn operations(doc: &serde_json::Value) -> Vec<(String, String, &serde_json::Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            out.push((method.to_uppercase(), path.clone(), op));
+        }
+    }
+    out
+}
+
+/// The documented path template `path` (no query) is an instance of; a
+/// literal segment beats a parameter (`/maintenance/upcoming`, `/{name}`).
+fn template_of<'a>(templates: &'a [String], path: &str) -> Option<&'a String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    templates
+        .iter()
+        .filter(|t| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segments.len()
+                && ts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+        })
+        .min_by_key(|t| t.matches('{').count())
+}
+
+/// Does `value` fit `schema` (a schema of `doc`, its `$ref`s into the doc's
+/// components)?
+fn fits(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+) -> Result<(), String> {
+    let root = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    });
+    let validator = jsonschema::draft202012::new(&root).map_err(|e| e.to_string())?;
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{e} (at {})", e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Is the reply one the operation documents: its status listed, its content
+/// type the documented one, and a JSON body fitting the documented schema?
+fn answers_as_documented(
+    doc: &serde_json::Value,
+    op: &serde_json::Value,
+    r: &Reply,
+) -> Result<(), String> {
+    let response = op["responses"]
+        .get(r.status.to_string())
+        .ok_or_else(|| format!("status {} is not documented: {}", r.status, r.body))?;
+    let Some(content) = response.get("content").and_then(|c| c.as_object()) else {
+        return match r.body.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "{} has a body, documented without: {}",
+                r.status, r.body
+            )),
+        };
+    };
+    let essence = |ct: &str| ct.split(';').next().unwrap_or("").trim().to_owned();
+    let (_, media) = content
+        .iter()
+        .find(|(ct, _)| essence(ct) == essence(&r.content_type))
+        .ok_or_else(|| {
+            format!(
+                "{}: content type {:?} is not documented",
+                r.status, r.content_type
+            )
+        })?;
+    if essence(&r.content_type) != "application/json" {
+        return Ok(());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&r.body).map_err(|e| format!("{}: not JSON: {e}", r.status))?;
+    fits(doc, &media["schema"], &value).map_err(|e| format!("{}: {e}: {}", r.status, r.body))
+}
+
+/// Every way `doc` falls short of a valid OpenAPI 3.1 document: the official
+/// schema's verdict, each schema's against JSON Schema 2020-12, and what
+/// neither checks: dangling `$ref`s, duplicate operation ids, path parameters
+/// that do not match the template, security schemes that do not exist.
+fn openapi_problems(doc: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let oas: serde_json::Value = serde_json::from_str(OAS_3_1_SCHEMA).unwrap();
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&oas)
+        .unwrap();
+    out.extend(
+        validator
+            .iter_errors(doc)
+            .map(|e| format!("OpenAPI 3.1 schema: {e} (at {})", e.instance_path())),
+    );
+
+    let mut schemas: Vec<(String, &serde_json::Value)> = Vec::new();
+    if let Some(components) = doc["components"]["schemas"].as_object() {
+        schemas.extend(
+            components
+                .iter()
+                .map(|(n, s)| (format!("components {n}"), s)),
+        );
+    }
+    let mut ids = std::collections::BTreeMap::<String, usize>::new();
+    for (method, path, op) in operations(doc) {
+        let at = format!("{method} {path}");
+        let params: &[serde_json::Value] = op["parameters"].as_array().map_or(&[], |p| p);
+        for p in params {
+            schemas.push((format!("{at} parameter {}", p["name"]), &p["schema"]));
+        }
+        let bodies = op["requestBody"]["content"].as_object().into_iter();
+        let replies = op["responses"]
+            .as_object()
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter_map(|r| r["content"].as_object());
+        for content in bodies.chain(replies) {
+            for (ct, media) in content {
+                if let Some(s) = media.get("schema") {
+                    schemas.push((format!("{at} {ct}"), s));
+                }
+            }
+        }
+        *ids.entry(op["operationId"].as_str().unwrap_or("").to_owned())
+            .or_default() += 1;
+        let in_template: std::collections::BTreeSet<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        let declared: std::collections::BTreeSet<&str> = params
+            .iter()
+            .filter(|p| p["in"] == "path" && p["required"] == true)
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        if in_template != declared {
+            out.push(format!(
+                "{at}: path parameters {declared:?} do not match the template's {in_template:?}"
+            ));
+        }
+        for requirement in op["security"].as_array().into_iter().flatten() {
+            for name in requirement.as_object().into_iter().flat_map(|r| r.keys()) {
+                if doc["components"]["securitySchemes"].get(name).is_none() {
+                    out.push(format!("{at}: security scheme {name:?} is not defined"));
+                }
+            }
+        }
+    }
+    for (at, schema) in schemas {
+        if let Err(e) = jsonschema::meta::validate(schema) {
+            out.push(format!("{at}: not a JSON Schema 2020-12: {e}"));
+        }
+    }
+    out.extend(
+        ids.into_iter()
+            .filter(|(_, n)| *n != 1)
+            .map(|(id, n)| format!("operationId {id:?} is used {n} times")),
+    );
+
+    fn dangling(v: &serde_json::Value, doc: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(r) = map.get("$ref").and_then(|r| r.as_str()) {
+                    let target = r.strip_prefix('#').and_then(|p| doc.pointer(p));
+                    if !r.starts_with("#/components/") || target.is_none() {
+                        out.push(format!("$ref {r:?} does not resolve to a component"));
+                    }
+                }
+                map.values().for_each(|v| dangling(v, doc, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| dangling(v, doc, out)),
+            _ => {}
+        }
+    }
+    dangling(doc, doc, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_without_the_admin_token() {
+    let (url, _) = serve(Arc::new(Memory::default())).await;
+    tokio::task::spawn_blocking(move || {
+        let r = call(&url, "GET", "/api/openapi.json", false, None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.content_type.starts_with("application/json"),
+            "{}",
+            r.content_type
+        );
+        let doc: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3."),
+            "{}",
+            doc["openapi"]
+        );
+        assert_eq!(doc["info"]["title"], "portwatch collector API");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            doc["components"]["securitySchemes"]["admin_token"],
+            serde_json::json!({
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`Authorization: Bearer <admin token>`: the collector's admin token",
+            })
+        );
+        // It documents itself, as open.
+        let me = &doc["paths"]["/api/openapi.json"]["get"];
+        assert!(me.is_object() && me.get("security").is_none(), "{me}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_validates() {
+    let (url, _) = serve(Arc::new(Memory::default())).await;
+    let doc = tokio::task::spawn_blocking(move || fetch_openapi(&url))
+        .await
+        .unwrap();
+    let problems = openapi_problems(&doc);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // The checks catch what they are for: each broken copy has a problem.
+    type Breaks = fn(&mut serde_json::Value);
+    let broken: [(&str, Breaks); 6] = [
+        ("version", |d| d["openapi"] = "3.1".into()),
+        ("unknown key in an operation", |d| {
+            d["paths"]["/healthz"]["get"]["colour"] = "red".into()
+        }),
+        ("status that is not one", |d| {
+            let r = &mut d["paths"]["/healthz"]["get"]["responses"];
+            r["20O"] = r["200"].clone();
+        }),
+        ("dangling $ref", |d| {
+            d["components"]["schemas"]["ErrorBody"]["properties"]["error"]["$ref"] =
+                "#/components/schemas/Nope".into()
+        }),
+        ("bad JSON Schema type", |d| {
+            d["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["type"] = "strin".into()
+        }),
+        ("path parameter not in the template", |d| {
+            d["paths"]["/api/v1/incidents/{id}"]["get"]["parameters"][0]["name"] = "incident".into()
+        }),
+    ];
+    for (what, breaks) in broken {
+        let mut copy = doc.clone();
+        breaks(&mut copy);
+        assert!(!openapi_problems(&copy).is_empty(), "{what}: not caught");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_served_and_nothing_else_is() {
+    let (url, _) = serve(Arc::new(Memory::default())).await;
+    tokio::task::spawn_blocking(move || {
+        let doc = fetch_openapi(&url);
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 20, "{paths:?}");
+        // The probe tells a route from the fallback.
+        assert!(not_served(&call(&url, "GET", "/api/v1/nope", true, None)));
+        for (template, item) in paths {
+            // Any value will do: the point is which handler answers.
+            let path = template
+                .split('/')
+                .map(|s| if s.starts_with('{') { "1" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in METHODS {
+                let r = call(&url, method, &path, true, None);
+                let op = item.get(method.to_lowercase());
+                assert_eq!(
+                    !not_served(&r),
+                    op.is_some(),
+                    "{method} {template}: served and documented disagree ({} {})",
+                    r.status,
+                    r.body
+                );
+                let Some(op) = op else { continue };
+                if let Err(e) = answers_as_documented(&doc, op, &r) {
+                    panic!("{method} {path}: {e}");
+                }
+                // The documented security is the one enforced.
+                let open = call(&url, method, &path, false, None);
+                if let Err(e) = answers_as_documented(&doc, op, &open) {
+                    panic!("{method} {path} without a token: {e}");
+                }
+                let security = op.get("security").cloned().unwrap_or_default();
+                if security == serde_json::json!([{ "admin_token": [] }]) {
+                    assert_eq!(open.status, 401, "{method} {path}: {}", open.body);
+                } else if security.is_null() {
+                    assert_ne!(open.status, 401, "{method} {path}: documented as open");
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A backend with something of every kind, so that every list and object the
+/// API returns is checked against its schema with real content.
+fn populated() -> Arc<Memory> {
+    use crate::incident::{Delivery, Kind, LocState, LocationView, Phase};
+    let backend = Arc::new(Memory::default());
+    backend.agents.lock().unwrap().push(AgentInfo {
+        id: "bastion-1-ab12".into(),
+        name: "bastion-1".into(),
+        labels: [("site".into(), "fra".into())].into(),
+        enrolled_at_unix_ms: 1,
+        cert_expires_at_unix_ms: 2,
+        revoked: false,
+        connected_since_unix_ms: Some(3),
+        last_seen_unix_ms: Some(4),
+        version: Some("0.1.0".into()),
+        backlog: Some(5),
+        public_region: None,
+        acked_through: Some(6),
+    });
+    let location = LocationView {
+        location: "agent:bastion-1".into(),
+        state: LocState::Down,
+        reason: Some("refused".into()),
+        down_since_ms: Some(1_000),
+        last_check_ms: Some(2_000),
+    };
+    backend
+        .incidents
+        .lock()
+        .unwrap()
+        .push(crate::incident::Incident {
+            id: 7,
+            locations: vec![location.clone()],
+            deliveries: vec![Delivery {
+                channel: "ops".into(),
+                phase: Phase::Opened,
+                attempt: 2,
+                at_ms: 2_500,
+                state: "retrying".into(),
+                error: Some("503".into()),
+                retry_at_ms: Some(3_000),
+            }],
+            ..crate::incident::Incident::new(
+                "redis",
+                Kind::Down,
+                2_000,
+                1_000,
+                "service down, seen from agent:bastion-1".into(),
+                Some("refused".into()),
+            )
+        });
+    backend
+        .statuses
+        .lock()
+        .unwrap()
+        .push(crate::incident::engine::MonitorStatus {
+            monitor: "redis".into(),
+            state: "down".into(),
+            locations: vec![location],
+            incident: Some(7),
+            maintenance: None,
+        });
+    *backend.notifications.lock().unwrap() = NotificationsInfo {
+        channels: vec![crate::notify::ChannelInfo {
+            name: "ops".into(),
+            kind: "webhook".into(),
+            destination: "https://hooks.invalid".into(),
+            route: crate::notify::Route {
+                monitors: vec!["redis".into()],
+                tags: Vec::new(),
+                min_severity: Some(crate::monitors::Severity::High),
+            },
+        }],
+        recent: vec![EventInfo {
+            id: 1,
+            at_unix_ms: 2_500,
+            kind: "notification".into(),
+            subject: "redis".into(),
+            body: serde_json::json!({ "incident": 7, "action": "delivery_failed" }),
+        }],
+    };
+    backend
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_as_documented() {
+    let (url, _) = serve(populated()).await;
+    tokio::task::spawn_blocking(move || {
+        let doc = fetch_openapi(&url);
+        let ops = operations(&doc);
+        let templates: Vec<String> = ops.iter().map(|(_, p, _)| p.clone()).collect();
+        let now = crate::state::unix_ms(std::time::SystemTime::now());
+        let monitor = serde_json::to_value(RawMonitor {
+            name: "orders-db".into(),
+            target: "tcp://10.0.0.5:5432".into(),
+            locations: vec!["site=fra".into()],
+            interval: Some("30s".into()),
+            tls: Some(crate::monitors::RawTls {
+                server_name: Some("db.internal".into()),
+                ..Default::default()
+            }),
+            alert: Some(crate::monitors::RawAlert {
+                consecutive_down: Some(2),
+                ..Default::default()
+            }),
+            tags: vec!["db".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let window = serde_json::to_value(crate::maintenance::RawWindow {
+            name: "redis-upgrade".into(),
+            monitors: vec!["redis".into()],
+            start: Some(crate::cli::fmt_ms(now - 60_000)),
+            duration: Some("1h".into()),
+            reason: Some("7.2 upgrade".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let token = serde_json::to_value(CreateToken {
+            name: "bastion-2".into(),
+            labels: [("site".into(), "fra".into())].into(),
+            ttl: Some("1h".into()),
+            public_region: None,
+        })
+        .unwrap();
+        // A session that succeeds at every operation once, in an order that
+        // makes each one meaningful.
+        let steps: Vec<(&str, &str, Option<serde_json::Value>)> = vec![
+            ("POST", "/api/v1/tokens", Some(token)),
+            ("GET", "/api/v1/tokens", None),
+            ("DELETE", "/api/v1/tokens/t0", None),
+            ("GET", "/api/v1/agents", None),
+            ("POST", "/api/v1/agents/bastion-1/rotate", None),
+            ("POST", "/api/v1/agents/bastion-1/revoke", None),
+            ("GET", "/api/v1/results?monitor=orders-db&limit=2", None),
+            (
+                "GET",
+                "/api/v1/rollups?monitor=orders-db&location=public:eu",
+                None,
+            ),
+            ("GET", "/api/v1/events?kind=audit", None),
+            ("PUT", "/api/v1/monitors/orders-db", Some(monitor.clone())),
+            ("PUT", "/api/v1/monitors/orders-db", Some(monitor)),
+            ("GET", "/api/v1/monitors", None),
+            ("GET", "/api/v1/monitors/orders-db", None),
+            ("GET", "/api/v1/config/status", None),
+            ("GET", "/api/v1/incidents?open=true", None),
+            ("GET", "/api/v1/incidents/7", None),
+            ("GET", "/api/v1/status", None),
+            ("GET", "/api/v1/notifications", None),
+            ("POST", "/api/v1/maintenance", Some(window)),
+            ("GET", "/api/v1/maintenance", None),
+            ("GET", "/api/v1/maintenance/upcoming", None),
+            ("GET", "/api/v1/maintenance/redis-upgrade", None),
+            ("DELETE", "/api/v1/maintenance/redis-upgrade", None),
+            ("DELETE", "/api/v1/monitors/orders-db", None),
+            ("GET", "/metrics", None),
+            ("GET", "/healthz", None),
+            ("GET", "/readyz", None),
+            ("GET", "/api/openapi.json", None),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for (method, path, body) in &steps {
+            let template = template_of(&templates, path)
+                .unwrap_or_else(|| panic!("{method} {path}: no documented path"));
+            let (_, _, op) = ops
+                .iter()
+                .find(|(m, p, _)| m == method && p == template)
+                .unwrap_or_else(|| panic!("{method} {template}: not documented"));
+            if let Some(body) = body {
+                let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                assert!(
+                    schema.is_object(),
+                    "{method} {template}: no JSON request body"
+                );
+                if let Err(e) = fits(&doc, schema, body) {
+                    panic!("{method} {path}: request body: {e}");
+                }
+            }
+            let r = call(&url, method, path, true, body.as_ref());
+            assert!(
+                (200..300).contains(&r.status),
+                "{method} {path}: {} {}",
+                r.status,
+                r.body
+            );
+            if let Err(e) = answers_as_documented(&doc, op, &r) {
+                panic!("{method} {path}: {e}");
+            }
+            covered.insert((method.to_string(), template.clone()));
+        }
+        let missing: Vec<String> = ops
+            .iter()
+            .filter(|(m, p, _)| !covered.contains(&(m.clone(), p.clone())))
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "documented but never seen succeeding here: {missing:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_the_cli_calls_is_documented() {
+    use axum::extract::MatchedPath;
+    let seen: Arc<Mutex<std::collections::BTreeSet<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    let admin = AdminToken::new(&"a".repeat(64)).unwrap();
+    // Which route answered each request (the fallback has no matched path).
+    let app = router(populated(), admin.clone()).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("(fallback)".to_owned(), |p| p.as_str().to_owned());
+            record
+                .lock()
+                .unwrap()
+                .insert((req.method().as_str().to_owned(), route));
+            next.run(req)
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let doc = tokio::task::spawn_blocking(move || {
+        let c = AdminClient::new(&url, admin);
+        let def = RawMonitor {
+            name: "orders-db".into(),
+            target: "tcp://10.0.0.5:5432".into(),
+            locations: vec!["site=fra".into()],
+            ..Default::default()
+        };
+        let window = crate::maintenance::RawWindow {
+            name: "w".into(),
+            monitors: vec!["*".into()],
+            start: Some("2030-01-01T00:00:00Z".into()),
+            duration: Some("1h".into()),
+            ..Default::default()
+        };
+        // Answers do not matter here, only which routes the CLI reaches.
+        let _ = c.create_token(&CreateToken {
+            name: "x".into(),
+            ..Default::default()
+        });
+        let _ = c.list_tokens();
+        let _ = c.delete_token("t0");
+        let _ = c.list_agents();
+        let _ = c.rotate_agent("bastion-1");
+        let _ = c.revoke_agent("bastion-1");
+        let _ = c.results(&ResultsQuery {
+            monitor: "orders-db".into(),
+            limit: 1,
+            ..Default::default()
+        });
+        let _ = c.events(&EventsQuery::default());
+        let _ = c.incidents(&IncidentsQuery::default());
+        let _ = c.incident(7);
+        let _ = c.status();
+        let _ = c.put_monitor(&def);
+        let _ = c.list_monitors();
+        let _ = c.get_monitor("orders-db");
+        let _ = c.delete_monitor("orders-db");
+        let _ = c.config_status();
+        let _ = c.notifications();
+        let _ = c.add_maintenance(&window);
+        let _ = c.list_maintenance();
+        let _ = c.upcoming_maintenance(None, None);
+        let _ = c.cancel_maintenance("w");
+        fetch_openapi(&url)
+    })
+    .await
+    .unwrap();
+    let documented: std::collections::BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .collect();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 20, "{seen:?}");
+    let undocumented: Vec<_> = seen.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "{undocumented:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_errors_returned_are_the_documented_ones() {
+    let (url, _) = serve(populated()).await;
+    tokio::task::spawn_blocking(move || {
+        let doc = fetch_openapi(&url);
+        let ops = operations(&doc);
+        let templates: Vec<String> = ops.iter().map(|(_, p, _)| p.clone()).collect();
+        let monitor = |name: &str, extra: serde_json::Value| {
+            let mut m = serde_json::json!({
+                "name": name,
+                "target": "tcp://10.0.0.5:5432",
+                "locations": ["site=fra"],
+            });
+            m.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            m
+        };
+        let window = serde_json::json!({
+            "name": "w", "monitors": ["*"], "start": "2030-01-01T00:00:00Z", "duration": "1h",
+        });
+        let json =
+            |v: serde_json::Value| Some(("application/json", serde_json::to_vec(&v).unwrap()));
+        let raw = |ct: &'static str, b: &str| Some((ct, b.as_bytes().to_vec()));
+        let huge = serde_json::json!({ "name": "x".repeat(MAX_BODY_BYTES + 10) });
+        type Step = (
+            &'static str,
+            &'static str,
+            Option<(&'static str, Vec<u8>)>,
+            u16,
+        );
+        let steps: Vec<Step> = vec![
+            (
+                "POST",
+                "/api/v1/tokens",
+                raw("application/json", "{not json"),
+                400,
+            ),
+            (
+                "POST",
+                "/api/v1/tokens",
+                json(serde_json::json!({ "name": "" })),
+                400,
+            ),
+            ("POST", "/api/v1/tokens", json(huge.clone()), 413),
+            (
+                "POST",
+                "/api/v1/tokens",
+                raw("text/plain", r#"{"name":"x"}"#),
+                415,
+            ),
+            (
+                "POST",
+                "/api/v1/tokens",
+                json(serde_json::json!({ "name": "x", "evil": 1 })),
+                422,
+            ),
+            ("DELETE", "/api/v1/tokens/nope", None, 404),
+            ("POST", "/api/v1/agents/nope/revoke", None, 404),
+            ("POST", "/api/v1/agents/nope/rotate", None, 404),
+            ("GET", "/api/v1/results", None, 400),
+            ("GET", "/api/v1/results?monitor=m&limit=0", None, 400),
+            ("GET", "/api/v1/rollups?monitor=m", None, 400),
+            ("GET", "/api/v1/events?bogus=1", None, 400),
+            ("GET", "/api/v1/incidents?limit=abc", None, 400),
+            ("GET", "/api/v1/incidents/abc", None, 400),
+            ("GET", "/api/v1/incidents/8", None, 404),
+            ("GET", "/api/v1/monitors/nope", None, 404),
+            (
+                "PUT",
+                "/api/v1/monitors/m",
+                raw("application/json", "{not json"),
+                400,
+            ),
+            (
+                "PUT",
+                "/api/v1/monitors/m",
+                json(monitor("other", serde_json::json!({}))),
+                400,
+            ),
+            (
+                "PUT",
+                "/api/v1/monitors/m",
+                json(monitor("m", serde_json::json!({ "colour": 1 }))),
+                400,
+            ),
+            ("PUT", "/api/v1/monitors/m", json(huge.clone()), 413),
+            ("PUT", "/api/v1/monitors/m", raw("text/plain", "{}"), 415),
+            (
+                "PUT",
+                "/api/v1/monitors/m",
+                json(monitor("m", serde_json::json!({ "interval": "0s" }))),
+                422,
+            ),
+            (
+                "PUT",
+                "/api/v1/monitors/parent",
+                json(monitor("parent", serde_json::json!({}))),
+                201,
+            ),
+            (
+                "PUT",
+                "/api/v1/monitors/child",
+                json(monitor(
+                    "child",
+                    serde_json::json!({ "depends_on": "parent" }),
+                )),
+                201,
+            ),
+            ("DELETE", "/api/v1/monitors/parent", None, 409),
+            ("DELETE", "/api/v1/monitors/nope", None, 404),
+            (
+                "POST",
+                "/api/v1/maintenance",
+                raw("application/json", "{not json"),
+                400,
+            ),
+            (
+                "POST",
+                "/api/v1/maintenance",
+                json(serde_json::json!({ "name": "x", "colour": 1 })),
+                400,
+            ),
+            ("POST", "/api/v1/maintenance", json(huge), 413),
+            ("POST", "/api/v1/maintenance", raw("text/plain", "{}"), 415),
+            ("POST", "/api/v1/maintenance", json(window.clone()), 201),
+            ("POST", "/api/v1/maintenance", json(window), 409),
+            (
+                "POST",
+                "/api/v1/maintenance",
+                json(serde_json::json!({
+                    "name": "tz", "monitors": ["*"], "days": ["mon"], "at": "02:00",
+                    "duration": "1h", "time_zone": "Mars/Base",
+                })),
+                422,
+            ),
+            ("GET", "/api/v1/maintenance/nope", None, 404),
+            ("DELETE", "/api/v1/maintenance/nope", None, 404),
+            (
+                "GET",
+                "/api/v1/maintenance/upcoming?from=10&to=5",
+                None,
+                400,
+            ),
+        ];
+        for (method, path, body, status) in steps {
+            let template = template_of(&templates, path)
+                .unwrap_or_else(|| panic!("{method} {path}: no documented path"));
+            let (_, _, op) = ops
+                .iter()
+                .find(|(m, p, _)| m == method && p == template)
+                .unwrap_or_else(|| panic!("{method} {template}: not documented"));
+            let r = call_raw(&url, method, path, true, body);
+            assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+            if let Err(e) = answers_as_documented(&doc, op, &r) {
+                panic!("{method} {path}: {e}");
+            }
+        }
     })
     .await
     .unwrap();

@@ -168,7 +168,9 @@ impl Series {
 }
 
 /// What a location's results say at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LocState {
     /// No result yet, not enough failures yet to call it down after the
@@ -191,7 +193,7 @@ impl LocState {
 }
 
 /// One location as an incident or the status shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LocationView {
     pub location: String,
     pub state: LocState,

@@ -128,7 +128,7 @@ pub fn wall_clock() -> Clock {
 }
 
 /// One monitor's current picture, for the API and the dashboard.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MonitorStatus {
     pub monitor: String,
     /// `up`, `degraded`, `down` (an open incident), `unknown`, `maintenance`.

@@ -38,7 +38,7 @@ pub struct Active {
 }
 
 /// One occurrence, for the status page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Occurrence {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -38,10 +38,13 @@ pub enum RegistryError {
 }
 
 /// The outcome of the last config file (re)load.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
+    #[schema(value_type = Option<String>)]
     pub file: Option<PathBuf>,
+    /// When it was last (re)loaded, in unix ms.
     #[serde(with = "unix_ms_opt")]
+    #[schema(value_type = Option<u64>)]
     pub at: Option<SystemTime>,
     pub ok: bool,
     /// Every problem of a rejected file, one per line.
