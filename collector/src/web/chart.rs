@@ -436,7 +436,10 @@ mod tests {
         assert_eq!(nice_scale(7.3, 4), (8.0, 2.0));
         assert_eq!(nice_scale(1030.0, 4), (1500.0, 500.0));
         let (top, step) = nice_scale(0.42, 4);
-        assert!((top - 0.6).abs() < 1e-9 && (step - 0.2).abs() < 1e-9, "{top} {step}");
+        assert!(
+            (top - 0.6).abs() < 1e-9 && (step - 0.2).abs() < 1e-9,
+            "{top} {step}"
+        );
         for max in [0.013, 0.9, 3.0, 99.0, 101.0, 5_000.0] {
             let (top, step) = nice_scale(max, 4);
             assert!(top >= max && top / step <= 10.0, "{max}: {top} {step}");
