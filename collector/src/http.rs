@@ -691,7 +691,10 @@ async fn rotate_agent<B: AdminBackend>(
 
 /// Stored check results of a monitor
 ///
-/// The newest `limit` results in `[from, to)`, returned oldest first.
+/// The newest `limit` results in `[from, to)`, returned oldest first. When
+/// there may be older ones, the `x-next-to` header holds the `to` of the
+/// next (older) page: results sharing one timestamp are never split across
+/// pages, so paging neither skips nor repeats any.
 #[utoipa::path(
     get,
     path = "/api/v1/results",
@@ -699,7 +702,8 @@ async fn rotate_agent<B: AdminBackend>(
     security(("admin_token" = [])),
     params(ResultsQuery),
     responses(
-        (status = 200, description = "Results, oldest first", body = Vec<ResultInfo>),
+        (status = 200, description = "Results, oldest first", body = Vec<ResultInfo>,
+            headers(("x-next-to" = i64, description = "Pass as `to` for the next, older page; absent on the last page"))),
         (status = 400, description = "A missing, malformed or unknown query parameter, or `limit` out of 1-10000", body = ErrorBody),
         (status = 401, description = "No valid admin bearer token", body = ErrorBody),
         (status = 500, description = "The collector failed, e.g. its store", body = ErrorBody),
@@ -709,11 +713,36 @@ async fn results<B: AdminBackend>(
     State(api): State<Arc<Api<B>>>,
     headers: HeaderMap,
     query: QueryParams<ResultsQuery>,
-) -> Result<Json<Vec<ResultInfo>>, ApiError> {
+) -> Result<(HeaderMap, Json<Vec<ResultInfo>>), ApiError> {
     authorize(&api, &headers)?;
     let q = query_params(query)?;
     check_limit(q.limit)?;
-    Ok(Json(api.backend.results(&q).await?))
+    let mut rows = api.backend.results(&q).await?;
+    let mut out = HeaderMap::new();
+    if let Some(next) = page_back(&mut rows, q.limit) {
+        out.insert("x-next-to", next.into());
+    }
+    Ok((out, Json(rows)))
+}
+
+/// Trims a full page (oldest first) so no timestamp is split across pages,
+/// and returns the `to` of the next, older page; None on the last page.
+fn page_back(rows: &mut Vec<ResultInfo>, limit: usize) -> Option<i64> {
+    if rows.len() < limit {
+        return None;
+    }
+    let oldest = rows.first()?.scheduled_at_unix_ms;
+    let tied = rows
+        .iter()
+        .take_while(|r| r.scheduled_at_unix_ms == oldest)
+        .count();
+    if tied == rows.len() {
+        // One timestamp fills the page: older pages start before it.
+        return Some(oldest);
+    }
+    // The oldest timestamp's results come whole on the next page.
+    rows.drain(..tied);
+    Some(oldest + 1)
 }
 
 /// One-minute rollups of a monitor at a location

@@ -1344,3 +1344,54 @@ async fn the_errors_returned_are_the_documented_ones() {
     .await
     .unwrap();
 }
+
+/// Paging back through results with `x-next-to` sees each exactly once, even
+/// where several locations share a timestamp at a page boundary.
+#[test]
+fn paging_back_splits_no_timestamp() {
+    let row = |ts: i64, seq: u64| ResultInfo {
+        monitor_id: "m".into(),
+        location: format!("agent:{}", seq % 3),
+        seq,
+        scheduled_at_unix_ms: ts,
+        status: "up".into(),
+        reason: "ok".into(),
+        message: String::new(),
+        address: String::new(),
+        connect_us: None,
+        tls_us: None,
+        first_byte_us: None,
+        total_us: 1,
+    };
+    // 3 locations per timestamp, 20 timestamps.
+    let all: Vec<ResultInfo> = (0..60)
+        .map(|i| row(1_000 + (i / 3) * 10, i as u64))
+        .collect();
+    // What the backend does: the newest `limit` in [.., to), oldest first.
+    let query = |to: i64, limit: usize| -> Vec<ResultInfo> {
+        let mut v: Vec<ResultInfo> = all
+            .iter()
+            .filter(|r| r.scheduled_at_unix_ms < to)
+            .cloned()
+            .collect();
+        let skip = v.len().saturating_sub(limit);
+        v.drain(..skip);
+        v
+    };
+    let mut seen = Vec::new();
+    let mut to = i64::MAX;
+    for _ in 0..100 {
+        let mut page = query(to, 7);
+        let next = page_back(&mut page, 7);
+        seen.extend(page.iter().map(|r| r.seq));
+        match next {
+            Some(n) => {
+                assert!(n < to, "progress");
+                to = n;
+            }
+            None => break,
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..60).collect::<Vec<u64>>());
+}
