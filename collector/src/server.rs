@@ -994,6 +994,14 @@ impl AdminBackend for Backend {
         &self.0.maintenance
     }
 
+    fn channel_registry(&self) -> &ChannelRegistry {
+        &self.0.channels
+    }
+
+    fn dashboard_url(&self) -> Option<String> {
+        self.0.config.dashboard_url.clone()
+    }
+
     async fn status(&self) -> Result<Vec<MonitorStatus>, ApiError> {
         Ok(self.0.incidents.status())
     }
