@@ -84,8 +84,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Notification channels and the latest delivery attempts (failures first in mind)
+    /// Notification channels and the latest delivery attempts; `channels`
+    /// manages the channels (list, show, put, delete, test)
+    #[command(args_conflicts_with_subcommands = true)]
     Notifications {
+        #[command(subcommand)]
+        command: Option<NotificationsCommand>,
         #[command(flatten)]
         target: Target,
         #[arg(long)]
@@ -260,6 +264,57 @@ pub enum MonitorsCommand {
     Status {
         #[command(flatten)]
         target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCommand {
+    /// Notification channels: list, show, put (create/replace through the API), delete, test
+    #[command(subcommand)]
+    Channels(ChannelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCommand {
+    /// List every channel (config file and API); secrets are never shown
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one channel's definition without its secrets (JSON)
+    Show {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+    /// Create or replace an API channel from a file: one channel as a JSON
+    /// object or a TOML table (the fields of a `[[notifications]]` entry).
+    /// Replacing a channel of the same kind, a secret the file leaves out
+    /// (url, secret, headers, routing_key, password) keeps its stored value
+    Put {
+        #[command(flatten)]
+        target: Target,
+        /// .json or .toml
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+    /// Delete an API channel (config-file channels change with the file)
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+    /// Send a test notification through a channel now (exit 1 if it is not delivered)
+    Test {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+        /// Print JSON instead of a line
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -541,7 +596,15 @@ pub fn run_admin(command: &Command) -> i32 {
             show(*json, &status, |s| print_status(s, colour));
             Ok(())
         })(),
-        Command::Notifications { target, json } => (|| {
+        Command::Notifications {
+            command: Some(NotificationsCommand::Channels(cmd)),
+            ..
+        } => run_channels(cmd),
+        Command::Notifications {
+            command: None,
+            target,
+            json,
+        } => (|| {
             let info = target.api()?.notifications().map_err(api_failure)?;
             show(*json, &info, print_notifications);
             Ok(())
@@ -836,6 +899,113 @@ fn read_monitor(path: &std::path::Path) -> Result<crate::monitors::RawMonitor, S
         toml::from_str(&text).map_err(|e| e.to_string().trim().replace('\n', " "))
     };
     parsed.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads one channel definition from a .json or .toml file, as JSON: sent
+/// as it is, so that a field left out stays left out (a stored secret is
+/// kept) and a JSON `null` stays null (it is cleared). Returns its name too.
+fn read_channel(path: &std::path::Path) -> Result<(String, serde_json::Value), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
+    let value: serde_json::Value = if path.extension().is_some_and(|e| e == "toml") {
+        let t: toml::Table =
+            toml::from_str(&text).map_err(|e| at(&e.to_string().trim().replace('\n', " ")))?;
+        serde_json::to_value(t).map_err(|e| at(&e))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| at(&e))?
+    };
+    // Unknown fields and wrong types are caught here, before the collector.
+    let def: crate::notify::RawChannel =
+        serde_json::from_value(value.clone()).map_err(|e| at(&e))?;
+    if def.name.is_empty() {
+        return Err(at(&"name: the channel needs one"));
+    }
+    Ok((def.name, value))
+}
+
+fn run_channels(cmd: &ChannelsCommand) -> Result<(), (i32, String)> {
+    match cmd {
+        ChannelsCommand::List { target, json } => {
+            let list = target.api()?.list_channels().map_err(api_failure)?;
+            show(*json, &list, |list| {
+                println!(
+                    "{:<24} {:<5} {:<10} {:<40} ROUTE",
+                    "NAME", "FROM", "KIND", "DESTINATION"
+                );
+                for c in list {
+                    let d = &c.definition;
+                    let mut route: Vec<String> = d.monitors.clone();
+                    route.extend(d.tags.iter().map(|t| format!("tag:{t}")));
+                    if let Some(s) = d.min_severity {
+                        route.push(format!(">={}", s.as_str()));
+                    }
+                    println!(
+                        "{:<24} {:<5} {:<10} {:<40} {}",
+                        c.name,
+                        match c.origin {
+                            crate::monitors::Origin::File => "file",
+                            crate::monitors::Origin::Api => "api",
+                        },
+                        c.kind,
+                        c.destination,
+                        if route.is_empty() {
+                            "all".to_owned()
+                        } else {
+                            route.join(",")
+                        }
+                    );
+                }
+            });
+            Ok(())
+        }
+        ChannelsCommand::Show { target, name } => {
+            let c = target.api()?.get_channel(name).map_err(api_failure)?;
+            println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+            Ok(())
+        }
+        ChannelsCommand::Put { target, file } => {
+            let (name, def) = read_channel(file).map_err(|e| (EXIT_USAGE, e))?;
+            let c = target
+                .api()?
+                .put_channel(&name, &def)
+                .map_err(api_failure)?;
+            println!(
+                "channel {} saved ({} -> {}){}",
+                c.name,
+                c.kind,
+                c.destination,
+                if c.write_only.is_empty() {
+                    String::new()
+                } else {
+                    format!(", write-only: {}", c.write_only.join(", "))
+                }
+            );
+            Ok(())
+        }
+        ChannelsCommand::Delete { target, name } => {
+            target.api()?.delete_channel(name).map_err(api_failure)?;
+            println!("channel {name} deleted");
+            Ok(())
+        }
+        ChannelsCommand::Test { target, name, json } => {
+            let r = target.api()?.test_channel(name).map_err(api_failure)?;
+            show(*json, &r, |r| match &r.error {
+                None => println!("channel {}: delivered in {} ms", r.channel, r.took_ms),
+                Some(e) => println!(
+                    "channel {}: NOT delivered after {} ms: {e}",
+                    r.channel, r.took_ms
+                ),
+            });
+            if r.delivered {
+                Ok(())
+            } else {
+                Err((
+                    EXIT_FAILURE,
+                    format!("the test notification on channel {name} was not delivered"),
+                ))
+            }
+        }
+    }
 }
 
 fn run_maintenance(cmd: &MaintenanceCommand) -> Result<(), (i32, String)> {

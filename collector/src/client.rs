@@ -186,6 +186,50 @@ impl AdminClient {
         self.call::<(), _>("GET", "/api/v1/notifications", None)
     }
 
+    pub fn list_channels(&self) -> Result<Vec<crate::http::ChannelView>, ClientError> {
+        self.call::<(), _>("GET", "/api/v1/notifications/channels", None)
+    }
+
+    pub fn get_channel(&self, name: &str) -> Result<crate::http::ChannelView, ClientError> {
+        self.call::<(), _>(
+            "GET",
+            &format!("/api/v1/notifications/channels/{}", path_segment(name)),
+            None,
+        )
+    }
+
+    /// Creates or replaces an API channel. `def` is sent as it is: a
+    /// write-only field it leaves out keeps its stored value, `null` clears it.
+    pub fn put_channel(
+        &self,
+        name: &str,
+        def: &serde_json::Value,
+    ) -> Result<crate::http::ChannelView, ClientError> {
+        self.call(
+            "PUT",
+            &format!("/api/v1/notifications/channels/{}", path_segment(name)),
+            Some(def),
+        )
+    }
+
+    pub fn delete_channel(&self, name: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            "DELETE",
+            &format!("/api/v1/notifications/channels/{}", path_segment(name)),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Sends a test notification through the channel: its outcome.
+    pub fn test_channel(&self, name: &str) -> Result<crate::http::ChannelTestResult, ClientError> {
+        self.call::<(), _>(
+            "POST",
+            &format!("/api/v1/notifications/channels/{}/test", path_segment(name)),
+            None,
+        )
+    }
+
     pub fn list_maintenance(&self) -> Result<Vec<crate::maintenance::WindowInfo>, ClientError> {
         self.call::<(), _>("GET", "/api/v1/maintenance", None)
     }

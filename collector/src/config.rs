@@ -144,8 +144,10 @@ pub struct Config {
     /// The file's maintenance windows, checked, and as written.
     pub maintenance: Vec<Window>,
     pub maintenance_sources: Vec<RawWindow>,
-    /// Where incidents are sent.
+    /// Where incidents are sent: the file's channels, checked, and as written
+    /// (the channel registry re-checks them against the API's).
     pub notifications: Vec<Channel>,
+    pub notification_sources: Vec<RawChannel>,
     /// Where it came from (a path, or "defaults").
     pub origin: String,
     /// The file it was loaded from, watched for changes by a running collector.
@@ -309,6 +311,7 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
                 problems,
             }
         })?;
+    let notification_sources = raw.notifications;
     let status_page = crate::web::status::validate(&raw.status_page).map_err(|problems| {
         ConfigError::StatusPage {
             origin: origin.to_owned(),
@@ -344,6 +347,7 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         maintenance,
         maintenance_sources,
         notifications,
+        notification_sources,
         origin: origin.to_owned(),
         path: None,
     })

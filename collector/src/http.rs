@@ -35,6 +35,7 @@ use crate::maintenance::registry::Occurrence;
 use crate::maintenance::{MaintenanceError, MaintenanceRegistry, RawWindow, WindowInfo};
 use crate::monitors::registry::{MonitorRegistry, RegistryError, ReloadStatus};
 use crate::monitors::{Monitor, Origin, RawMonitor};
+use crate::notify::{ChannelEntry, ChannelError, ChannelRegistry, RawChannel};
 
 /// The largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -76,7 +77,8 @@ struct ErrorBody {
 struct ErrorDetail {
     /// A stable machine code: `bad_request`, `unauthorized`, `not_found`,
     /// `exists`, `managed_by_file`, `depended_on`, `not_connected`,
-    /// `invalid_monitor`, `invalid_window`, `not_ready` or `internal`.
+    /// `invalid_monitor`, `invalid_window`, `invalid_channel`, `not_ready` or
+    /// `internal`.
     #[schema(example = "not_found")]
     code: String,
     /// For people; several problems come one per line.
@@ -348,6 +350,12 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn monitor_registry(&self) -> &MonitorRegistry;
     /// The live maintenance windows, likewise.
     fn maintenance_registry(&self) -> &MaintenanceRegistry;
+    /// The live notification channels, likewise.
+    fn channel_registry(&self) -> &ChannelRegistry;
+    /// The dashboard's address, for the link in a test notification.
+    fn dashboard_url(&self) -> Option<String> {
+        None
+    }
     /// The newest `q.limit` results of a monitor in the range, oldest first.
     fn results(
         &self,
@@ -409,7 +417,7 @@ struct Api<B> {
         (name = "results", description = "Stored check results, rollups and the event log"),
         (name = "incidents", description = "Incidents and the current status"),
         (name = "maintenance", description = "Maintenance windows"),
-        (name = "notifications", description = "Notification channels and deliveries"),
+        (name = "notifications", description = "Notification channels (file ones are read-only here; secrets are write-only) and deliveries"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -459,6 +467,9 @@ fn api_routes<B: AdminBackend>() -> OpenApiRouter<Arc<Api<B>>> {
         .routes(routes!(incident))
         .routes(routes!(status))
         .routes(routes!(notifications))
+        .routes(routes!(list_channels))
+        .routes(routes!(get_channel, put_channel, delete_channel))
+        .routes(routes!(test_channel))
         .routes(routes!(list_maintenance, add_maintenance))
         .routes(routes!(upcoming_maintenance))
         .routes(routes!(get_maintenance, cancel_maintenance))
@@ -1152,6 +1163,282 @@ async fn notifications<B: AdminBackend>(
     Ok(Json(api.backend.notifications().await?))
 }
 
+/// A notification channel as the API shows it: never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelView {
+    pub name: String,
+    /// `file` (change it in the config file) or `api`.
+    pub origin: Origin,
+    pub kind: String,
+    /// Where it goes, without credentials: the URL's scheme and host, or
+    /// the SMTP relay and recipients.
+    pub destination: String,
+    /// The definition as written, without its write-only fields: what a
+    /// `PUT` takes back.
+    pub definition: RawChannel,
+    /// The write-only fields that are set (`url`, `secret`, `headers`,
+    /// `routing_key`, `password`); their values are never shown.
+    pub write_only: Vec<String>,
+}
+
+impl ChannelView {
+    pub fn of(e: &ChannelEntry) -> ChannelView {
+        let info = e.channel.info();
+        ChannelView {
+            name: info.name,
+            origin: e.origin,
+            kind: info.kind,
+            destination: info.destination,
+            definition: e.raw.redacted(),
+            write_only: e.raw.write_only_set(),
+        }
+    }
+
+    /// What the audit log records of a change: the view, nothing secret.
+    fn audit_detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind,
+            "destination": self.destination,
+            "definition": self.definition,
+            "write_only": self.write_only,
+        })
+    }
+}
+
+/// The outcome of a test notification: one attempt, no retry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelTestResult {
+    pub channel: String,
+    /// The receiver accepted it (2xx; the SMTP relay took the mail).
+    pub delivered: bool,
+    /// Why not, when not: an HTTP status with an excerpt of the answer, a
+    /// connection or SMTP error. Never the channel's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether a real notification would have been retried after this error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transient: Option<bool>,
+    /// How long the attempt took.
+    pub took_ms: u64,
+}
+
+/// List notification channels, from the config file and from the API
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications/channels",
+    tag = "notifications",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every channel, by name, without its secrets", body = Vec<ChannelView>),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+    )
+)]
+async fn list_channels<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ChannelView>>, ApiError> {
+    authorize(&api, &headers)?;
+    let list = api.backend.channel_registry().list();
+    Ok(Json(list.iter().map(ChannelView::of).collect()))
+}
+
+/// One notification channel, without its secrets
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications/channels/{name}",
+    tag = "notifications",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The channel's name")),
+    responses(
+        (status = 200, description = "The channel", body = ChannelView),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+    )
+)]
+async fn get_channel<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ChannelView>, ApiError> {
+    authorize(&api, &headers)?;
+    api.backend
+        .channel_registry()
+        .get(&name)
+        .map(|e| Json(ChannelView::of(&e)))
+        .ok_or_else(|| ApiError::from(ChannelError::NotFound(name)))
+}
+
+/// Create or replace an API notification channel
+///
+/// The body is the channel as written in the config file (`[[notifications]]`),
+/// in JSON; its `name` may be left out, or must match the path. The fields
+/// holding credentials (`url` except for PagerDuty, `secret`, `headers`,
+/// `routing_key`, `password`) are write-only: no answer shows them. When the
+/// body replaces an API channel of the same kind, a write-only field it
+/// leaves out keeps its stored value; `null` (or `{}` for `headers`) clears
+/// it.
+#[utoipa::path(
+    put,
+    path = "/api/v1/notifications/channels/{name}",
+    tag = "notifications",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The channel's name")),
+    request_body(content = RawChannel, description = "The definition; `name` may be left out"),
+    responses(
+        (status = 200, description = "Replaced", body = ChannelView),
+        (status = 201, description = "Created", body = ChannelView),
+        (status = 400, description = "Malformed JSON, unknown field, wrong type, or a name that does not match the path", body = ErrorBody),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 409, description = "`managed_by_file`: the channel is defined in the config file", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_channel`: every problem with the definition, one per line", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. writing its data dir", body = ErrorBody),
+    )
+)]
+async fn put_channel<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<ChannelView>), ApiError> {
+    authorize(&api, &headers)?;
+    let mut value = json_body(body)?;
+    let mut omitted = Vec::new();
+    if let Some(obj) = value.as_object_mut() {
+        match obj.get("name") {
+            None => {
+                obj.insert("name".into(), serde_json::Value::String(name.clone()));
+            }
+            Some(serde_json::Value::String(n)) if *n == name => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "name: {other} does not match the path ({name:?})"
+                )));
+            }
+        }
+        // Absent, not null: null clears a stored secret.
+        omitted.extend(
+            crate::notify::WRITE_ONLY
+                .iter()
+                .filter(|f| !obj.contains_key(**f)),
+        );
+    }
+    let def: RawChannel = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("channel: {e}")))?;
+    // The registry fsyncs its file: off the async workers.
+    let registry = api.backend.channel_registry().clone();
+    let (entry, created) = tokio::task::spawn_blocking(move || registry.upsert(def, &omitted))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let view = ChannelView::of(&entry);
+    tracing::info!(channel = %view.name, kind = %view.kind, created, "notification channel saved through the api");
+    api.backend.audit(
+        if created {
+            "channel.create"
+        } else {
+            "channel.replace"
+        },
+        &view.name,
+        view.audit_detail(),
+    );
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+/// Delete an API notification channel
+///
+/// Notifications already queued on it are still sent (or retried) before
+/// its worker ends.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/notifications/channels/{name}",
+    tag = "notifications",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The channel's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+        (status = 409, description = "`managed_by_file`: the channel is defined in the config file", body = ErrorBody),
+        (status = 500, description = "The collector failed, e.g. writing its data dir", body = ErrorBody),
+    )
+)]
+async fn delete_channel<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&api, &headers)?;
+    let registry = api.backend.channel_registry().clone();
+    let owned = name.clone();
+    let gone = tokio::task::spawn_blocking(move || registry.delete(&owned))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    tracing::info!(channel = %name, "notification channel deleted through the api");
+    api.backend.audit(
+        "channel.delete",
+        &name,
+        serde_json::json!({ "kind": gone.raw.kind }),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send a test notification through a channel
+///
+/// One attempt, no retry, whatever the channel's route says; the answer is
+/// its outcome (a failed delivery is still a 200). File and API channels
+/// alike. A PagerDuty channel gets a real trigger (dedup key `portwatch-0`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/notifications/channels/{name}/test",
+    tag = "notifications",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The channel's name")),
+    responses(
+        (status = 200, description = "Attempted; `delivered` says whether it arrived", body = ChannelTestResult),
+        (status = 401, description = "No valid admin bearer token", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+    )
+)]
+async fn test_channel<B: AdminBackend>(
+    State(api): State<Arc<Api<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ChannelTestResult>, ApiError> {
+    authorize(&api, &headers)?;
+    let entry = api
+        .backend
+        .channel_registry()
+        .get(&name)
+        .ok_or_else(|| ApiError::from(ChannelError::NotFound(name.clone())))?;
+    let note = crate::notify::test_notification(&name, api.backend.dashboard_url().as_deref());
+    let started = std::time::Instant::now();
+    let sent = crate::notify::send(&entry.channel, &note).await;
+    let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let result = ChannelTestResult {
+        channel: name.clone(),
+        delivered: sent.is_ok(),
+        transient: sent.as_ref().err().map(|e| e.is_transient()),
+        error: sent.err().map(|e| e.to_string()),
+        took_ms,
+    };
+    match &result.error {
+        None => tracing::info!(channel = %name, took_ms, "test notification delivered"),
+        Some(e) => tracing::warn!(channel = %name, error = %e, "test notification failed"),
+    }
+    api.backend.audit(
+        "channel.test",
+        &name,
+        serde_json::json!({ "delivered": result.delivered, "error": result.error }),
+    );
+    Ok(Json(result))
+}
+
 /// `GET /api/v1/maintenance/upcoming?[from=MS][&to=MS]`: occurrences
 /// overlapping the range (default: now to 30 days ahead).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
@@ -1334,6 +1621,22 @@ impl From<MaintenanceError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_window", message)
             }
             MaintenanceError::Storage { .. } => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<ChannelError> for ApiError {
+    fn from(e: ChannelError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            ChannelError::NotFound(_) => ApiError::not_found(message),
+            ChannelError::ManagedByFile(_) | ChannelError::Clash(_) => {
+                ApiError::new(StatusCode::CONFLICT, "managed_by_file", message)
+            }
+            ChannelError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_channel", message)
+            }
+            ChannelError::Storage { .. } => ApiError::internal(message),
         }
     }
 }

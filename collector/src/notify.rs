@@ -4,7 +4,9 @@
 //! delivers them with retries and reports every attempt.
 //!
 //! Channels are configured as `[[notifications]]` in the collector's config
-//! file, each with an optional route (monitor names, tags, minimum severity).
+//! file or through the API (the same fields in JSON; [`registry`] keeps both
+//! in one namespace and persists the API's), each with an optional route
+//! (monitor names, tags, minimum severity).
 //! The dispatcher keeps one FIFO worker per channel, so a channel sees an
 //! incident's "opened" before its "resolved" (PagerDuty would otherwise keep
 //! an incident open forever), and a slow or dead channel never holds up the
@@ -18,10 +20,12 @@
 //! HMAC-SHA256 with the channel's secret over `"<X-Portwatch-Timestamp>.<body>"`,
 //! and should refuse a timestamp older than a few minutes (replays).
 //!
-//! Secrets (webhook secret, SMTP password, PagerDuty routing key, and the
-//! Slack/Discord/Teams webhook URLs, which are credentials themselves) are
-//! never logged, never in `Debug` output and never served back by the API.
+//! Secrets (webhook secret and headers, SMTP password, PagerDuty routing key,
+//! and the webhook/Slack/Discord/Teams URLs, which are credentials
+//! themselves) are never logged, never in `Debug` output and never served back
+//! by the API: they are write-only ([`WRITE_ONLY`]).
 
+pub mod registry;
 mod send;
 
 #[cfg(test)]
@@ -38,6 +42,7 @@ use tokio::sync::mpsc;
 
 use crate::monitors::Severity;
 
+pub use registry::{ChannelEntry, ChannelError, ChannelRegistry};
 pub use send::{SendError, send};
 
 /// A secret: its value is never printed.
@@ -56,60 +61,139 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A channel as written (TOML `[[notifications]]`).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+/// A channel as written: TOML `[[notifications]]` in the config file, or the
+/// JSON body of `PUT /api/v1/notifications/channels/{name}`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawChannel {
-    /// Unique name, shown in delivery reports.
+    /// Unique name (file and API channels share one namespace), shown in
+    /// delivery reports.
     pub name: String,
     /// `webhook`, `slack`, `discord`, `teams`, `pagerduty` or `email`.
     pub kind: String,
-    /// Where to POST (every kind but email; PagerDuty defaults to its Events API v2).
-    #[serde(default)]
+    /// Where to POST (every kind but email; PagerDuty defaults to its Events
+    /// API v2). Write-only except for PagerDuty: it may carry a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Webhook: the HMAC-SHA256 key of `X-Portwatch-Signature`.
-    #[serde(default)]
+    /// Webhook: the HMAC-SHA256 key of `X-Portwatch-Signature`, at least 16
+    /// characters. Write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// Webhook: extra request headers.
-    #[serde(default)]
+    /// Webhook: extra request headers. Write-only (they may carry a token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// PagerDuty: the integration's routing key.
-    #[serde(default)]
+    /// PagerDuty: the integration's routing key. Write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_key: Option<String>,
     /// Email: the SMTP relay.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_host: Option<String>,
     /// Email: default 587 (starttls), 465 (tls) or 25 (none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_port: Option<u32>,
     /// Email: `starttls` (default), `tls` or `none`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
-    #[serde(default)]
+    /// Email: the SMTP login (with `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(default)]
+    /// Email: the SMTP password (with `username`). Write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Email: sender, e.g. "portwatch <portwatch@example.com>".
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// Email: recipients.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
-    /// A PEM CA to trust (a private relay or receiver) instead of the public roots.
-    #[serde(default)]
+    /// A PEM CA to trust (a private relay or receiver) instead of the public
+    /// roots: a file on the collector's host, read when the channel is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<PathBuf>,
-    /// Per request, e.g. "10s" (default).
-    #[serde(default)]
+    /// Per request, e.g. "10s" (default), between 1s and 2m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Route: only these monitors (empty: all).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub monitors: Vec<String>,
     /// Route: only monitors with any of these tags (empty: all).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Route: only this severity or graver.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_severity: Option<Severity>,
+}
+
+/// Every field that may hold a credential. The API accepts them, stores them
+/// (in a 0600 file) and never shows them: an answer lists which are set.
+/// `url` is one except for PagerDuty, whose URL is the public Events API.
+pub const WRITE_ONLY: [&str; 5] = ["url", "secret", "headers", "routing_key", "password"];
+
+impl RawChannel {
+    /// Is `field` (one of [`WRITE_ONLY`]) write-only for this channel's kind?
+    fn write_only(&self, field: &str) -> bool {
+        WRITE_ONLY.contains(&field) && !(field == "url" && self.kind == "pagerduty")
+    }
+
+    fn is_set(&self, field: &str) -> bool {
+        match field {
+            "url" => self.url.is_some(),
+            "secret" => self.secret.is_some(),
+            "headers" => !self.headers.is_empty(),
+            "routing_key" => self.routing_key.is_some(),
+            "password" => self.password.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Sets `field` to its value in `from`.
+    fn copy_field(&mut self, from: &RawChannel, field: &str) {
+        match field {
+            "url" => self.url.clone_from(&from.url),
+            "secret" => self.secret.clone_from(&from.secret),
+            "headers" => self.headers.clone_from(&from.headers),
+            "routing_key" => self.routing_key.clone_from(&from.routing_key),
+            "password" => self.password.clone_from(&from.password),
+            _ => {}
+        }
+    }
+
+    /// The write-only fields this definition sets, in [`WRITE_ONLY`] order.
+    pub fn write_only_set(&self) -> Vec<String> {
+        WRITE_ONLY
+            .iter()
+            .filter(|f| self.write_only(f) && self.is_set(f))
+            .map(|f| (*f).to_owned())
+            .collect()
+    }
+
+    /// This definition without its write-only fields: what may be shown.
+    pub fn redacted(&self) -> RawChannel {
+        let mut out = self.clone();
+        let empty = RawChannel::default();
+        for f in WRITE_ONLY {
+            if self.write_only(f) {
+                out.copy_field(&empty, f);
+            }
+        }
+        out
+    }
+
+    /// Takes from `stored` the write-only fields named in `omitted` (left
+    /// out of a replacing definition), when both are of the same kind: a
+    /// client that read the channel back (secrets redacted) can change it
+    /// without sending its secrets again.
+    pub fn keep_write_only(&mut self, stored: &RawChannel, omitted: &[&str]) {
+        if stored.kind != self.kind {
+            return;
+        }
+        for f in omitted {
+            if self.write_only(f) && !self.is_set(f) {
+                self.copy_field(stored, f);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for RawChannel {
@@ -132,7 +216,7 @@ pub enum SmtpTls {
 }
 
 /// What a checked channel sends to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     Webhook {
         /// A URL may carry a token (query string, user info).
@@ -161,6 +245,48 @@ pub enum Target {
         from: String,
         to: Vec<String>,
     },
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Header values may carry a token: names only.
+            Target::Webhook {
+                url,
+                secret,
+                headers,
+            } => f
+                .debug_struct("Webhook")
+                .field("url", url)
+                .field("secret", secret)
+                .field("header_names", &headers.keys().collect::<Vec<_>>())
+                .finish(),
+            Target::Slack { url } => f.debug_struct("Slack").field("url", url).finish(),
+            Target::Discord { url } => f.debug_struct("Discord").field("url", url).finish(),
+            Target::Teams { url } => f.debug_struct("Teams").field("url", url).finish(),
+            Target::PagerDuty { url, routing_key } => f
+                .debug_struct("PagerDuty")
+                .field("url", url)
+                .field("routing_key", routing_key)
+                .finish(),
+            Target::Email {
+                host,
+                port,
+                tls,
+                credentials,
+                from,
+                to,
+            } => f
+                .debug_struct("Email")
+                .field("host", host)
+                .field("port", port)
+                .field("tls", tls)
+                .field("credentials", credentials)
+                .field("from", from)
+                .field("to", to)
+                .finish(),
+        }
+    }
 }
 
 /// Which incidents a channel gets.
@@ -264,244 +390,261 @@ pub fn validate_channels(raws: &[RawChannel]) -> Result<Vec<Channel>, Vec<String
     let mut problems = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
         let here = format!("notifications[{i}] ({:?})", raw.name);
-        let mut bad = |field: &str, why: String| problems.push(format!("{here}.{field}: {why}"));
-        if !crate::monitors::valid_name(&raw.name) {
-            bad(
-                "name",
-                "must be 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
-                    .into(),
-            );
-        }
-        if raws[..i].iter().any(|r| r.name == raw.name) {
-            bad("name", "used twice".into());
-        }
-        let timeout = match raw.timeout.as_deref().map(humantime::parse_duration) {
-            None => Duration::from_secs(10),
-            Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(120) => d,
-            Some(_) => {
-                bad("timeout", "must be a duration between 1s and 2m".into());
-                Duration::from_secs(10)
-            }
-        };
-        let ca_pem = match &raw.ca_file {
-            None => None,
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
-                Ok(_) => {
-                    bad(
-                        "ca_file",
-                        format!("{} holds no PEM certificate", p.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    bad("ca_file", format!("{}: {e}", p.display()));
-                    None
-                }
-            },
-        };
-        let url = |bad: &mut dyn FnMut(&str, String)| -> Option<String> {
-            match raw.url.as_deref() {
-                None => {
-                    bad("url", "is required for this kind".into());
-                    None
-                }
-                Some(u) => match http_url(u) {
-                    Ok(()) => Some(u.to_owned()),
-                    Err(e) => {
-                        bad("url", e);
-                        None
-                    }
-                },
-            }
-        };
-        let not_for = |fields: &[(&str, bool)], bad: &mut dyn FnMut(&str, String)| {
-            for (f, set) in fields {
-                if *set {
-                    bad(f, format!("is not used by kind {:?}", raw.kind));
-                }
-            }
-        };
-        let email_fields = [
-            ("smtp_host", raw.smtp_host.is_some()),
-            ("smtp_port", raw.smtp_port.is_some()),
-            ("tls", raw.tls.is_some()),
-            ("username", raw.username.is_some()),
-            ("password", raw.password.is_some()),
-            ("from", raw.from.is_some()),
-            ("to", !raw.to.is_empty()),
-        ];
-        let target = match raw.kind.as_str() {
-            "webhook" => {
-                not_for(&email_fields, &mut bad);
-                not_for(&[("routing_key", raw.routing_key.is_some())], &mut bad);
-                for k in raw.headers.keys() {
-                    if k.is_empty()
-                        || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        || k.to_ascii_lowercase().starts_with("x-portwatch-")
-                    {
-                        bad("headers", format!("{k:?} is not a header name you may set"));
-                    }
-                }
-                if raw.secret.as_ref().is_some_and(|s| s.len() < 16) {
-                    bad("secret", "must be at least 16 characters".into());
-                }
-                url(&mut bad).map(|url| Target::Webhook {
-                    url: Secret(url),
-                    secret: raw.secret.clone().map(Secret),
-                    headers: raw.headers.clone(),
-                })
-            }
-            "slack" | "discord" | "teams" => {
-                not_for(&email_fields, &mut bad);
-                not_for(
-                    &[
-                        ("routing_key", raw.routing_key.is_some()),
-                        ("secret", raw.secret.is_some()),
-                        ("headers", !raw.headers.is_empty()),
-                    ],
-                    &mut bad,
-                );
-                url(&mut bad).map(|u| {
-                    let url = Secret(u);
-                    match raw.kind.as_str() {
-                        "slack" => Target::Slack { url },
-                        "discord" => Target::Discord { url },
-                        _ => Target::Teams { url },
-                    }
-                })
-            }
-            "pagerduty" => {
-                not_for(&email_fields, &mut bad);
-                let url = match raw.url.as_deref() {
-                    None => Some("https://events.pagerduty.com/v2/enqueue".to_owned()),
-                    Some(_) => url(&mut bad),
-                };
-                match raw.routing_key.as_deref() {
-                    Some(k) if !k.trim().is_empty() => url.map(|url| Target::PagerDuty {
-                        url,
-                        routing_key: Secret(k.to_owned()),
-                    }),
-                    _ => {
-                        bad("routing_key", "is required for kind \"pagerduty\"".into());
-                        None
-                    }
-                }
-            }
-            "email" => {
-                not_for(
-                    &[
-                        ("url", raw.url.is_some()),
-                        ("secret", raw.secret.is_some()),
-                        ("routing_key", raw.routing_key.is_some()),
-                        ("headers", !raw.headers.is_empty()),
-                    ],
-                    &mut bad,
-                );
-                let tls = match raw.tls.as_deref().unwrap_or("starttls") {
-                    "starttls" => Some(SmtpTls::StartTls),
-                    "tls" => Some(SmtpTls::Tls),
-                    "none" => Some(SmtpTls::None),
-                    other => {
-                        bad("tls", format!("{other:?} is not starttls, tls or none"));
-                        None
-                    }
-                };
-                let port = match raw.smtp_port {
-                    None => Some(match tls {
-                        Some(SmtpTls::Tls) => 465,
-                        Some(SmtpTls::None) => 25,
-                        _ => 587,
-                    }),
-                    Some(p) if (1..=65535).contains(&p) => Some(p as u16),
-                    Some(_) => {
-                        bad("smtp_port", "must be 1-65535".into());
-                        None
-                    }
-                };
-                let host = match raw.smtp_host.as_deref() {
-                    Some(h) if !h.is_empty() && !h.contains(char::is_whitespace) => Some(h),
-                    _ => {
-                        bad("smtp_host", "is required for kind \"email\"".into());
-                        None
-                    }
-                };
-                let mailbox_ok = |m: &str| m.parse::<lettre::message::Mailbox>().is_ok();
-                let from = match raw.from.as_deref() {
-                    Some(f) if mailbox_ok(f) => Some(f),
-                    Some(f) => {
-                        bad("from", format!("{f:?} is not an email address"));
-                        None
-                    }
-                    None => {
-                        bad("from", "is required for kind \"email\"".into());
-                        None
-                    }
-                };
-                if raw.to.is_empty() {
-                    bad("to", "needs at least one recipient".into());
-                }
-                for t in &raw.to {
-                    if !mailbox_ok(t) {
-                        bad("to", format!("{t:?} is not an email address"));
-                    }
-                }
-                let credentials = match (&raw.username, &raw.password) {
-                    (Some(u), Some(p)) => Some((u.clone(), Secret(p.clone()))),
-                    (None, None) => None,
-                    _ => {
-                        bad("username", "username and password go together".into());
-                        None
-                    }
-                };
-                if credentials.is_some() && tls == Some(SmtpTls::None) {
-                    bad(
-                        "password",
-                        "would cross the network in clear text: use tls = \"starttls\" or \"tls\""
-                            .into(),
-                    );
-                }
-                match (host, port, tls, from) {
-                    (Some(h), Some(port), Some(tls), Some(from)) => Some(Target::Email {
-                        host: h.to_owned(),
-                        port,
-                        tls,
-                        credentials,
-                        from: from.to_owned(),
-                        to: raw.to.clone(),
-                    }),
-                    _ => None,
-                }
-            }
-            other => {
-                bad(
-                    "kind",
-                    format!(
-                        "{other:?} is not one of webhook, slack, discord, teams, pagerduty, email"
-                    ),
-                );
-                None
-            }
-        };
-        if let Some(target) = target {
-            out.push(Channel {
-                name: raw.name.clone(),
-                target,
-                route: Route {
-                    monitors: raw.monitors.clone(),
-                    tags: raw.tags.clone(),
-                    min_severity: raw.min_severity,
-                },
-                timeout,
-                ca_pem,
-            });
-        }
+        let twice = raws[..i].iter().any(|r| r.name == raw.name);
+        out.extend(check_channel(raw, &here, twice, &mut problems));
     }
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems)
     }
+}
+
+/// Checks one channel (`here` names it in every problem, e.g. `channel
+/// "ops"`): the channel, or every problem.
+pub fn validate_channel(raw: &RawChannel, here: &str) -> Result<Channel, Vec<String>> {
+    let mut problems = Vec::new();
+    match check_channel(raw, here, false, &mut problems) {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(problems),
+    }
+}
+
+/// One channel's checks (`twice`: an earlier one has its name): its
+/// problems go to `problems`.
+fn check_channel(
+    raw: &RawChannel,
+    here: &str,
+    twice: bool,
+    problems: &mut Vec<String>,
+) -> Option<Channel> {
+    let mut bad = |field: &str, why: String| problems.push(format!("{here}.{field}: {why}"));
+    if !crate::monitors::valid_name(&raw.name) {
+        bad(
+            "name",
+            "must be 1-128 letters, digits, '_', '.', '-', starting with a letter or digit".into(),
+        );
+    }
+    if twice {
+        bad("name", "used twice".into());
+    }
+    let timeout = match raw.timeout.as_deref().map(humantime::parse_duration) {
+        None => Duration::from_secs(10),
+        Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(120) => d,
+        Some(_) => {
+            bad("timeout", "must be a duration between 1s and 2m".into());
+            Duration::from_secs(10)
+        }
+    };
+    let ca_pem = match &raw.ca_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                bad(
+                    "ca_file",
+                    format!("{} holds no PEM certificate", p.display()),
+                );
+                None
+            }
+            Err(e) => {
+                bad("ca_file", format!("{}: {e}", p.display()));
+                None
+            }
+        },
+    };
+    let url = |bad: &mut dyn FnMut(&str, String)| -> Option<String> {
+        match raw.url.as_deref() {
+            None => {
+                bad("url", "is required for this kind".into());
+                None
+            }
+            Some(u) => match http_url(u) {
+                Ok(()) => Some(u.to_owned()),
+                Err(e) => {
+                    bad("url", e);
+                    None
+                }
+            },
+        }
+    };
+    let not_for = |fields: &[(&str, bool)], bad: &mut dyn FnMut(&str, String)| {
+        for (f, set) in fields {
+            if *set {
+                bad(f, format!("is not used by kind {:?}", raw.kind));
+            }
+        }
+    };
+    let email_fields = [
+        ("smtp_host", raw.smtp_host.is_some()),
+        ("smtp_port", raw.smtp_port.is_some()),
+        ("tls", raw.tls.is_some()),
+        ("username", raw.username.is_some()),
+        ("password", raw.password.is_some()),
+        ("from", raw.from.is_some()),
+        ("to", !raw.to.is_empty()),
+    ];
+    let target = match raw.kind.as_str() {
+        "webhook" => {
+            not_for(&email_fields, &mut bad);
+            not_for(&[("routing_key", raw.routing_key.is_some())], &mut bad);
+            for k in raw.headers.keys() {
+                if k.is_empty()
+                    || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    || k.to_ascii_lowercase().starts_with("x-portwatch-")
+                {
+                    bad("headers", format!("{k:?} is not a header name you may set"));
+                }
+            }
+            if raw.secret.as_ref().is_some_and(|s| s.len() < 16) {
+                bad("secret", "must be at least 16 characters".into());
+            }
+            url(&mut bad).map(|url| Target::Webhook {
+                url: Secret(url),
+                secret: raw.secret.clone().map(Secret),
+                headers: raw.headers.clone(),
+            })
+        }
+        "slack" | "discord" | "teams" => {
+            not_for(&email_fields, &mut bad);
+            not_for(
+                &[
+                    ("routing_key", raw.routing_key.is_some()),
+                    ("secret", raw.secret.is_some()),
+                    ("headers", !raw.headers.is_empty()),
+                ],
+                &mut bad,
+            );
+            url(&mut bad).map(|u| {
+                let url = Secret(u);
+                match raw.kind.as_str() {
+                    "slack" => Target::Slack { url },
+                    "discord" => Target::Discord { url },
+                    _ => Target::Teams { url },
+                }
+            })
+        }
+        "pagerduty" => {
+            not_for(&email_fields, &mut bad);
+            let url = match raw.url.as_deref() {
+                None => Some("https://events.pagerduty.com/v2/enqueue".to_owned()),
+                Some(_) => url(&mut bad),
+            };
+            match raw.routing_key.as_deref() {
+                Some(k) if !k.trim().is_empty() => url.map(|url| Target::PagerDuty {
+                    url,
+                    routing_key: Secret(k.to_owned()),
+                }),
+                _ => {
+                    bad("routing_key", "is required for kind \"pagerduty\"".into());
+                    None
+                }
+            }
+        }
+        "email" => {
+            not_for(
+                &[
+                    ("url", raw.url.is_some()),
+                    ("secret", raw.secret.is_some()),
+                    ("routing_key", raw.routing_key.is_some()),
+                    ("headers", !raw.headers.is_empty()),
+                ],
+                &mut bad,
+            );
+            let tls = match raw.tls.as_deref().unwrap_or("starttls") {
+                "starttls" => Some(SmtpTls::StartTls),
+                "tls" => Some(SmtpTls::Tls),
+                "none" => Some(SmtpTls::None),
+                other => {
+                    bad("tls", format!("{other:?} is not starttls, tls or none"));
+                    None
+                }
+            };
+            let port = match raw.smtp_port {
+                None => Some(match tls {
+                    Some(SmtpTls::Tls) => 465,
+                    Some(SmtpTls::None) => 25,
+                    _ => 587,
+                }),
+                Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+                Some(_) => {
+                    bad("smtp_port", "must be 1-65535".into());
+                    None
+                }
+            };
+            let host = match raw.smtp_host.as_deref() {
+                Some(h) if !h.is_empty() && !h.contains(char::is_whitespace) => Some(h),
+                _ => {
+                    bad("smtp_host", "is required for kind \"email\"".into());
+                    None
+                }
+            };
+            let mailbox_ok = |m: &str| m.parse::<lettre::message::Mailbox>().is_ok();
+            let from = match raw.from.as_deref() {
+                Some(f) if mailbox_ok(f) => Some(f),
+                Some(f) => {
+                    bad("from", format!("{f:?} is not an email address"));
+                    None
+                }
+                None => {
+                    bad("from", "is required for kind \"email\"".into());
+                    None
+                }
+            };
+            if raw.to.is_empty() {
+                bad("to", "needs at least one recipient".into());
+            }
+            for t in &raw.to {
+                if !mailbox_ok(t) {
+                    bad("to", format!("{t:?} is not an email address"));
+                }
+            }
+            let credentials = match (&raw.username, &raw.password) {
+                (Some(u), Some(p)) => Some((u.clone(), Secret(p.clone()))),
+                (None, None) => None,
+                _ => {
+                    bad("username", "username and password go together".into());
+                    None
+                }
+            };
+            if credentials.is_some() && tls == Some(SmtpTls::None) {
+                bad(
+                    "password",
+                    "would cross the network in clear text: use tls = \"starttls\" or \"tls\""
+                        .into(),
+                );
+            }
+            match (host, port, tls, from) {
+                (Some(h), Some(port), Some(tls), Some(from)) => Some(Target::Email {
+                    host: h.to_owned(),
+                    port,
+                    tls,
+                    credentials,
+                    from: from.to_owned(),
+                    to: raw.to.clone(),
+                }),
+                _ => None,
+            }
+        }
+        other => {
+            bad(
+                "kind",
+                format!("{other:?} is not one of webhook, slack, discord, teams, pagerduty, email"),
+            );
+            None
+        }
+    };
+    target.map(|target| Channel {
+        name: raw.name.clone(),
+        target,
+        route: Route {
+            monitors: raw.monitors.clone(),
+            tags: raw.tags.clone(),
+            min_severity: raw.min_severity,
+        },
+        timeout,
+        ca_pem,
+    })
 }
 
 /// Which notification of an incident.
@@ -566,6 +709,7 @@ pub fn subject(n: &Notification) -> String {
     };
     let what = if proto == "ICMP" { "Host" } else { "Port" };
     let head = match (n.kind.as_str(), opened) {
+        (TEST_KIND, _) => return format!("Test Notification: {}", n.monitor),
         ("agent_offline", true) => return format!("Agent Offline: {}", n.monitor),
         ("agent_offline", false) => return format!("Agent Back Online: {}", n.monitor),
         ("exposure", true) => format!("{proto} {what} Exposed"),
@@ -576,6 +720,33 @@ pub fn subject(n: &Notification) -> String {
         (_, false) => format!("{proto} {what} Reachable Again"),
     };
     format!("{head}: {} ({})", n.monitor, n.target)
+}
+
+/// The `kind` of a test notification.
+pub const TEST_KIND: &str = "test";
+
+/// What `POST /api/v1/notifications/channels/{name}/test` sends: an
+/// "opened" message about no incident (id 0), saying so in every field a
+/// person reads. A PagerDuty channel gets a real trigger (dedup key
+/// `portwatch-0`) to resolve by hand.
+pub fn test_notification(channel: &str, dashboard_url: Option<&str>) -> Notification {
+    Notification {
+        event: NotifyEvent::Opened,
+        incident_id: 0,
+        kind: TEST_KIND.into(),
+        monitor: format!("portwatch channel {channel}"),
+        protocol: String::new(),
+        target: String::new(),
+        severity: Severity::Low,
+        tags: Vec::new(),
+        locations: Vec::new(),
+        diagnosis: "a test sent by an operator: no incident, nothing to do".into(),
+        reason: None,
+        since_ms: now_ms(),
+        resolved_ms: None,
+        runbook: None,
+        dashboard_url: dashboard_url.map(str::to_owned),
+    }
 }
 
 fn rfc3339(ms: i64) -> String {

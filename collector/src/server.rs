@@ -33,7 +33,7 @@ use crate::incident::{Incident, IncidentEngine};
 use crate::ingest::{AgentDirectory, Assignments, Denied, Ingest, IngestConfig, Renewer};
 use crate::maintenance::MaintenanceRegistry;
 use crate::monitors::registry::MonitorRegistry;
-use crate::notify::{Backoff, Dispatcher};
+use crate::notify::{Backoff, ChannelRegistry, Dispatcher};
 use crate::public::PublicConfig;
 use crate::state::{State, unix_ms};
 use crate::store::observed::Observed;
@@ -80,6 +80,9 @@ pub struct Collector {
     /// Maintenance windows (config file + API).
     pub maintenance: MaintenanceRegistry,
     pub incidents: IncidentEngine,
+    /// Notification channels (config file + API); every change reaches the
+    /// dispatcher.
+    pub channels: ChannelRegistry,
     /// Sends incidents to the notification channels.
     pub dispatcher: Dispatcher,
     /// The address agents are told to use (in join strings).
@@ -119,7 +122,14 @@ pub fn open(
     .map_err(setup)?;
     // Delivery reports are written on their incidents (by the task below).
     let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = Dispatcher::new(config.notifications.clone(), Backoff::default(), reports_tx);
+    let dispatcher = Dispatcher::new(Vec::new(), Backoff::default(), reports_tx);
+    // The registry hands the dispatcher its channels: the file's and the API's.
+    let channels = ChannelRegistry::open(
+        &config.notification_sources,
+        Some(&data_dir.join(crate::notify::registry::API_FILE)),
+        Some(dispatcher.clone()),
+    )
+    .map_err(setup)?;
     let maintenance = MaintenanceRegistry::open(
         config.maintenance.clone(),
         Some(&data_dir.join("maintenance.json")),
@@ -202,6 +212,7 @@ pub fn open(
             monitors,
             maintenance,
             incidents,
+            channels,
             dispatcher,
             public_agent_addr,
         },
@@ -295,7 +306,7 @@ pub async fn serve(
             path,
             collector.monitors.clone(),
             collector.maintenance.clone(),
-            collector.dispatcher.clone(),
+            collector.channels.clone(),
             collector.results.clone(),
             hup,
             stop_rx.clone(),
@@ -528,7 +539,7 @@ async fn watch_config(
     path: PathBuf,
     monitors: MonitorRegistry,
     maintenance: MaintenanceRegistry,
-    dispatcher: Dispatcher,
+    channels: ChannelRegistry,
     store: Arc<dyn Store>,
     mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
@@ -551,18 +562,19 @@ async fn watch_config(
             tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
             continue;
         };
-        reload_monitors(&path, &text, &monitors, &maintenance, &dispatcher, &*store);
+        reload_monitors(&path, &text, &monitors, &maintenance, &channels, &*store);
     }
 }
 
-/// Applies a new version of the config file to the live monitors and
-/// maintenance windows, and records the outcome in the audit log.
+/// Applies a new version of the config file to the live monitors,
+/// maintenance windows and notification channels (the API's stay), and
+/// records the outcome in the audit log.
 pub fn reload_monitors(
     path: &Path,
     text: &str,
     monitors: &MonitorRegistry,
     maintenance: &MaintenanceRegistry,
-    dispatcher: &Dispatcher,
+    channels: &ChannelRegistry,
     store: &dyn Store,
 ) {
     let origin = path.display().to_string();
@@ -582,9 +594,13 @@ pub fn reload_monitors(
             return;
         }
     };
-    // Both or neither: the windows are checked before the monitors change.
-    let windows = match maintenance.check_file(&parsed.maintenance_sources) {
-        Ok(w) => w,
+    // All or nothing: the windows and channels are checked (against the
+    // API's names) before the monitors change.
+    let checked = maintenance
+        .check_file(&parsed.maintenance_sources)
+        .and_then(|w| Ok((w, channels.check_file(&parsed.notification_sources)?)));
+    let (windows, file_channels) = match checked {
+        Ok(x) => x,
         Err(problems) => {
             for p in &problems {
                 tracing::error!(problem = %p, "config file rejected: keeping the current monitors and windows");
@@ -602,7 +618,7 @@ pub fn reload_monitors(
     let applied = monitors.replace_file(&parsed.monitor_sources, &origin);
     if applied.is_ok() {
         maintenance.set_file(windows);
-        dispatcher.set_channels(parsed.notifications.clone());
+        channels.set_file(file_channels);
     }
     match applied {
         Ok(change) if change.is_empty() => {
@@ -963,13 +979,27 @@ impl AdminBackend for Backend {
         recent.reverse();
         recent.truncate(200);
         Ok(NotificationsInfo {
-            channels: self.0.dispatcher.channels(),
+            channels: self
+                .0
+                .channels
+                .list()
+                .iter()
+                .map(|e| e.channel.info())
+                .collect(),
             recent,
         })
     }
 
     fn maintenance_registry(&self) -> &MaintenanceRegistry {
         &self.0.maintenance
+    }
+
+    fn channel_registry(&self) -> &ChannelRegistry {
+        &self.0.channels
+    }
+
+    fn dashboard_url(&self) -> Option<String> {
+        self.0.config.dashboard_url.clone()
     }
 
     async fn status(&self) -> Result<Vec<MonitorStatus>, ApiError> {

@@ -1,6 +1,7 @@
 //! The dispatcher against real receivers on loopback: an HTTP receiver that
 //! records requests and answers what the test says, and Debian's aiosmtpd as
-//! the SMTP server (plain, and STARTTLS with a CA made by the test).
+//! the SMTP server (plain, and STARTTLS with a CA made by the test); and a
+//! real collector whose channel is created through its API.
 //!
 //! Only 127.0.0.1 is ever contacted.
 
@@ -17,6 +18,8 @@ use portwatch_collector::notify::{
 };
 use portwatch_harness as h;
 use tokio::sync::mpsc;
+
+mod support;
 
 #[derive(Clone, Debug)]
 struct Got {
@@ -440,4 +443,182 @@ async fn a_config_reload_replaces_channels_and_routes_follow_at_once() {
             .await
             .is_empty()
     );
+}
+
+fn verify_signature(got: &Got, secret: &str) {
+    let ts = got.headers["x-portwatch-timestamp"].to_str().unwrap();
+    let sig = got.headers["x-portwatch-signature"].to_str().unwrap();
+    let hex = sig.strip_prefix("sha256=").unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(&got.body);
+    ring::hmac::verify(&key, &signed, &bytes).expect("signature verifies");
+}
+
+/// The receiver's POSTs to `path` about `monitor` for `event`, waited for.
+async fn wait_for_post(recv: &Receiver, path: &str, event: &str, within: Duration) -> Got {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(g) = recv
+            .got()
+            .into_iter()
+            .find(|g| g.path == path && g.json()["event"] == event && g.json()["monitor"] == "lab")
+        {
+            return g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {event} notification at /{path}: {:?}",
+            recv.got()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The whole journey through a real collector: a webhook channel created
+/// through the API (persisted 0600, its secret never shown) receives a real
+/// incident, signed; a config file reload adds a file channel and keeps the
+/// API's, and both get the resolution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives_a_reload() {
+    use portwatch_collector::client::AdminClient;
+    use portwatch_collector::monitors::{Origin, RawMonitor};
+    use std::os::unix::fs::PermissionsExt;
+
+    let (recv, hook) = Receiver::start().await;
+    let closed = h::ClosedPort::on("127.0.0.1");
+    let port = closed.port();
+    let r = support::start_from_file("allow_private_targets = true\n").await;
+    let data = r.dir.path().join("collector");
+    let secret = "hmac-secret-0123456789";
+    let client = {
+        let data = data.clone();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match AdminClient::from_data_dir(&data) {
+                    Ok(c) => return c,
+                    Err(e) if Instant::now() > deadline => panic!("{e}"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    };
+    let c = tokio::task::spawn_blocking(client).await.unwrap();
+    let c = Arc::new(c);
+    let api = c.clone();
+    let hook_url = format!("{hook}/hook");
+    tokio::task::spawn_blocking(move || {
+        let view = api
+            .put_channel(
+                "ops-hook",
+                &serde_json::json!({
+                    "kind": "webhook",
+                    "url": hook_url,
+                    "secret": secret,
+                    "monitors": ["lab"],
+                }),
+            )
+            .unwrap();
+        assert_eq!(view.origin, Origin::Api);
+        let shown = serde_json::to_string(&api.list_channels().unwrap()).unwrap();
+        assert!(!shown.contains(secret), "{shown}");
+        // Only now is there something to be down.
+        api.put_monitor(&RawMonitor {
+            name: "lab".into(),
+            target: format!("tcp://127.0.0.1:{port}"),
+            interval: Some("1s".into()),
+            locations: vec!["public:collector".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    // The API channel lives in a 0600 file, secret included.
+    let file = data.join("notifications.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(stored["channels"][0]["secret"], secret);
+
+    // The closed port opens an incident; the API channel gets it, signed.
+    let opened = wait_for_post(&recv, "hook", "opened", Duration::from_secs(20)).await;
+    verify_signature(&opened, secret);
+    let note = opened.json();
+    assert_eq!(note["kind"], "down");
+    assert_eq!(note["reason"], "refused");
+    assert_eq!(opened.headers["x-portwatch-event"], "opened");
+    let id = note["incident_id"].as_u64().unwrap();
+    // And the delivery is written on the incident.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inc = r
+            .collector
+            .incidents
+            .open_incidents()
+            .into_iter()
+            .find(|i| i.id == id)
+            .expect("the incident is open");
+        if inc
+            .deliveries
+            .iter()
+            .any(|d| d.channel == "ops-hook" && d.state == "delivered")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", inc.deliveries);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A reload brings a file channel; the API's stays, and is still served.
+    let config = r.config_path();
+    let tmp = config.with_extension("toml.new");
+    std::fs::write(
+        &tmp,
+        format!(
+            "allow_private_targets = true\n[[notifications]]\nname = \"file-hook\"\nkind = \"webhook\"\nurl = \"{hook}/file\"\nmonitors = [\"lab\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.collector.channels.get("file-hook").is_none() {
+        assert!(Instant::now() < deadline, "the reload was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let api = c.clone();
+    let listed = tokio::task::spawn_blocking(move || api.list_channels().unwrap())
+        .await
+        .unwrap();
+    let listed: Vec<(String, Origin)> = listed.into_iter().map(|v| (v.name, v.origin)).collect();
+    assert_eq!(
+        listed,
+        [
+            ("file-hook".to_owned(), Origin::File),
+            ("ops-hook".to_owned(), Origin::Api)
+        ]
+    );
+
+    // The service comes up: both channels get the resolution.
+    drop(closed);
+    let service = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = service.accept().await {
+            drop(s);
+        }
+    });
+    let resolved = wait_for_post(&recv, "hook", "resolved", Duration::from_secs(20)).await;
+    verify_signature(&resolved, secret);
+    assert_eq!(resolved.json()["incident_id"], id);
+    let file = wait_for_post(&recv, "file", "resolved", Duration::from_secs(10)).await;
+    assert!(file.headers.get("x-portwatch-signature").is_none());
 }

@@ -14,11 +14,15 @@ struct Memory {
     agents: Mutex<Vec<AgentInfo>>,
     /// What the handlers asked to audit: (action, subject).
     audited: Mutex<Vec<(String, String)>>,
+    /// The details of those audit entries, in the same order.
+    audit_details: Mutex<Vec<serde_json::Value>>,
     incidents: Mutex<Vec<crate::incident::Incident>>,
     /// The real maintenance registry, in memory.
     maintenance: crate::maintenance::MaintenanceRegistry,
     /// The real registry, in memory: the API maps its answers and errors.
     monitors: crate::monitors::registry::MonitorRegistry,
+    /// The real channel registry, in memory, delivering nowhere.
+    channels: ChannelRegistry,
     statuses: Mutex<Vec<crate::incident::engine::MonitorStatus>>,
     notifications: Mutex<NotificationsInfo>,
 }
@@ -77,6 +81,9 @@ impl AdminBackend for Arc<Memory> {
     fn maintenance_registry(&self) -> &crate::maintenance::MaintenanceRegistry {
         &self.maintenance
     }
+    fn channel_registry(&self) -> &ChannelRegistry {
+        &self.channels
+    }
     async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
         if req.name.is_empty() {
             return Err(ApiError::bad_request("name: must not be empty"));
@@ -132,7 +139,8 @@ impl AdminBackend for Arc<Memory> {
             .take(q.limit)
             .collect())
     }
-    fn audit(&self, action: &str, subject: &str, _detail: serde_json::Value) {
+    fn audit(&self, action: &str, subject: &str, detail: serde_json::Value) {
+        self.audit_details.lock().unwrap().push(detail);
         self.audited
             .lock()
             .unwrap()
@@ -495,6 +503,232 @@ async fn maintenance_windows_are_added_listed_and_cancelled_through_the_api() {
         assert!(backend.maintenance.active_for("redis", &[], now).is_none());
         let audited: Vec<String> = backend.audited.lock().unwrap().iter().map(|a| a.0.clone()).collect();
         assert_eq!(audited, vec!["maintenance.add", "maintenance.cancel"]);
+    })
+    .await
+    .unwrap();
+}
+
+/// A channel registry with one config-file channel, `ops-file` (its URL is
+/// a closed loopback port, should anything ever send to it).
+fn with_file_channel() -> ChannelRegistry {
+    let file = RawChannel {
+        name: "ops-file".into(),
+        kind: "slack".into(),
+        url: Some("http://127.0.0.1:9/services/F1LE".into()),
+        ..Default::default()
+    };
+    ChannelRegistry::open(&[file], None, None).unwrap()
+}
+
+/// What a [`receiver`] got: (path, headers, body) per POST.
+type Received = Arc<Mutex<Vec<(String, axum::http::HeaderMap, String)>>>;
+
+/// An HTTP receiver on loopback that records every POST and answers 204.
+async fn receiver() -> (String, Received) {
+    let got = Received::default();
+    let record = got.clone();
+    let app = Router::new().fallback(
+        move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                record
+                    .lock()
+                    .unwrap()
+                    .push((uri.path().to_owned(), headers, body));
+                StatusCode::NO_CONTENT
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_channels_are_managed_through_the_api_and_secrets_never_come_back() {
+    let backend = Arc::new(Memory {
+        channels: with_file_channel(),
+        ..Memory::default()
+    });
+    let (hook_url, got) = receiver().await;
+    let (url, admin) = serve(backend.clone()).await;
+    let audit = backend.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = AdminClient::new(&url, admin);
+        let secret = "hmac-secret-0123456789";
+        // Strings that must never come back: secret, URL token, header value.
+        let hidden = [secret, "T0KEN", "0PS-H3ADER", "F1LE", "D3AD"];
+        let def = serde_json::json!({
+            "kind": "webhook",
+            "url": format!("{hook_url}/T0KEN-path"),
+            "secret": secret,
+            "headers": { "X-Team": "0PS-H3ADER" },
+            "tags": ["db"],
+        });
+        let created = c.put_channel("ops-hook", &def).unwrap();
+        assert_eq!(
+            (created.origin, created.kind.as_str(), created.destination.as_str()),
+            (Origin::Api, "webhook", hook_url.as_str())
+        );
+        assert_eq!(created.write_only, ["url", "secret", "headers"]);
+        assert_eq!(created.definition.tags, ["db"]);
+        assert_eq!(backend.channels.get("ops-hook").unwrap().raw.secret.as_deref(), Some(secret));
+        let list: Vec<(String, Origin)> = c
+            .list_channels()
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.name, v.origin))
+            .collect();
+        assert_eq!(
+            list,
+            [("ops-file".to_owned(), Origin::File), ("ops-hook".to_owned(), Origin::Api)]
+        );
+        for path in [
+            "/api/v1/notifications/channels",
+            "/api/v1/notifications/channels/ops-hook",
+            "/api/v1/notifications/channels/ops-file",
+        ] {
+            let r = call(&url, "GET", path, true, None);
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            for h in hidden {
+                assert!(!r.body.contains(h), "{path} shows {h}: {}", r.body);
+            }
+        }
+
+        // What a client read back, with the route changed, goes back as is:
+        // the write-only fields it leaves out keep their values.
+        let mut shown = serde_json::to_value(c.get_channel("ops-hook").unwrap().definition).unwrap();
+        shown["tags"] = serde_json::json!(["web"]);
+        let r = call(&url, "PUT", "/api/v1/notifications/channels/ops-hook", true, Some(&shown));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let replaced = c.get_channel("ops-hook").unwrap();
+        assert_eq!(replaced.definition.tags, ["web"]);
+        assert_eq!(replaced.write_only, ["url", "secret", "headers"]);
+
+        // The test notification arrives, signed with the kept secret and
+        // with the kept header.
+        let t = c.test_channel("ops-hook").unwrap();
+        assert!(t.delivered && t.error.is_none(), "{t:?}");
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        let (path, headers, body) = &got[0];
+        assert_eq!(path, "/T0KEN-path");
+        assert_eq!(headers["x-team"], "0PS-H3ADER");
+        let ts = headers["x-portwatch-timestamp"].to_str().unwrap();
+        let sig = headers["x-portwatch-signature"].to_str().unwrap();
+        let hex = sig.strip_prefix("sha256=").unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        ring::hmac::verify(&key, format!("{ts}.{body}").as_bytes(), &bytes)
+            .expect("signed with the kept secret");
+        let note: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(note["kind"], "test");
+        assert_eq!(note["incident_id"], 0);
+        assert_eq!(note["subject"], "Test Notification: portwatch channel ops-hook");
+
+        // null clears a secret: unsigned from now on.
+        shown["secret"] = serde_json::Value::Null;
+        let r = call(&url, "PUT", "/api/v1/notifications/channels/ops-hook", true, Some(&shown));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(c.get_channel("ops-hook").unwrap().write_only, ["url", "headers"]);
+
+        // A receiver that is not there: a 200 saying so, without the URL.
+        let dead = serde_json::json!({ "kind": "webhook", "url": "http://127.0.0.1:9/D3AD" });
+        c.put_channel("dead", &dead).unwrap();
+        let t = c.test_channel("dead").unwrap();
+        assert!(!t.delivered, "{t:?}");
+        assert_eq!(t.transient, Some(true));
+        let error = t.error.unwrap();
+        assert!(error.contains("channel dead") && !error.contains("D3AD"), "{error}");
+
+        // Every problem at once, as 422 invalid_channel.
+        let bad = serde_json::json!({
+            "kind": "webhook", "url": "ftp://x", "secret": "short", "timeout": "0s",
+        });
+        let err = c.put_channel("bad", &bad).unwrap_err();
+        let ClientError::Api { status, code, message } = &err else { panic!("{err}") };
+        assert_eq!((*status, code.as_str()), (422, "invalid_channel"));
+        assert_eq!(message.lines().count(), 3, "{message}");
+        for field in ["url", "secret", "timeout"] {
+            assert!(message.contains(&format!("channel \"bad\".{field}: ")), "{message}");
+        }
+        // The config file's channel is read-only here.
+        for err in [
+            c.put_channel("ops-file", &dead).unwrap_err(),
+            c.delete_channel("ops-file").unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, ClientError::Api { status: 409, code, .. } if code == "managed_by_file"),
+                "{err}"
+            );
+        }
+        for err in [
+            c.get_channel("nope").unwrap_err(),
+            c.delete_channel("nope").unwrap_err(),
+            c.test_channel("nope").map(|_| ()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, ClientError::Api { status: 404, code, .. } if code == "not_found"),
+                "{err}"
+            );
+        }
+        // Malformed JSON, a name that is not the path's, an unknown field: 400.
+        for body in [
+            "{not json",
+            r#"{"name":"other","kind":"webhook","url":"http://127.0.0.1:9/"}"#,
+            r#"{"kind":"webhook","url":"http://127.0.0.1:9/","colour":"red"}"#,
+        ] {
+            let r = call_raw(
+                &url,
+                "PUT",
+                "/api/v1/notifications/channels/x",
+                true,
+                Some(("application/json", body.as_bytes().to_vec())),
+            );
+            assert_eq!(r.status, 400, "{body}: {}", r.body);
+        }
+        // Nothing without the admin token.
+        for (method, path) in [
+            ("GET", "/api/v1/notifications/channels"),
+            ("GET", "/api/v1/notifications/channels/ops-hook"),
+            ("PUT", "/api/v1/notifications/channels/ops-hook"),
+            ("DELETE", "/api/v1/notifications/channels/ops-hook"),
+            ("POST", "/api/v1/notifications/channels/ops-hook/test"),
+        ] {
+            let r = call(&url, method, path, false, Some(&def));
+            assert_eq!(r.status, 401, "{method} {path}: {}", r.body);
+        }
+        c.delete_channel("ops-hook").unwrap();
+        assert!(c.get_channel("ops-hook").is_err());
+        assert_eq!(c.list_channels().unwrap().len(), 2, "ops-file and dead");
+
+        // Every change is audited, and no audit entry holds a secret.
+        let audited: Vec<(String, String)> = audit.audited.lock().unwrap().clone();
+        let actions: Vec<(&str, &str)> = audited
+            .iter()
+            .map(|(a, s)| (a.as_str(), s.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("channel.create", "ops-hook"),
+                ("channel.replace", "ops-hook"),
+                ("channel.test", "ops-hook"),
+                ("channel.replace", "ops-hook"),
+                ("channel.create", "dead"),
+                ("channel.test", "dead"),
+                ("channel.delete", "ops-hook"),
+            ]
+        );
+        let details = serde_json::to_string(&*audit.audit_details.lock().unwrap()).unwrap();
+        assert!(details.contains("\"write_only\""), "{details}");
+        for h in hidden {
+            assert!(!details.contains(h), "the audit log holds {h}: {details}");
+        }
     })
     .await
     .unwrap();
@@ -900,7 +1134,10 @@ async fn every_documented_operation_is_served_and_nothing_else_is() {
 /// API returns is checked against its schema with real content.
 fn populated() -> Arc<Memory> {
     use crate::incident::{Delivery, Kind, LocState, LocationView, Phase};
-    let backend = Arc::new(Memory::default());
+    let backend = Arc::new(Memory {
+        channels: with_file_channel(),
+        ..Memory::default()
+    });
     backend.agents.lock().unwrap().push(AgentInfo {
         id: "bastion-1-ab12".into(),
         name: "bastion-1".into(),
@@ -1021,6 +1258,19 @@ async fn every_documented_operation_answers_as_documented() {
             public_region: None,
         })
         .unwrap();
+        // Port 9 (discard) is closed here: the test answers "not delivered".
+        let channel = serde_json::to_value(RawChannel {
+            name: "hook".into(),
+            kind: "webhook".into(),
+            url: Some("http://127.0.0.1:9/hook".into()),
+            secret: Some("hmac-secret-0123456789".into()),
+            headers: [("X-Team".into(), "ops".into())].into(),
+            monitors: vec!["redis".into()],
+            min_severity: Some(crate::monitors::Severity::High),
+            timeout: Some("2s".into()),
+            ..Default::default()
+        })
+        .unwrap();
         // A session that succeeds at every operation once, in an order that
         // makes each one meaningful.
         let steps: Vec<(&str, &str, Option<serde_json::Value>)> = vec![
@@ -1046,6 +1296,17 @@ async fn every_documented_operation_answers_as_documented() {
             ("GET", "/api/v1/incidents/7", None),
             ("GET", "/api/v1/status", None),
             ("GET", "/api/v1/notifications", None),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/hook",
+                Some(channel.clone()),
+            ),
+            ("PUT", "/api/v1/notifications/channels/hook", Some(channel)),
+            ("GET", "/api/v1/notifications/channels", None),
+            ("GET", "/api/v1/notifications/channels/hook", None),
+            ("GET", "/api/v1/notifications/channels/ops-file", None),
+            ("POST", "/api/v1/notifications/channels/hook/test", None),
+            ("DELETE", "/api/v1/notifications/channels/hook", None),
             ("POST", "/api/v1/maintenance", Some(window)),
             ("GET", "/api/v1/maintenance", None),
             ("GET", "/api/v1/maintenance/upcoming", None),
@@ -1168,6 +1429,14 @@ async fn every_route_the_cli_calls_is_documented() {
         let _ = c.list_maintenance();
         let _ = c.upcoming_maintenance(None, None);
         let _ = c.cancel_maintenance("w");
+        let hook = serde_json::json!({
+            "kind": "webhook", "url": "http://127.0.0.1:9/hook",
+        });
+        let _ = c.put_channel("hook", &hook);
+        let _ = c.list_channels();
+        let _ = c.get_channel("hook");
+        let _ = c.test_channel("hook");
+        let _ = c.delete_channel("hook");
         fetch_openapi(&url)
     })
     .await
@@ -1203,6 +1472,7 @@ async fn the_errors_returned_are_the_documented_ones() {
         let window = serde_json::json!({
             "name": "w", "monitors": ["*"], "start": "2030-01-01T00:00:00Z", "duration": "1h",
         });
+        let hook = serde_json::json!({ "kind": "webhook", "url": "http://127.0.0.1:9/hook" });
         let json =
             |v: serde_json::Value| Some(("application/json", serde_json::to_vec(&v).unwrap()));
         let raw = |ct: &'static str, b: &str| Some((ct, b.as_bytes().to_vec()));
@@ -1305,7 +1575,7 @@ async fn the_errors_returned_are_the_documented_ones() {
                 json(serde_json::json!({ "name": "x", "colour": 1 })),
                 400,
             ),
-            ("POST", "/api/v1/maintenance", json(huge), 413),
+            ("POST", "/api/v1/maintenance", json(huge.clone()), 413),
             ("POST", "/api/v1/maintenance", raw("text/plain", "{}"), 415),
             ("POST", "/api/v1/maintenance", json(window.clone()), 201),
             ("POST", "/api/v1/maintenance", json(window), 409),
@@ -1325,6 +1595,58 @@ async fn the_errors_returned_are_the_documented_ones() {
                 "/api/v1/maintenance/upcoming?from=10&to=5",
                 None,
                 400,
+            ),
+            ("GET", "/api/v1/notifications/channels/nope", None, 404),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/c",
+                raw("application/json", "{not json"),
+                400,
+            ),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/c",
+                json(serde_json::json!({ "name": "other", "kind": "webhook" })),
+                400,
+            ),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/c",
+                json(serde_json::json!({ "kind": "webhook", "colour": 1 })),
+                400,
+            ),
+            ("PUT", "/api/v1/notifications/channels/c", json(huge), 413),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/c",
+                raw("text/plain", "{}"),
+                415,
+            ),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/c",
+                json(serde_json::json!({ "kind": "webhook", "url": "ftp://x", "secret": "short" })),
+                422,
+            ),
+            (
+                "PUT",
+                "/api/v1/notifications/channels/ops-file",
+                json(hook.clone()),
+                409,
+            ),
+            ("PUT", "/api/v1/notifications/channels/c", json(hook), 201),
+            (
+                "DELETE",
+                "/api/v1/notifications/channels/ops-file",
+                None,
+                409,
+            ),
+            ("DELETE", "/api/v1/notifications/channels/nope", None, 404),
+            (
+                "POST",
+                "/api/v1/notifications/channels/nope/test",
+                None,
+                404,
             ),
         ];
         for (method, path, body, status) in steps {
