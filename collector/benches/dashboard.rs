@@ -135,17 +135,22 @@ fn config(s: &Scale) -> Config {
             path: format!("monitors[{i}]"),
         })
         .collect();
-    let mut c = Config::default();
-    c.monitors =
-        validate_all(&located, "bench", Origin::File, &[], Parents::MustExist).expect("valid");
-    c.monitor_sources = located;
-    c.public_probes = false;
-    c.status_page.groups = vec![RawGroup {
-        name: "Databases".into(),
-        monitors: (0..50).map(name).collect(),
-        tags: Vec::new(),
-    }];
-    c
+    let status_page = portwatch_collector::web::status::StatusPage {
+        groups: vec![RawGroup {
+            name: "Databases".into(),
+            monitors: (0..50).map(name).collect(),
+            tags: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    Config {
+        monitors: validate_all(&located, "bench", Origin::File, &[], Parents::MustExist)
+            .expect("valid"),
+        monitor_sources: located,
+        public_probes: false,
+        status_page,
+        ..Config::default()
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -740,6 +740,10 @@ impl crate::web::WebBackend for Backend {
         self.0.config.status_page.clone()
     }
 
+    fn monitor_status(&self, name: &str) -> Option<crate::incident::engine::MonitorStatus> {
+        self.0.incidents.status_of(name)
+    }
+
     fn secure_cookies(&self) -> bool {
         self.0
             .config

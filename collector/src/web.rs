@@ -56,6 +56,8 @@ pub trait WebBackend: AdminBackend {
     fn status_page(&self) -> StatusPage;
     /// Cookies only over https (the dashboard URL says which).
     fn secure_cookies(&self) -> bool;
+    /// One monitor's current picture (the status of all, for one).
+    fn monitor_status(&self, name: &str) -> Option<MonitorStatus>;
 }
 
 struct Web<B> {
@@ -453,13 +455,10 @@ async fn overview<B: WebBackend>(
             );
         }
     };
-    let monitors: HashMap<String, (String, Vec<String>)> = web
-        .backend
-        .monitor_registry()
-        .monitors()
-        .into_iter()
-        .map(|m| (m.name, (m.spec.target, m.tags)))
-        .collect();
+    let snapshot = web.backend.monitor_registry().snapshot();
+    let monitors: HashMap<&str, &crate::monitors::Monitor> =
+        snapshot.iter().map(|m| (m.name.as_str(), m)).collect();
+    let no_tags: Vec<String> = Vec::new();
     let open: HashMap<u64, String> = web
         .backend
         .incidents(&IncidentsQuery {
@@ -480,14 +479,24 @@ async fn overview<B: WebBackend>(
     let tag = q.tag.as_deref().filter(|s| !s.is_empty());
     let location = q.location.as_deref().filter(|s| !s.is_empty());
     let state = q.state.as_deref().filter(|s| !s.is_empty());
-    let mut all_tags = BTreeSet::new();
-    let mut all_locations = BTreeSet::new();
+    let mut all_tags: BTreeSet<String> = BTreeSet::new();
+    let mut all_locations: BTreeSet<String> = BTreeSet::new();
     let mut counts: HashMap<&'static str, usize> = HashMap::new();
-    let mut matching: Vec<(MonitorStatus, String, Vec<String>)> = Vec::new();
+    let mut matching: Vec<(MonitorStatus, &str, &Vec<String>)> = Vec::new();
     for s in statuses {
-        let (target, tags) = monitors.get(&s.monitor).cloned().unwrap_or_default();
-        all_tags.extend(tags.iter().cloned());
-        all_locations.extend(s.locations.iter().map(|l| l.location.clone()));
+        let (target, tags) = monitors
+            .get(s.monitor.as_str())
+            .map_or(("", &no_tags), |m| (m.spec.target.as_str(), &m.tags));
+        for t in tags {
+            if !all_tags.contains(t.as_str()) {
+                all_tags.insert(t.clone());
+            }
+        }
+        for l in &s.locations {
+            if !all_locations.contains(l.location.as_str()) {
+                all_locations.insert(l.location.clone());
+            }
+        }
         if let Some(n) = &needle
             && !s.monitor.to_lowercase().contains(n)
             && !target.to_lowercase().contains(n)
@@ -521,10 +530,11 @@ async fn overview<B: WebBackend>(
     let pages = matching.len().div_ceil(per).max(1);
     let page_no = q.page.unwrap_or(1).clamp(1, pages);
     let total = matching.len();
-    let visible: Vec<_> = matching
+    let visible: Vec<(MonitorStatus, String, Vec<String>)> = matching
         .into_iter()
         .skip((page_no - 1) * per)
         .take(per)
+        .map(|(s, target, tags)| (s, target.to_owned(), tags.clone()))
         .collect();
     let store = web.backend.store();
     let now = now_ms();
@@ -831,13 +841,7 @@ async fn monitor<B: WebBackend>(
         .copied()
         .unwrap_or(RANGES[2]);
     let now = now_ms();
-    let status = web
-        .backend
-        .status()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|s| s.monitor == name);
+    let status = web.backend.monitor_status(&name);
     let store = web.backend.store();
     let mut locations: Vec<String> = status
         .as_ref()
@@ -1726,7 +1730,7 @@ async fn status_page<B: WebBackend>(State(web): State<Arc<Web<B>>>) -> Response 
         })
         .await
         .unwrap_or_default();
-    let monitors = web.backend.monitor_registry().monitors();
+    let monitors = web.backend.monitor_registry().snapshot();
     let upcoming = web
         .backend
         .maintenance_registry()

@@ -775,21 +775,31 @@ impl IncidentEngine {
 
     /// Every monitor's current picture, by name.
     pub fn status(&self) -> Vec<MonitorStatus> {
+        self.status_where(|_| true)
+    }
+
+    /// One monitor's current picture.
+    pub fn status_of(&self, name: &str) -> Option<MonitorStatus> {
+        self.status_where(|m| m.name == name).pop()
+    }
+
+    fn status_where(&self, pick: impl Fn(&Monitor) -> bool) -> Vec<MonitorStatus> {
         let now = (self.shared.clock)();
+        let monitors = self.shared.monitors.snapshot();
         let book = lock(&self.shared.book);
+        // The newest open incident per monitor, in one pass.
+        let mut open: HashMap<&str, u64> = HashMap::new();
+        for i in book.incidents.values().filter(|i| i.is_open()) {
+            open.insert(i.monitor.as_str(), i.id);
+        }
         let mut out = Vec::new();
-        for m in self.shared.monitors.monitors() {
+        for m in monitors.iter().filter(|m| pick(m)) {
             let locations = book
                 .status
                 .get(&m.name)
                 .map(|(l, _)| l.clone())
                 .unwrap_or_default();
-            let incident = book
-                .incidents
-                .values()
-                .filter(|i| i.monitor == m.name && i.is_open())
-                .map(|i| i.id)
-                .next_back();
+            let incident = open.get(m.name.as_str()).copied();
             let maintenance = self.shared.silencer.active(&m.name, &m.tags, now);
             let all_unknown = locations.iter().all(|l| l.state == LocState::Unknown);
             let state = if maintenance.is_some() {

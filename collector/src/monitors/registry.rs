@@ -96,6 +96,9 @@ pub struct MonitorRegistry {
     inner: Arc<Mutex<Inner>>,
     changes: Arc<watch::Sender<u64>>,
     api_path: Option<PathBuf>,
+    /// The sorted set as of a change count, shared by readers until the
+    /// next change (the dashboard and the status read it per request).
+    snapshot: Arc<Mutex<(u64, Arc<Vec<Monitor>>)>>,
 }
 
 fn diff(old: &[Monitor], new: &[Monitor]) -> Change {
@@ -209,6 +212,7 @@ impl MonitorRegistry {
             })),
             changes: Arc::new(changes),
             api_path: api_path.map(Path::to_owned),
+            snapshot: Arc::new(Mutex::new((0, Arc::new(Vec::new())))),
         })
     }
 
@@ -231,6 +235,18 @@ impl MonitorRegistry {
         let mut all: Vec<Monitor> = inner.file.iter().chain(&inner.api).cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Every monitor, by name, shared: no copy while the set is unchanged.
+    pub fn snapshot(&self) -> Arc<Vec<Monitor>> {
+        // The count bumps after each change is made, so a snapshot built
+        // after reading count N holds at least change N.
+        let version = *self.changes.borrow();
+        let mut cached = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != version {
+            *cached = (version, Arc::new(self.monitors()));
+        }
+        cached.1.clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Monitor> {
