@@ -87,6 +87,8 @@ pub struct Collector {
     pub dispatcher: Dispatcher,
     /// The address agents are told to use (in join strings).
     pub public_agent_addr: String,
+    /// The public status page's settings (replaced by config reloads).
+    pub status_page: crate::web::status::Live,
 }
 
 /// Opens (creating on first start) everything under `data_dir`.
@@ -201,6 +203,7 @@ pub fn open(
     } else {
         format!("{host}:{}", agent_addr.port())
     };
+    let status_page = crate::web::status::Live::new(config.status_page.clone());
     Ok((
         Collector {
             ca,
@@ -215,6 +218,7 @@ pub fn open(
             channels,
             dispatcher,
             public_agent_addr,
+            status_page,
         },
         admin,
     ))
@@ -307,6 +311,7 @@ pub async fn serve(
             collector.monitors.clone(),
             collector.maintenance.clone(),
             collector.channels.clone(),
+            collector.status_page.clone(),
             collector.results.clone(),
             hup,
             stop_rx.clone(),
@@ -540,6 +545,7 @@ async fn watch_config(
     monitors: MonitorRegistry,
     maintenance: MaintenanceRegistry,
     channels: ChannelRegistry,
+    status_page: crate::web::status::Live,
     store: Arc<dyn Store>,
     mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
@@ -562,7 +568,15 @@ async fn watch_config(
             tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
             continue;
         };
-        reload_monitors(&path, &text, &monitors, &maintenance, &channels, &*store);
+        reload_monitors(
+            &path,
+            &text,
+            &monitors,
+            &maintenance,
+            &channels,
+            &status_page,
+            &*store,
+        );
     }
 }
 
@@ -575,6 +589,7 @@ pub fn reload_monitors(
     monitors: &MonitorRegistry,
     maintenance: &MaintenanceRegistry,
     channels: &ChannelRegistry,
+    status_page: &crate::web::status::Live,
     store: &dyn Store,
 ) {
     let origin = path.display().to_string();
@@ -619,6 +634,7 @@ pub fn reload_monitors(
     if applied.is_ok() {
         maintenance.set_file(windows);
         channels.set_file(file_channels);
+        status_page.set(parsed.status_page.clone());
     }
     match applied {
         Ok(change) if change.is_empty() => {
@@ -737,7 +753,7 @@ impl crate::web::WebBackend for Backend {
     }
 
     fn status_page(&self) -> crate::web::status::StatusPage {
-        self.0.config.status_page.clone()
+        self.0.status_page.get()
     }
 
     fn monitor_status(&self, name: &str) -> Option<crate::incident::engine::MonitorStatus> {

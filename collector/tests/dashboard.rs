@@ -439,8 +439,9 @@ locations = ["site-a"]
         assert!(Instant::now() < deadline, "no collector.json");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let url1 = url.clone();
     tokio::task::spawn_blocking(move || {
-        let p = Browser::new(&url).get("/status");
+        let p = Browser::new(&url1).get("/status");
         assert_eq!(p.status, 200);
         assert!(p.body.contains("Acme &lt;status&gt;"));
         assert!(p.body.contains("Databases"));
@@ -455,6 +456,28 @@ locations = ["site-a"]
     })
     .await
     .unwrap();
+
+    // A reload applies new settings (after the page's 10 s cache).
+    let path = r.config_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("Acme <status>", "Acme renamed")
+        .replace("hide_targets = false", "hide_targets = true");
+    std::fs::write(&path, text).unwrap();
+    let url2 = url.clone();
+    let renamed = tokio::task::spawn_blocking(move || {
+        portwatch_harness::wait_for(Duration::from_secs(30), || {
+            let p = Browser::new(&url2).get("/status");
+            p.body.contains("Acme renamed").then_some(p.body)
+        })
+    })
+    .await
+    .unwrap()
+    .expect("the reloaded title within 30 s");
+    assert!(
+        !renamed.contains("tcp://127.0.0.1"),
+        "targets hidden after the reload"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");

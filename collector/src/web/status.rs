@@ -149,6 +149,24 @@ pub fn members<'a>(group: &RawGroup, monitors: &'a [Monitor]) -> Vec<&'a Monitor
     out
 }
 
+/// The live settings: set at start, replaced by each accepted config reload.
+#[derive(Clone, Default)]
+pub struct Live(std::sync::Arc<std::sync::RwLock<StatusPage>>);
+
+impl Live {
+    pub fn new(page: StatusPage) -> Live {
+        Live(std::sync::Arc::new(std::sync::RwLock::new(page)))
+    }
+
+    pub fn get(&self) -> StatusPage {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, page: StatusPage) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = page;
+    }
+}
+
 /// The rendered page, kept for a few seconds.
 #[derive(Default)]
 pub struct Cache(Mutex<Option<(i64, Markup)>>);
