@@ -308,10 +308,12 @@ pub async fn serve(
     if let Some(path) = collector.config.path.clone() {
         tokio::spawn(watch_config(
             path,
-            collector.monitors.clone(),
-            collector.maintenance.clone(),
-            collector.channels.clone(),
-            collector.status_page.clone(),
+            Reloadable {
+                monitors: collector.monitors.clone(),
+                maintenance: collector.maintenance.clone(),
+                channels: collector.channels.clone(),
+                status_page: collector.status_page.clone(),
+            },
             collector.results.clone(),
             hup,
             stop_rx.clone(),
@@ -537,15 +539,21 @@ impl Assignments for RegistryAssignments {
     }
 }
 
+/// What a config reload replaces, all or nothing.
+#[derive(Clone)]
+pub struct Reloadable {
+    pub monitors: MonitorRegistry,
+    pub maintenance: MaintenanceRegistry,
+    pub channels: ChannelRegistry,
+    pub status_page: crate::web::status::Live,
+}
+
 /// Reloads the config file's monitors when the file changes (polled every
 /// two seconds) or on SIGHUP. A file with problems changes nothing: every
 /// problem is logged and the last good set keeps running.
 async fn watch_config(
     path: PathBuf,
-    monitors: MonitorRegistry,
-    maintenance: MaintenanceRegistry,
-    channels: ChannelRegistry,
-    status_page: crate::web::status::Live,
+    live: Reloadable,
     store: Arc<dyn Store>,
     mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
@@ -568,30 +576,20 @@ async fn watch_config(
             tracing::error!(file = %path.display(), "config file unreadable: keeping the current monitors");
             continue;
         };
-        reload_monitors(
-            &path,
-            &text,
-            &monitors,
-            &maintenance,
-            &channels,
-            &status_page,
-            &*store,
-        );
+        reload_monitors(&path, &text, &live, &*store);
     }
 }
 
 /// Applies a new version of the config file to the live monitors,
 /// maintenance windows and notification channels (the API's stay), and
 /// records the outcome in the audit log.
-pub fn reload_monitors(
-    path: &Path,
-    text: &str,
-    monitors: &MonitorRegistry,
-    maintenance: &MaintenanceRegistry,
-    channels: &ChannelRegistry,
-    status_page: &crate::web::status::Live,
-    store: &dyn Store,
-) {
+pub fn reload_monitors(path: &Path, text: &str, live: &Reloadable, store: &dyn Store) {
+    let Reloadable {
+        monitors,
+        maintenance,
+        channels,
+        status_page,
+    } = live;
     let origin = path.display().to_string();
     let parsed = match Config::parse(text, &origin) {
         Ok(c) => c,
