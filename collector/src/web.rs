@@ -154,6 +154,13 @@ enum Viewer {
 }
 
 impl Viewer {
+    fn nav(&self, active: &'static str) -> Nav<'_> {
+        Nav {
+            active,
+            csrf: self.csrf(),
+        }
+    }
+
     fn csrf(&self) -> &str {
         match self {
             Viewer::Session(s) => &s.csrf,
@@ -184,11 +191,25 @@ fn viewer<B>(web: &Web<B>, headers: &HeaderMap) -> Option<Viewer> {
 
 /// A page for signed-in viewers: the viewer, or the response to send
 /// (a redirect to the sign-in page, which comes back to `path`).
-fn require<B>(web: &Web<B>, headers: &HeaderMap, path: &str) -> Result<Viewer, Redirect> {
-    viewer(web, headers).ok_or_else(|| {
-        let next = serde_urlencoded::to_string([("next", path)]).unwrap_or_default();
-        Redirect::to(&format!("/login?{next}"))
-    })
+/// Pages for signed-in viewers take a `Viewer`; without a session they
+/// answer with a redirect to the sign-in page, which comes back to the page
+/// (to the overview after a form post).
+impl<B: WebBackend> axum::extract::FromRequestParts<Arc<Web<B>>> for Viewer {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        web: &Arc<Web<B>>,
+    ) -> Result<Viewer, Redirect> {
+        viewer(web, &parts.headers).ok_or_else(|| {
+            let path = match parts.method {
+                axum::http::Method::GET => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                _ => "/",
+            };
+            let next = serde_urlencoded::to_string([("next", path)]).unwrap_or_default();
+            Redirect::to(&format!("/login?{next}"))
+        })
+    }
 }
 
 fn html_page(status: StatusCode, markup: Markup) -> Response {
@@ -426,17 +447,10 @@ struct Row {
 
 async fn overview<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     query: Result<Query<OverviewQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match require(&web, &headers, "/") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let nav = Nav {
-        active: "overview",
-        csrf: viewer.csrf(),
-    };
+    let nav = viewer.nav("overview");
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => {
@@ -812,18 +826,11 @@ struct MonitorData {
 
 async fn monitor<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(name): Path<String>,
     query: Result<Query<MonitorQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match require(&web, &headers, &format!("/monitors/{}", urlencode(&name))) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let nav = Nav {
-        active: "overview",
-        csrf: viewer.csrf(),
-    };
+    let nav = viewer.nav("overview");
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let Some(m) = web.backend.monitor_registry().get(&name) else {
         return html_page(
@@ -1211,17 +1218,10 @@ struct IncidentsPageQuery {
 
 async fn incidents<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     query: Result<Query<IncidentsPageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match require(&web, &headers, "/incidents") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let nav = Nav {
-        active: "incidents",
-        csrf: viewer.csrf(),
-    };
+    let nav = viewer.nav("incidents");
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let open_only = q.open.as_deref().is_some_and(|v| v == "1" || v == "true");
     const PAGE: usize = 50;
@@ -1266,17 +1266,10 @@ async fn incidents<B: WebBackend>(
 
 async fn incident<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match require(&web, &headers, &format!("/incidents/{}", urlencode(&id))) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let nav = Nav {
-        active: "incidents",
-        csrf: viewer.csrf(),
-    };
+    let nav = viewer.nav("incidents");
     let found = match id.parse::<u64>() {
         Ok(n) => web.backend.incident(n).await.ok(),
         Err(_) => None,
@@ -1359,15 +1352,8 @@ async fn incident<B: WebBackend>(
 
 // ---- agents ---------------------------------------------------------------------
 
-async fn agents<B: WebBackend>(State(web): State<Arc<Web<B>>>, headers: HeaderMap) -> Response {
-    let viewer = match require(&web, &headers, "/agents") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let nav = Nav {
-        active: "agents",
-        csrf: viewer.csrf(),
-    };
+async fn agents<B: WebBackend>(State(web): State<Arc<Web<B>>>, viewer: Viewer) -> Response {
+    let nav = viewer.nav("agents");
     let list: Vec<AgentInfo> = match web.backend.list_agents().await {
         Ok(l) => l,
         Err(e) => {
@@ -1437,18 +1423,11 @@ async fn agents<B: WebBackend>(State(web): State<Arc<Web<B>>>, headers: HeaderMa
 
 async fn revoke<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(name): Path<String>,
     form: FormResult<CsrfForm>,
 ) -> Response {
-    let viewer = match require(&web, &headers, "/agents") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let nav = Nav {
-        active: "agents",
-        csrf: viewer.csrf(),
-    };
+    let nav = viewer.nav("agents");
     if !viewer.may_post(&form.map(|Form(f)| f.csrf).unwrap_or_default()) {
         return forbidden(&nav);
     }
@@ -1471,14 +1450,7 @@ async fn revoke<B: WebBackend>(
 
 // ---- maintenance ----------------------------------------------------------------
 
-async fn maintenance<B: WebBackend>(
-    State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
-) -> Response {
-    let viewer = match require(&web, &headers, "/maintenance") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+async fn maintenance<B: WebBackend>(State(web): State<Arc<Web<B>>>, viewer: Viewer) -> Response {
     maintenance_page(
         &web,
         &viewer,
@@ -1495,10 +1467,7 @@ fn maintenance_page<B: WebBackend>(
     error: Option<&str>,
     form: &MaintenanceForm,
 ) -> Response {
-    let nav = Nav {
-        active: "maintenance",
-        csrf: viewer.csrf(),
-    };
+    let nav = viewer.nav("maintenance");
     let now = now_ms();
     let reg = web.backend.maintenance_registry();
     let windows = reg.list();
@@ -1617,19 +1586,12 @@ impl MaintenanceForm {
 
 async fn add_maintenance<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     form: FormResult<MaintenanceForm>,
 ) -> Response {
-    let viewer = match require(&web, &headers, "/maintenance") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
     let form = form.map(|Form(f)| f).unwrap_or_default();
     if !viewer.may_post(&form.csrf) {
-        return forbidden(&Nav {
-            active: "maintenance",
-            csrf: viewer.csrf(),
-        });
+        return forbidden(&viewer.nav("maintenance"));
     }
     let now = now_ms();
     let raw = form.raw(now);
@@ -1664,19 +1626,12 @@ async fn add_maintenance<B: WebBackend>(
 
 async fn cancel_maintenance<B: WebBackend>(
     State(web): State<Arc<Web<B>>>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(name): Path<String>,
     form: FormResult<CsrfForm>,
 ) -> Response {
-    let viewer = match require(&web, &headers, "/maintenance") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
     if !viewer.may_post(&form.map(|Form(f)| f.csrf).unwrap_or_default()) {
-        return forbidden(&Nav {
-            active: "maintenance",
-            csrf: viewer.csrf(),
-        });
+        return forbidden(&viewer.nav("maintenance"));
     }
     let registry = web.backend.maintenance_registry().clone();
     match tokio::task::spawn_blocking(move || registry.cancel(&name)).await {

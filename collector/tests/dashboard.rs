@@ -186,7 +186,7 @@ locations = ["site-a"]
         assert_eq!(p.status, 303);
         assert_eq!(
             p.location.as_deref(),
-            Some("/login?next=%2Fmonitors%2Fsvc"),
+            Some("/login?next=%2Fmonitors%2Fsvc%3Frange%3D7d"),
             "comes back to the page after sign-in"
         );
         for path in ["/", "/agents", "/incidents", "/maintenance", "/incidents/1"] {
