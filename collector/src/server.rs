@@ -597,13 +597,15 @@ pub fn reload_monitors(path: &Path, text: &str, live: &Reloadable, store: &dyn S
             for line in e.to_string().lines() {
                 tracing::error!(problem = %line, "config file rejected: keeping the current monitors");
             }
-            monitors.reload_failed(&origin, e.to_string());
+            // Recorded before the status says so: whoever sees the failed
+            // reload finds it in the audit log.
             audit(
                 store,
                 "config.reject",
                 &origin,
                 serde_json::json!({ "problems": e.to_string().lines().collect::<Vec<_>>() }),
             );
+            monitors.reload_failed(&origin, e.to_string());
             return;
         }
     };
@@ -618,13 +620,13 @@ pub fn reload_monitors(path: &Path, text: &str, live: &Reloadable, store: &dyn S
             for p in &problems {
                 tracing::error!(problem = %p, "config file rejected: keeping the current monitors and windows");
             }
-            monitors.reload_failed(&origin, problems.join("\n"));
             audit(
                 store,
                 "config.reject",
                 &origin,
                 serde_json::json!({ "problems": problems }),
             );
+            monitors.reload_failed(&origin, problems.join("\n"));
             return;
         }
     };
