@@ -293,6 +293,36 @@ fn days_in(parts: &BTreeMap<i64, String>, from_ms: i64, to_ms: i64) -> Vec<(i64,
         .collect()
 }
 
+/// Calls `each` with every `(time, value)` of one series (key `prefix`) in
+/// `[from_ms, to_ms)` of the day partitions `parts`, oldest first: the
+/// rollup and hourly tables, keyed series then time.
+fn each_timed(
+    txn: &ReadTransaction,
+    parts: &BTreeMap<i64, String>,
+    prefix: &[u8],
+    from_ms: i64,
+    to_ms: i64,
+    mut each: impl FnMut(i64, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for (_, table) in days_in(parts, from_ms, to_ms) {
+        let t = txn.open_table(def(&table)).map_err(backend)?;
+        let mut lo = prefix.to_vec();
+        lo.extend_from_slice(&ts_key(from_ms));
+        let mut hi = prefix.to_vec();
+        hi.extend_from_slice(&ts_key(to_ms));
+        for kv in t
+            .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+            .map_err(backend)?
+        {
+            let (k, v) = kv.map_err(backend)?;
+            let ts = ts_from(&k.value()[prefix.len()..])
+                .ok_or_else(|| StoreError::Corrupt("a key without its time".into()))?;
+            each(ts, v.value())?;
+        }
+    }
+    Ok(())
+}
+
 // ---- the store -------------------------------------------------------------
 
 /// The redb-backed [`Store`].
@@ -758,31 +788,13 @@ impl Store for RedbStore {
         let parts = partitions(Self::table_names_read(&txn)?.into_iter(), ROLLUP_PREFIX);
         let prefix = series_key(&q.monitor_id, &q.location)?;
         let mut out = Vec::new();
-        for (_, table) in days_in(&parts, q.from_ms, q.to_ms) {
-            let t = txn.open_table(def(&table)).map_err(backend)?;
-            let mut lo = prefix.clone();
-            lo.extend_from_slice(&ts_key(q.from_ms));
-            let mut hi = prefix.clone();
-            hi.extend_from_slice(&ts_key(q.to_ms));
-            for kv in t
-                .range::<&[u8]>(lo.as_slice()..hi.as_slice())
-                .map_err(backend)?
-            {
-                let (k, v) = kv.map_err(backend)?;
-                let minute = k
-                    .value()
-                    .len()
-                    .checked_sub(8)
-                    .and_then(|at| ts_from(&k.value()[at..]));
-                out.push(
-                    minute
-                        .and_then(|m| decode_rollup(m, v.value()))
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!("rollup of {}", q.monitor_id))
-                        })?,
-                );
-            }
-        }
+        each_timed(&txn, &parts, &prefix, q.from_ms, q.to_ms, |minute, v| {
+            out.push(
+                decode_rollup(minute, v)
+                    .ok_or_else(|| StoreError::Corrupt(format!("rollup of {}", q.monitor_id)))?,
+            );
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -793,38 +805,22 @@ impl Store for RedbStore {
         // Hours from the start of the first bucket, so a day is whole.
         let from = q.bucket.start_of(q.from_ms);
         let mut out: Vec<Summary> = Vec::new();
-        for (_, table) in days_in(&parts, from, q.to_ms) {
-            let t = txn.open_table(def(&table)).map_err(backend)?;
-            let mut lo = prefix.clone();
-            lo.extend_from_slice(&ts_key(from));
-            let mut hi = prefix.clone();
-            hi.extend_from_slice(&ts_key(q.to_ms));
-            for kv in t
-                .range::<&[u8]>(lo.as_slice()..hi.as_slice())
-                .map_err(backend)?
-            {
-                let (k, v) = kv.map_err(backend)?;
-                let hour = k
-                    .value()
-                    .len()
-                    .checked_sub(8)
-                    .and_then(|at| ts_from(&k.value()[at..]));
-                let s = hour
-                    .and_then(|h| decode_summary(h, v.value()))
-                    .ok_or_else(|| StoreError::Corrupt(format!("summary of {}", q.monitor_id)))?;
-                let start = q.bucket.start_of(s.start_ms);
-                if start < q.from_ms {
-                    continue;
-                }
-                match out.last_mut() {
-                    Some(last) if last.start_ms == start => last.merge(&s),
-                    _ => out.push(Summary {
-                        start_ms: start,
-                        ..s
-                    }),
-                }
+        each_timed(&txn, &parts, &prefix, from, q.to_ms, |hour, v| {
+            let s = decode_summary(hour, v)
+                .ok_or_else(|| StoreError::Corrupt(format!("summary of {}", q.monitor_id)))?;
+            let start = q.bucket.start_of(s.start_ms);
+            if start < q.from_ms {
+                return Ok(());
             }
-        }
+            match out.last_mut() {
+                Some(last) if last.start_ms == start => last.merge(&s),
+                _ => out.push(Summary {
+                    start_ms: start,
+                    ..s
+                }),
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 
