@@ -578,38 +578,7 @@ async fn mqtt_broker_refusing_anonymous_clients_is_still_up() {
 // ---------------------------------------------------------------- ssh
 
 fn sshd(dir: &Path, port: u16) -> Service {
-    let bin = require_binary("sshd", "openssh-server");
-    let keygen = require_binary("ssh-keygen", "openssh-client");
-    // Privilege separation needs its empty directory, normally made by the service unit.
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let key = dir.join("ssh_host_ed25519_key");
-    let out = Command::new(keygen)
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conf = dir.join("sshd_config");
-    let body = format!(
-        "ListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nUsePAM no\nStrictModes no\n",
-        key.display(),
-        dir.join("sshd.pid").display()
-    );
-    std::fs::write(&conf, body).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args(["-D", "-e", "-f"])
-        .arg(&conf)
-        .args(["-p", &port.to_string()]);
-    let mut s = Service::spawn(&format!("sshd-{port}"), cmd, dir);
-    s.wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    s
+    portwatch_harness::sshd_on(portwatch_harness::Host::LOOPBACK, dir, port)
 }
 
 #[tokio::test]

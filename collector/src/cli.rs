@@ -371,6 +371,51 @@ impl Target {
     }
 }
 
+/// What a result learnt, in a few words: "ntp offset +0.120 ms, stratum 9".
+fn facts(d: &crate::http::ResultDetails) -> String {
+    let mut out = Vec::new();
+    if let Some(o) = d.ntp_offset_us {
+        let mut s = format!("ntp offset {:+.3} ms", o as f64 / 1000.0);
+        if let Some(st) = d.ntp_stratum {
+            s.push_str(&format!(", stratum {st}"));
+        }
+        out.push(s);
+    }
+    if let Some(rc) = &d.dns_rcode {
+        let n = d.dns_answers.unwrap_or(0);
+        out.push(format!(
+            "{}, {n} answer{}",
+            terminal_safe(rc),
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(v) = &d.tls_version {
+        let mut s = terminal_safe(v);
+        if let Some(days) = d.cert_days_left {
+            s.push_str(&format!(", cert {days} d left"));
+        }
+        out.push(s);
+    }
+    if let Some(i) = &d.server_info {
+        out.push(terminal_safe(i));
+    }
+    out.join("; ")
+}
+
+/// Text from a probed server, made harmless for a terminal: control
+/// characters (escape sequences included) are shown escaped.
+fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Prints `value` as JSON with `--json`, else as `table` lays it out.
 fn show<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) {
     if json {
@@ -696,8 +741,9 @@ pub fn run_admin(command: &Command) -> i32 {
                 "SCHEDULED", "LOCATION", "STATUS", "REASON", "ADDRESS", "CONNECT"
             );
             for r in results {
+                let facts = facts(&r.details);
                 println!(
-                    "{:<22} {:<22} {:<9} {:<17} {:<22} {:<10} {}{}",
+                    "{:<22} {:<22} {:<9} {:<17} {:<22} {:<10} {}{}{}",
                     fmt_ms(r.scheduled_at_unix_ms),
                     r.location,
                     r.status,
@@ -708,7 +754,12 @@ pub fn run_admin(command: &Command) -> i32 {
                     if r.message.is_empty() {
                         String::new()
                     } else {
-                        format!("  {}", r.message)
+                        format!("  {}", terminal_safe(&r.message))
+                    },
+                    if facts.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{facts}]")
                     }
                 );
             }

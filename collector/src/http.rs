@@ -168,10 +168,73 @@ pub struct ResultInfo {
     pub reason: String,
     pub message: String,
     pub address: String,
+    #[serde(default)]
+    pub dns_us: Option<u64>,
     pub connect_us: Option<u64>,
     pub tls_us: Option<u64>,
     pub first_byte_us: Option<u64>,
     pub total_us: u64,
+    /// What the check learnt on the way (NTP offset, DNS rcode, TLS
+    /// certificate, the server's own words...); absent fields did not apply.
+    #[serde(default, skip_serializing_if = "ResultDetails::is_empty")]
+    pub details: ResultDetails,
+}
+
+/// Facts a check learnt on the way, each present only when it applies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultDetails {
+    /// The first bytes of the reply, escaped and truncated by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banner: Option<String>,
+    /// A preset's reading of the reply, e.g. "redis 7.0.15" or the server's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<String>,
+    /// NTP: the server's clock offset from the prober's, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp_offset_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp_stratum: Option<u32>,
+    /// DNS: the response code, e.g. "NOERROR".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_rcode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_answers: Option<u32>,
+    /// TLS: the negotiated version, e.g. "TLSv1.3".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+    /// The leaf certificate's notAfter, in Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after_unix: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_issuer: Option<String>,
+}
+
+impl ResultDetails {
+    pub fn is_empty(&self) -> bool {
+        self == &ResultDetails::default()
+    }
+}
+
+impl From<&portwatch_proto::v1::Details> for ResultDetails {
+    fn from(d: &portwatch_proto::v1::Details) -> Self {
+        ResultDetails {
+            banner: d.banner.clone(),
+            server_info: d.server_info.clone(),
+            ntp_offset_us: d.ntp_offset_us,
+            ntp_stratum: d.ntp_stratum,
+            dns_rcode: d.dns_rcode.clone(),
+            dns_answers: d.dns_answers,
+            tls_version: d.tls_version.clone(),
+            cert_days_left: d.cert_days_left,
+            cert_not_after_unix: d.cert_not_after_unix,
+            cert_subject: d.cert_subject.clone(),
+            cert_issuer: d.cert_issuer.clone(),
+        }
+    }
 }
 
 /// `GET /api/v1/results?monitor=ID[&location=L][&from=MS][&to=MS][&limit=N]`:

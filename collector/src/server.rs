@@ -94,9 +94,16 @@ pub struct Collector {
 /// Opens (creating on first start) everything under `data_dir`.
 pub fn open(
     data_dir: &Path,
-    config: Config,
+    mut config: Config,
     agent_addr: SocketAddr,
 ) -> Result<(Collector, AdminToken), ServeError> {
+    // Join strings name the bound address when there is one, so the
+    // certificate must too, whatever the file's server_names say and
+    // even when `--agent-addr` chose the address after the file was read.
+    let bound = agent_addr.ip();
+    if !bound.is_unspecified() && !config.server_names.contains(&bound.to_string()) {
+        config.server_names.push(bound.to_string());
+    }
     create_private_dir(data_dir)?;
     let ca = Arc::new(Ca::load_or_create(data_dir).map_err(setup)?);
     let admin = AdminToken::load_or_create(data_dir).map_err(setup)?;
@@ -1127,10 +1134,16 @@ fn results_info(c: &Collector, q: &ResultsQuery) -> Result<Vec<ResultInfo>, ApiE
                     .unwrap_or_default(),
                 message: r.message.clone(),
                 address: r.address.clone(),
+                dns_us: ph.dns_us,
                 connect_us: ph.connect_us,
                 tls_us: ph.tls_us,
                 first_byte_us: ph.first_byte_us,
                 total_us: ph.total_us,
+                details: r
+                    .details
+                    .as_ref()
+                    .map(crate::http::ResultDetails::from)
+                    .unwrap_or_default(),
             }
         })
         .collect())

@@ -1,1 +1,4 @@
-//! End-to-end tests live in `tests/tests/`; this library is empty.
+//! The end-to-end suite's shared parts; the tests live in `tests/tests/`.
+//! [`lab`] builds the private site and headquarters the suite runs in.
+
+pub mod lab;

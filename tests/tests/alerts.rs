@@ -8,13 +8,11 @@
 //!
 //! Only 127.0.0.1 is ever contacted.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use portwatch_e2e::lab::{Hooks, webhook_receiver};
 use portwatch_harness::{self as h, Service};
 use serde_json::Value;
 
@@ -33,71 +31,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    at: Instant,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("the webhook body is JSON")
-    }
-}
-
-/// A webhook receiver on loopback: records every POST and answers 200.
-fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = got.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut headers = Vec::new();
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.trim_end().split_once(':') {
-                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
-                }
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len.min(1 << 20)];
-            if r.read_exact(&mut body).is_err() {
-                continue;
-            }
-            sink.lock().unwrap().push(Received {
-                at: Instant::now(),
-                headers,
-                body,
-            });
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
+/// A webhook receiver on a free loopback port.
+fn receiver() -> (u16, Hooks) {
+    let port = h::free_tcp_port();
+    (port, webhook_receiver(h::Host::LOOPBACK, port))
 }
 
 fn status(data: &Path) -> Vec<Value> {
@@ -224,11 +161,9 @@ to = ["oncall@example.test"]
     let killed = Instant::now();
     let down = h::wait_for(Duration::from_secs(15), || {
         hooks
-            .lock()
-            .unwrap()
-            .iter()
+            .all()
+            .into_iter()
             .find(|r| r.json()["event"] == "opened")
-            .cloned()
     })
     .unwrap_or_else(|| panic!("no page: {:?}\n{}", status(&data), coll.log()));
     let took = down.at - killed;
@@ -270,11 +205,9 @@ to = ["oncall@example.test"]
     let mut redis = h::redis(dir.path(), redis_port);
     let up = h::wait_for(Duration::from_secs(15), || {
         hooks
-            .lock()
-            .unwrap()
-            .iter()
+            .all()
+            .into_iter()
             .find(|r| r.json()["event"] == "resolved")
-            .cloned()
     })
     .unwrap_or_else(|| panic!("no resolve: {:?}\n{}", status(&data), coll.log()));
     let v = up.json();
@@ -286,7 +219,7 @@ to = ["oncall@example.test"]
         "{v}"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(hooks.lock().unwrap().len(), 2, "one page and one all-clear");
+    assert_eq!(hooks.all().len(), 2, "one page and one all-clear");
 
     // The same two messages by email.
     assert!(
@@ -365,30 +298,17 @@ to = ["oncall@example.test"]
             .any(|m| m["monitor"] == "redis-main" && m["state"] == "maintenance")
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        hooks.lock().unwrap().len(),
-        2,
-        "paged inside a maintenance window"
-    );
+    assert_eq!(hooks.all().len(), 2, "paged inside a maintenance window");
     // The window is cancelled with Redis still down: the page goes out now.
     let o = collector(&["maintenance", "cancel", "--data-dir", &d, "redis-work"]);
     assert!(o.status.success(), "{}", text(&o));
     let cancelled = Instant::now();
-    let late = h::wait_for(Duration::from_secs(10), || {
-        hooks.lock().unwrap().get(2).cloned()
-    })
-    .expect("no page once the window was over");
+    let late = h::wait_for(Duration::from_secs(10), || hooks.all().get(2).cloned())
+        .expect("no page once the window was over");
     assert_eq!(late.json()["event"], "opened");
     assert!(late.at - cancelled < Duration::from_secs(3));
     let mut redis = h::redis(dir.path(), redis_port);
-    assert!(
-        h::wait_for(Duration::from_secs(15), || hooks
-            .lock()
-            .unwrap()
-            .get(3)
-            .cloned())
-        .is_some()
-    );
+    assert!(h::wait_for(Duration::from_secs(15), || hooks.all().get(3).cloned()).is_some());
     redis.assert_running();
     agent.assert_running();
 }
@@ -482,7 +402,7 @@ url = "http://127.0.0.1:{hook_port}/hook"
     assert_eq!(incident["backfilled"], true, "{incident}");
     assert_eq!(incident["reason"], "refused", "{incident}");
     let got = h::wait_for(Duration::from_secs(15), || {
-        let g = hooks.lock().unwrap().clone();
+        let g = hooks.all();
         (g.len() >= 2).then_some(g)
     })
     .expect("the backfilled incident was not sent");
@@ -490,7 +410,7 @@ url = "http://127.0.0.1:{hook_port}/hook"
     assert_eq!(events, vec!["opened", "resolved"]);
     assert_eq!(got[0].json()["since_ms"], since);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(hooks.lock().unwrap().len(), 2, "sent twice");
+    assert_eq!(hooks.all().len(), 2, "sent twice");
     let o = collector(&["incidents", "--data-dir", &d, "--json"]);
     let all: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(

@@ -160,10 +160,15 @@ impl AdminBackend for Arc<Memory> {
             reason: "ok".into(),
             message: String::new(),
             address: "127.0.0.1:1".into(),
+            dns_us: None,
             connect_us: Some(80),
             tls_us: None,
             first_byte_us: None,
             total_us: 100,
+            details: crate::http::ResultDetails {
+                server_info: Some("redis 7.0.15".into()),
+                ..Default::default()
+            },
         };
         Ok(vec![r; limit.min(3)])
     }
@@ -1680,10 +1685,12 @@ fn paging_back_splits_no_timestamp() {
         reason: "ok".into(),
         message: String::new(),
         address: String::new(),
+        dns_us: None,
         connect_us: None,
         tls_us: None,
         first_byte_us: None,
         total_us: 1,
+        details: Default::default(),
     };
     // 3 locations per timestamp, 20 timestamps.
     let all: Vec<ResultInfo> = (0..60)

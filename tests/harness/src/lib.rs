@@ -6,13 +6,61 @@
 //! Everything here sends traffic only to loopback or to namespaces it created.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod netns;
+
+use netns::Netns;
+
+/// Where a service runs and listens: the root namespace's loopback, or an
+/// address inside a namespace the test made.
+#[derive(Clone, Copy)]
+pub struct Host<'a> {
+    pub ns: Option<&'a Netns>,
+    pub ip: IpAddr,
+}
+
+impl Host<'static> {
+    /// 127.0.0.1 in the test's own namespace.
+    pub const LOOPBACK: Host<'static> = Host {
+        ns: None,
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+}
+
+impl<'a> Host<'a> {
+    /// `ip` inside `ns`.
+    pub fn inside(ns: &'a Netns, ip: &str) -> Host<'a> {
+        Host {
+            ns: Some(ns),
+            ip: ip.parse().expect("an IP address"),
+        }
+    }
+
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+
+    /// A `Command` for `bin` run where this host is.
+    pub fn command(&self, bin: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self.ns {
+            Some(ns) => ns.command(bin),
+            None => Command::new(bin),
+        }
+    }
+
+    /// Runs `f` with this host's network.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match self.ns {
+            Some(ns) => ns.within(f),
+            None => f(),
+        }
+    }
+}
 
 /// Polls `ready` every 20 ms until it holds or `within` has passed; returns
 /// whether it held. For waiting on something a test cannot be told about
@@ -200,10 +248,16 @@ impl Service {
 
     /// Waits until a TCP connect to `addr` succeeds (the service is listening).
     pub fn wait_tcp(&mut self, addr: SocketAddr, within: Duration) {
+        self.wait_tcp_on(Host::LOOPBACK, addr, within)
+    }
+
+    /// [`Service::wait_tcp`] from inside `from`'s network.
+    pub fn wait_tcp_on(&mut self, from: Host<'_>, addr: SocketAddr, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             self.assert_running();
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if from.within(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+            {
                 return;
             }
             assert!(
@@ -261,26 +315,30 @@ pub fn redis(dir: &Path, port: u16) -> Service {
 
 /// A Redis server with extra arguments (e.g. `--maxclients 1`).
 pub fn redis_with(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    redis_on(Host::LOOPBACK, dir, port, extra)
+}
+
+/// A Redis server listening on `host`:`port`.
+pub fn redis_on(host: Host<'_>, dir: &Path, port: u16, extra: &[&str]) -> Service {
     let bin = require_binary("redis-server", "redis-server");
-    let mut cmd = Command::new(bin);
+    let mut cmd = host.command(bin);
     cmd.args([
         "--bind",
-        "127.0.0.1",
+        &host.ip.to_string(),
         "--port",
         &port.to_string(),
         "--save",
         "",
         "--appendonly",
         "no",
+        "--protected-mode",
+        "no",
     ])
     .args(["--daemonize", "no", "--dir"])
     .arg(dir)
     .args(extra);
-    let mut s = Service::spawn(&format!("redis-{port}"), cmd, dir);
-    s.wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
+    let mut s = Service::spawn(&format!("redis-{}-{port}", host.ip), cmd, dir);
+    s.wait_tcp_on(host, host.addr(port), Duration::from_secs(10));
     s
 }
 
@@ -320,71 +378,74 @@ pub fn smtp_sink(dir: &Path, port: u16, tls: Option<(&Path, &Path)>) -> Service 
 /// (e.g. `--host-record=ok.test,192.0.2.10`, `--address=/nx.test/`). It never
 /// forwards to the machine's resolver (`--no-resolv`) and caches nothing.
 pub fn dnsmasq(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    dnsmasq_on(Host::LOOPBACK, dir, port, extra)
+}
+
+/// [`dnsmasq`] listening on `host`:`port`.
+pub fn dnsmasq_on(host: Host<'_>, dir: &Path, port: u16, extra: &[&str]) -> Service {
     let bin = require_binary("dnsmasq", "dnsmasq");
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-k",
-        "-p",
-        &port.to_string(),
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-    ])
-    .args([
-        "--no-resolv",
-        "--no-hosts",
-        "--cache-size=0",
-        "--conf-file=/dev/null",
-        "--log-facility=-",
-    ])
-    .arg(format!(
-        "--pid-file={}",
-        dir.join(format!("dnsmasq-{port}.pid")).display()
-    ))
-    .args(["--user=root", "--group=root"])
-    .args(extra);
-    let mut s = Service::spawn(&format!("dnsmasq-{port}"), cmd, dir);
-    s.wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
+    let mut cmd = host.command(bin);
+    cmd.args(["-k", "-p", &port.to_string()])
+        .arg(format!("--listen-address={}", host.ip))
+        .arg("--bind-interfaces")
+        .args([
+            "--no-resolv",
+            "--no-hosts",
+            "--cache-size=0",
+            "--conf-file=/dev/null",
+            "--log-facility=-",
+        ])
+        .arg(format!(
+            "--pid-file={}",
+            dir.join(format!("dnsmasq-{}-{port}.pid", host.ip))
+                .display()
+        ))
+        .args(["--user=root", "--group=root"])
+        .args(extra);
+    let mut s = Service::spawn(&format!("dnsmasq-{}-{port}", host.ip), cmd, dir);
+    s.wait_tcp_on(host, host.addr(port), Duration::from_secs(10));
     s
 }
 
 /// A chronyd serving NTP on 127.0.0.1:`port` from its local clock (stratum 8).
 pub fn chrony(dir: &Path, port: u16) -> Service {
+    chrony_on(Host::LOOPBACK, dir, port)
+}
+
+/// [`chrony`] serving on `host`:`port`, to any client.
+pub fn chrony_on(host: Host<'_>, dir: &Path, port: u16) -> Service {
     let bin = require_binary("chronyd", "chrony");
-    let conf = dir.join(format!("chrony-{port}.conf"));
+    let tag = format!("{}-{port}", host.ip);
+    let conf = dir.join(format!("chrony-{tag}.conf"));
     let body = format!(
-        "port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\n\
-         driftfile {d}/chrony-{port}.drift\npidfile {d}/chrony-{port}.pid\n",
+        "port {port}\nbindaddress {ip}\nallow all\nlocal stratum 8\ncmdport 0\n\
+         driftfile {d}/chrony-{tag}.drift\npidfile {d}/chrony-{tag}.pid\n",
+        ip = host.ip,
         d = dir.display()
     );
     std::fs::write(&conf, body).expect("write chrony.conf");
-    let mut cmd = Command::new(bin);
+    let mut cmd = host.command(bin);
     cmd.arg("-d").arg("-x").arg("-f").arg(&conf);
-    let mut s = Service::spawn(&format!("chrony-{port}"), cmd, dir);
-    wait_ntp(
-        &mut s,
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
+    let mut s = Service::spawn(&format!("chrony-{tag}"), cmd, dir);
+    wait_ntp(&mut s, host, host.addr(port), Duration::from_secs(10));
     s
 }
 
-fn wait_ntp(s: &mut Service, addr: SocketAddr, within: Duration) {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
+fn wait_ntp(s: &mut Service, host: Host<'_>, addr: SocketAddr, within: Duration) {
     let mut req = [0u8; 48];
     req[0] = 0x23;
     let deadline = Instant::now() + within;
     loop {
         s.assert_running();
-        let _ = sock.send_to(&req, addr);
-        let mut buf = [0u8; 128];
-        if let Ok((n, _)) = sock.recv_from(&mut buf)
-            && n >= 48
-        {
+        let answered = host.within(|| {
+            let sock = UdpSocket::bind(SocketAddr::new(host.ip, 0)).expect("bind udp");
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let _ = sock.send_to(&req, addr);
+            let mut buf = [0u8; 128];
+            matches!(sock.recv_from(&mut buf), Ok((n, _)) if n >= 48)
+        });
+        if answered {
             return;
         }
         assert!(
@@ -400,9 +461,14 @@ fn wait_ntp(s: &mut Service, addr: SocketAddr, within: Duration) {
 /// running as the `postgres` user (initdb refuses root). `extra` are `-c` settings
 /// such as `max_connections=3`.
 pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
+    postgres_on(Host::LOOPBACK, dir, port, extra)
+}
+
+/// [`postgres`] listening on `host`:`port`.
+pub fn postgres_on(host: Host<'_>, dir: &Path, port: u16, extra: &[&str]) -> Service {
     let initdb = require_binary("initdb", "postgresql");
     let postgres = require_binary("postgres", "postgresql");
-    let data = dir.join(format!("pg-{port}"));
+    let data = dir.join(format!("pg-{}-{port}", host.ip));
     std::fs::create_dir_all(&data).expect("create pg dir");
     let chown = Command::new("chown")
         .args(["-R", "postgres:postgres"])
@@ -425,23 +491,59 @@ pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
         "initdb failed: {}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let mut cmd = Command::new("runuser");
+    let mut cmd = host.command("runuser");
     cmd.args(["-u", "postgres", "--"])
         .arg(&postgres)
         .arg("-D")
         .arg(&data);
     cmd.args(["-p", &port.to_string(), "-k"])
         .arg(&data)
-        .args(["-c", "listen_addresses=127.0.0.1"]);
+        .args(["-c", &format!("listen_addresses={}", host.ip)]);
     cmd.args(["-c", "fsync=off"]);
     for e in extra {
         cmd.args(["-c", e]);
     }
-    let mut s = Service::spawn(&format!("postgres-{port}"), cmd, dir);
+    let mut s = Service::spawn(&format!("postgres-{}-{port}", host.ip), cmd, dir);
     s.wait_log(
         "database system is ready to accept connections",
         Duration::from_secs(30),
     );
+    s
+}
+
+/// An OpenSSH server on `host`:`port` with a fresh ed25519 host key; no
+/// account can log in (no keys, no PAM), it only has to answer.
+pub fn sshd_on(host: Host<'_>, dir: &Path, port: u16) -> Service {
+    let bin = require_binary("sshd", "openssh-server");
+    let keygen = require_binary("ssh-keygen", "openssh-client");
+    // Privilege separation needs its empty directory, normally made by the service unit.
+    std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+    let tag = format!("{}-{port}", host.ip);
+    let key = dir.join(format!("ssh_host_ed25519_key-{tag}"));
+    let out = Command::new(keygen)
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = dir.join(format!("sshd_config-{tag}"));
+    let body = format!(
+        "ListenAddress {}\nHostKey {}\nPidFile {}\nUsePAM no\nStrictModes no\n",
+        host.ip,
+        key.display(),
+        dir.join(format!("sshd-{tag}.pid")).display()
+    );
+    std::fs::write(&conf, body).expect("write sshd_config");
+    let mut cmd = host.command(bin);
+    cmd.args(["-D", "-e", "-f"])
+        .arg(&conf)
+        .args(["-p", &port.to_string()]);
+    let mut s = Service::spawn(&format!("sshd-{tag}"), cmd, dir);
+    s.wait_tcp_on(host, host.addr(port), Duration::from_secs(10));
     s
 }
 

@@ -2,6 +2,8 @@
 //! uniquely named namespace with loopback up, deleted on drop with everything in it.
 //! Traffic in tests stays inside namespaces they made.
 
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -40,18 +42,43 @@ impl Netns {
     }
 
     /// A `Command` that runs `cmd` inside the namespace (for long-running servers).
-    pub fn command(&self, cmd: &str) -> Command {
+    pub fn command(&self, cmd: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, cmd]);
+        c.args(["netns", "exec", &self.name]).arg(cmd);
         c
     }
 
+    /// `iptables ARGS` inside the namespace, panicking on failure.
+    pub fn iptables(&self, args: &[&str]) -> String {
+        self.exec("iptables", args)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: every socket it
+    /// makes lives there (and keeps living there if `f` hands it out, e.g. a
+    /// listener served by a thread of its own).
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
     /// Runs `cmd args` inside the namespace and returns its raw output, success or not.
-    pub fn output(&self, cmd: &str, args: &[&str]) -> Output {
-        self.command(cmd)
+    pub fn output(&self, cmd: impl AsRef<OsStr>, args: &[&str]) -> Output {
+        self.command(&cmd)
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("ip netns exec {cmd}: {e}"))
+            .unwrap_or_else(|e| panic!("ip netns exec {:?}: {e}", cmd.as_ref()))
     }
 }
 
