@@ -20,6 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,11 +107,19 @@ impl Received {
 
 /// What the webhook receiver has got so far.
 #[derive(Clone, Default)]
-pub struct Hooks(Arc<Mutex<Vec<Received>>>);
+pub struct Hooks {
+    got: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
 
 impl Hooks {
     pub fn all(&self) -> Vec<Received> {
-        self.0.lock().expect("hooks lock").clone()
+        self.got.lock().expect("hooks lock").clone()
+    }
+
+    /// Stops the receiver: it closes its listener within 20 ms.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Bodies of the messages about `monitor`, in arrival order.
@@ -130,14 +139,24 @@ impl Hooks {
     }
 }
 
-/// An HTTP receiver on `host`:`port` that records every POST and answers 200.
+/// An HTTP receiver on `host`:`port` that records every POST and answers
+/// 200, until [`Hooks::stop`].
 pub fn webhook_receiver(host: Host<'_>, port: u16) -> Hooks {
     let l = host.within(|| TcpListener::bind(host.addr(port)).expect("bind the webhook receiver"));
+    l.set_nonblocking(true).expect("a non-blocking listener");
     let hooks = Hooks::default();
-    let sink = hooks.0.clone();
+    let (sink, stop) = (hooks.got.clone(), hooks.stop.clone());
     std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
+        while !stop.load(Ordering::Relaxed) {
+            let mut conn = match l.accept() {
+                Ok((conn, _)) => conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let _ = conn.set_nonblocking(false);
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let Ok(read) = conn.try_clone() else { continue };
             let mut r = BufReader::new(read);
@@ -502,6 +521,13 @@ secret = "{HOOK_SECRET}"
     pub fn heal_link(&self) {
         self.site
             .iptables(&["-D", "OUTPUT", "-d", HQ_ADDR, "-j", "DROP"]);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Its socket would keep the hq namespace alive after it is deleted.
+        self.hooks.stop();
     }
 }
 
