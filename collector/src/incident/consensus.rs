@@ -223,6 +223,9 @@ pub struct Span {
     pub reason: Option<String>,
     /// The locations at the last judgement while open.
     pub locations: Vec<LocationView>,
+    /// Opened on public results alone: no agent location had a current
+    /// result then (e.g. it had not reported yet).
+    pub outside_only: bool,
 }
 
 /// What a sweep found.
@@ -483,6 +486,9 @@ fn judge(
     } else {
         Kind::Down
     };
+    let outside_only = !started
+        .iter()
+        .any(|(r, s)| !r.public && *s != LocState::Unknown);
     let new_span = |kind: Kind, since_ms: i64| {
         let locations = views();
         let (diagnosis, reason) = diagnose(&locations, rules.expect_closed);
@@ -494,6 +500,7 @@ fn judge(
             diagnosis,
             reason,
             locations,
+            outside_only,
         }
     };
     match open.take() {
@@ -505,6 +512,16 @@ fn judge(
             s.close_ms = Some(t);
             spans.push(s);
             *open = Some(new_span(kind, since(false)));
+        }
+        // The outside alone made the quorum because no agent had reported
+        // yet; now the agents see the service answer while the outside
+        // still fails: it was never down, so the down incident ends and an
+        // edge incident says what it is. (An inside that recovers before
+        // the outside does is a recovery in progress, not this.)
+        Some(mut s) if s.kind == Kind::Down && s.outside_only && !failing && edge => {
+            s.close_ms = Some(t);
+            spans.push(s);
+            *open = Some(new_span(Kind::Edge, since(true)));
         }
         Some(mut s) if clear => {
             s.close_ms = Some(t);

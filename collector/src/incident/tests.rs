@@ -322,6 +322,45 @@ fn results_that_arrive_late_land_where_the_checks_ran() {
 }
 
 #[test]
+fn a_down_incident_whose_inside_answers_becomes_an_edge_incident() {
+    // The outside alone reports first (the agent joins late): 1 of 1 down
+    // is a quorum. Once the agent sees the service up, the service is not
+    // down; the outside still cannot reach it.
+    let mut s = Series::default();
+    feed(&mut s, "public:x", 0, "TTTTTTTT");
+    feed(&mut s, "agent:a", 41, "UUUU");
+    assert_eq!(
+        spans(&s, &rules(2, 1), 75),
+        vec![(Kind::Down, 10, Some(41)), (Kind::Edge, 41, None)]
+    );
+    let out = sweep(&s, &rules(2, 1), T0 + 75 * S);
+    assert!(
+        out.spans[1].diagnosis.starts_with("reachable inside only"),
+        "{}",
+        out.spans[1].diagnosis
+    );
+    assert_eq!(
+        out.spans[1].since_ms, T0,
+        "the outside fails since its first check"
+    );
+    // With edge incidents off, the down incident just stays open.
+    let no_edge = Rules {
+        edge: false,
+        ..rules(2, 1)
+    };
+    assert_eq!(spans(&s, &no_edge, 75), vec![(Kind::Down, 10, None)]);
+    // Both failed, then the inside recovers first: a recovery in progress,
+    // the same incident until the outside answers too.
+    let mut s = Series::default();
+    feed(&mut s, "public:x", 0, "TTTTTTU");
+    feed(&mut s, "agent:a", 1, "DDDUUUU");
+    assert_eq!(
+        spans(&s, &rules(2, 1), 75),
+        vec![(Kind::Down, 11, Some(60))]
+    );
+}
+
+#[test]
 fn a_diagnosis_says_where_and_why() {
     let mut s = Series::default();
     feed(&mut s, "agent:a", 0, "UDD");
