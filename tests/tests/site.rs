@@ -600,7 +600,12 @@ fn a_revoked_agent_is_cut_off_and_its_monitors_go_unknown() {
         "it hung instead of stopping: {}",
         text(&o)
     );
-    assert!(text(&o).contains("revoked"), "{}", text(&o));
+    // Refused by the collector at connect time, not by a local note.
+    assert!(
+        text(&o).contains("the collector refused this agent") && text(&o).contains("revoked"),
+        "{}",
+        text(&o)
+    );
     // One agent offline incident, reason revoked; its monitor is unknown.
     let offline = h::wait_for(Duration::from_secs(10), || {
         let all = lab.incidents(None);
