@@ -333,9 +333,13 @@ pub async fn serve(
     ));
     let ingest = collector.ingest.clone();
     let grpc = tonic::transport::Server::builder()
-        // Agents send keepalives every ~30 s; answer pings and drop dead peers.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // Answer the agents' pings and drop dead peers. A stream whose link
+        // died silently (a cut, a dead NAT) counts as connected until this
+        // notices, so agent_offline_after cannot be kept below it: ping after
+        // 10 s without a frame from the agent, give up 5 s later (~15 s in
+        // all). An agent sending results or heartbeats is never pinged.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .tls_config(tls)
         .map_err(setup)?
         .add_service(enroll.into_server())
