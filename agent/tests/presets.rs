@@ -19,7 +19,8 @@ use portwatch_agent::probe::Engine;
 use portwatch_agent::resolve::Resolver;
 use portwatch_agent::result::{CheckResult, Reason, Status};
 use portwatch_harness::{
-    Service, free_tcp_port, postgres, redis, redis_with, require_binary, temp_dir,
+    Host, Service, free_tcp_port, postgres, postgres_data_dir, redis, redis_with, require_binary,
+    temp_dir,
 };
 
 fn engine() -> Engine {
@@ -300,7 +301,7 @@ async fn postgres_asking_for_a_password_is_up_and_logs_nothing() {
         &["log_connections=on", "log_min_messages=debug2"],
     );
     let mut admin = pg_session(port);
-    let hba = dir.path().join(format!("pg-{port}")).join("pg_hba.conf");
+    let hba = postgres_data_dir(Host::LOOPBACK, dir.path(), port).join("pg_hba.conf");
     std::fs::write(&hba, "host all all 127.0.0.1/32 scram-sha-256\n").unwrap();
     pg_query(&mut admin, "select pg_reload_conf()");
     let r = check_until(TcpPreset::Postgres, port, Duration::from_secs(5), |r| {

@@ -464,11 +464,17 @@ pub fn postgres(dir: &Path, port: u16, extra: &[&str]) -> Service {
     postgres_on(Host::LOOPBACK, dir, port, extra)
 }
 
+/// Where [`postgres_on`] keeps the cluster it serves on `host`:`port`
+/// (pg_hba.conf and friends live there).
+pub fn postgres_data_dir(host: Host<'_>, dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!("pg-{}-{port}", host.ip))
+}
+
 /// [`postgres`] listening on `host`:`port`.
 pub fn postgres_on(host: Host<'_>, dir: &Path, port: u16, extra: &[&str]) -> Service {
     let initdb = require_binary("initdb", "postgresql");
     let postgres = require_binary("postgres", "postgresql");
-    let data = dir.join(format!("pg-{}-{port}", host.ip));
+    let data = postgres_data_dir(host, dir, port);
     std::fs::create_dir_all(&data).expect("create pg dir");
     let chown = Command::new("chown")
         .args(["-R", "postgres:postgres"])
