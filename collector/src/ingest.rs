@@ -535,14 +535,23 @@ impl Session {
                             // Batches already waiting share one write and
                             // one fsync (the store's cost is mostly the
                             // fsync); the ack then covers them all.
-                            let mut batches = vec![batch];
+                            // A malformed batch is rejected whole, after
+                            // the good ones before it are stored and acked.
+                            let mut poisoned = check_batch(&batch).err();
+                            let mut batches = Vec::new();
+                            if poisoned.is_none() {
+                                batches.push(batch);
+                            }
                             let mut after = None;
-                            while batches.len() < MAX_COALESCED_BATCHES {
+                            while poisoned.is_none() && batches.len() < MAX_COALESCED_BATCHES {
                                 // A zero timeout polls once: only what is already here.
                                 match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
                                     Ok(Ok(Some(pb::AgentMessage {
                                         msg: Some(pb::agent_message::Msg::Results(b)),
-                                    }))) => batches.push(b),
+                                    }))) => match check_batch(&b) {
+                                        Ok(()) => batches.push(b),
+                                        Err(why) => poisoned = Some(why),
+                                    },
                                     Ok(next) => {
                                         after = Some(next);
                                         break;
@@ -550,7 +559,13 @@ impl Session {
                                     Err(_) => break,
                                 }
                             }
-                            self.on_batches(batches).await?;
+                            if !batches.is_empty() {
+                                self.on_batches(batches).await?;
+                            }
+                            if let Some(why) = poisoned {
+                                tracing::warn!(agent = %self.agent_id, error = %why, "malformed result batch rejected; nothing of it stored or acked");
+                                return Err(Status::invalid_argument(format!("result batch rejected: {why}")));
+                            }
                             match after {
                                 None => {}
                                 Some(Ok(None)) => return Ok(()),
@@ -669,6 +684,50 @@ impl Session {
         }))
         .await
     }
+}
+
+/// What no agent's buffer can produce: a seq of 0, seqs not increasing
+/// within a batch, a result without its body or monitor, a status this
+/// collector does not know, a gap that ends before it begins. One such entry
+/// makes the whole batch suspect: it is rejected (the agent keeps it and
+/// retries), never half stored. A seq jump is not checked here: seqs are the
+/// agent's own, and only its watermark would suffer.
+fn check_batch(batch: &pb::ResultBatch) -> Result<(), String> {
+    let mut last = 0u64;
+    for (i, sr) in batch.results.iter().enumerate() {
+        if sr.seq <= last {
+            return Err(if sr.seq == 0 {
+                format!("result {i} has seq 0")
+            } else {
+                format!("result {i}: seq {} after seq {last}", sr.seq)
+            });
+        }
+        last = sr.seq;
+        let Some(r) = &sr.result else {
+            return Err(format!("result {i} (seq {}) has no body", sr.seq));
+        };
+        if r.monitor_id.is_empty() {
+            return Err(format!("result {i} (seq {}) names no monitor", sr.seq));
+        }
+        if !matches!(
+            pb::Status::try_from(r.status),
+            Ok(pb::Status::Up | pb::Status::Degraded | pb::Status::Down)
+        ) {
+            return Err(format!(
+                "result {i} (seq {}) has status {}, not up, degraded or down",
+                sr.seq, r.status
+            ));
+        }
+    }
+    for (i, g) in batch.gaps.iter().enumerate() {
+        if g.from_seq == 0 || g.to_seq < g.from_seq {
+            return Err(format!(
+                "gap {i} runs from seq {} to {}",
+                g.from_seq, g.to_seq
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The status an undecodable or oversized agent message ends the stream with.

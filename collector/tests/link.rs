@@ -1088,3 +1088,130 @@ async fn a_new_buffer_epoch_starts_a_new_sequence_space() {
     }
     assert_eq!(c.store.watermark(AGENT).unwrap(), Some((9, 2)));
 }
+
+/// A batch no agent's buffer can produce (seq 0, seqs going back, a result
+/// without body or monitor, an unknown status, a gap that ends before it
+/// begins) is rejected whole: InvalidArgument naming what is wrong, nothing
+/// of it stored, no ack (the agent keeps it). The stream's earlier results
+/// stay stored, and the next good batch is stored as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_batch_is_rejected_whole_and_stores_nothing() {
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    s.assignments.set(AGENT, vec![monitor("m1", t)]);
+    let c = s.collector(any_port(), IngestConfig::default()).await;
+    let cert = s.pki.agent(AGENT);
+    let good = |seq: u64| pb::SequencedResult {
+        seq,
+        result: Some(pb::CheckResult {
+            scheduled_at_unix_ms: now_ms() + seq as i64,
+            ..result_for("m1")
+        }),
+    };
+    let with = |results: Vec<pb::SequencedResult>, gaps: Vec<pb::Gap>| pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Results(pb::ResultBatch {
+            results,
+            gaps,
+        })),
+    };
+    let bad_status = pb::SequencedResult {
+        result: Some(pb::CheckResult {
+            status: 7,
+            ..good(4).result.unwrap()
+        }),
+        ..good(4)
+    };
+    let no_monitor = pb::SequencedResult {
+        result: Some(pb::CheckResult {
+            monitor_id: String::new(),
+            ..good(4).result.unwrap()
+        }),
+        ..good(4)
+    };
+    let gap = |from_seq, to_seq| pb::Gap {
+        from_seq,
+        to_seq,
+        count: 1,
+    };
+    let poisons = [
+        (with(vec![good(3), good(0)], vec![]), "result 1 has seq 0"),
+        (
+            with(vec![good(4), good(3)], vec![]),
+            "result 1: seq 3 after seq 4",
+        ),
+        (
+            with(
+                vec![
+                    good(3),
+                    pb::SequencedResult {
+                        seq: 4,
+                        result: None,
+                    },
+                ],
+                vec![],
+            ),
+            "result 1 (seq 4) has no body",
+        ),
+        (with(vec![good(3), no_monitor], vec![]), "names no monitor"),
+        (with(vec![good(3), bad_status], vec![]), "has status 7"),
+        (
+            with(vec![good(3)], vec![gap(9, 5)]),
+            "gap 0 runs from seq 9 to 5",
+        ),
+        (
+            with(vec![good(3)], vec![gap(0, 5)]),
+            "gap 0 runs from seq 0 to 5",
+        ),
+    ];
+
+    // Seqs 1 and 2 are stored and acked first.
+    let (tx, mut inbound) = raw_session(c.addr, s.pki.ca.cert_pem(), Some(&cert))
+        .await
+        .unwrap();
+    let pb::collector_message::Msg::Assignment(_) = next_msg(&mut inbound).await else {
+        panic!("the assignment comes first");
+    };
+    tx.send(batch_of(&[1, 2], "m1")).await.unwrap();
+    let pb::collector_message::Msg::Ack(ack) = next_msg(&mut inbound).await else {
+        panic!("an ack");
+    };
+    assert_eq!(ack.durable_through_seq, 2);
+    drop(tx);
+
+    for (poison, says) in poisons {
+        let (tx, mut inbound) = raw_session(c.addr, s.pki.ca.cert_pem(), Some(&cert))
+            .await
+            .unwrap();
+        let pb::collector_message::Msg::Assignment(_) = next_msg(&mut inbound).await else {
+            panic!("the assignment comes first");
+        };
+        tx.send(poison).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .expect("the collector answers");
+        let status = end.expect_err("the poisoned batch ends the stream, without an ack");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with("result batch rejected: ")
+                && status.message().contains(says),
+            "{:?} does not say {says:?}",
+            status.message()
+        );
+        assert_eq!(count(&c.store), 2, "nothing of a poisoned batch is stored");
+        assert_eq!(c.store.watermark(AGENT).unwrap(), Some((1, 2)));
+    }
+
+    // The agent's retry, good this time, is stored as if nothing happened.
+    let (tx, mut inbound) = raw_session(c.addr, s.pki.ca.cert_pem(), Some(&cert))
+        .await
+        .unwrap();
+    let pb::collector_message::Msg::Assignment(_) = next_msg(&mut inbound).await else {
+        panic!("the assignment comes first");
+    };
+    tx.send(batch_of(&[3, 4], "m1")).await.unwrap();
+    let pb::collector_message::Msg::Ack(ack) = next_msg(&mut inbound).await else {
+        panic!("an ack");
+    };
+    assert_eq!(ack.durable_through_seq, 4);
+    assert_eq!(count(&c.store), 4);
+}
