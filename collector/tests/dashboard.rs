@@ -405,6 +405,174 @@ locations = ["site-a"]
     running.stop().await;
 }
 
+/// What a hostile server answers.
+const BANNER: &str = "<script>alert('banner')</script>\"><img src=x onerror=alert('banner')>";
+/// What a hostile (or careless) admin names an agent.
+const AGENT_NAME: &str = "<img src=x onerror=alert('agent')>";
+
+/// Markup from everywhere a text can come from (a hostile server's banner, an
+/// agent's name, a monitor's owner and tags) reaches every page escaped, and
+/// a monitor named `<script>` is refused by the API with a JSON error (422). The
+/// hostile text must show up escaped (so the test cannot pass by omission),
+/// never as markup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_from_a_server_an_agent_or_a_monitor_is_escaped_on_every_page() {
+    // A server that answers every connection with markup, then closes. It
+    // serves at most 500 connections (the agent checks once a second).
+    let hostile = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hostile.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        for _ in 0..500 {
+            let Ok((mut conn, _)) = hostile.accept().await else {
+                return;
+            };
+            use tokio::io::AsyncWriteExt;
+            let _ = conn.write_all(format!("{BANNER}\r\n").as_bytes()).await;
+            let _ = conn.shutdown().await;
+        }
+    });
+    let r = start(&format!(
+        r#"public_probes = false
+[[monitors]]
+name = "ssh-ish"
+target = "tcp://127.0.0.1:{port}"
+expect_regex = "^SSH-2\\.0"
+interval = "1s"
+timeout = "1s"
+locations = ["site=evil"]
+owner = "<script>alert('owner')</script>"
+tags = ["<svg/onload=alert('tag')>"]
+"#
+    ))
+    .await;
+    let id = r.enroll(AGENT_NAME, &[("site", "evil")], None).await;
+    let policy: Arc<dyn AddressPolicy> = Arc::new(AllowAll);
+    let engine = Arc::new(Engine::new(
+        Resolver::literal_only(),
+        Registry::standard(),
+        policy,
+    ));
+    let running = RunningLink::spawn(r.link(AGENT_NAME, &id, LinkConfig::default()), engine);
+    let data = r.dir.path().join("collector");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let discovery = loop {
+        if let Ok(d) = Discovery::read(&data) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no collector.json");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let secret = AdminToken::read(&data.join("admin.token"))
+        .unwrap()
+        .secret()
+        .to_owned();
+    let url = discovery.url.clone();
+
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::new(&url);
+        let ok = b.post("/login", &[("token", &secret), ("next", "/")]);
+        b.cookie = Some(ok.set_cookie.unwrap().split(';').next().unwrap().to_owned());
+
+        // The agent's check fails on the banner; the monitor page shows it.
+        let deadline = Instant::now() + Duration::from_secs(25);
+        let monitor = loop {
+            let p = b.get("/monitors/ssh-ish");
+            assert_eq!(p.status, 200);
+            if p.body.contains("alert('banner')") || p.body.contains("alert(&#39;banner&#39;)") {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the banner never showed on the monitor page:\n{}",
+                p.body
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let incidents = loop {
+            let p = b.get("/incidents");
+            if p.body.contains("href=\"/incidents/") {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no incident:\n{}", p.body);
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let at = incidents.body.find("href=\"/incidents/").unwrap() + 17;
+        let incident = incidents.body[at..at + incidents.body[at..].find('"').unwrap()].to_owned();
+        let mut pages = vec![
+            ("/monitors/ssh-ish".to_owned(), monitor),
+            ("/incidents".to_owned(), incidents),
+        ];
+        for path in [
+            "/".to_owned(),
+            format!("/incidents/{incident}"),
+            "/agents".to_owned(),
+            "/maintenance".to_owned(),
+            "/monitors/ssh-ish?range=1h&location=agent:%3Cimg%20src%3Dx".to_owned(),
+        ] {
+            let p = b.get(&path);
+            assert_eq!(p.status, 200, "{path}:\n{}", p.body);
+            pages.push((path, p));
+        }
+        pages.push(("/status".to_owned(), Browser::new(&url).get("/status")));
+        for (path, p) in &pages {
+            for markup in ["<script>alert", "<img src=x", "<svg/onload"] {
+                assert!(
+                    !p.body.contains(markup),
+                    "{path} carries {markup:?} unescaped:\n{}",
+                    p.body
+                );
+            }
+        }
+        let page = |path: &str| &pages.iter().find(|(p, _)| p == path).unwrap().1.body;
+        assert!(
+            page("/agents").contains("&lt;img src=x onerror=alert("),
+            "{}",
+            page("/agents")
+        );
+        assert!(
+            page("/").contains("&lt;svg/onload=alert("),
+            "the tag, escaped"
+        );
+        assert!(
+            page("/monitors/ssh-ish").contains("&lt;script&gt;alert(")
+                && page("/monitors/ssh-ish").contains("&lt;img src=x"),
+            "the owner and the agent's location, escaped"
+        );
+
+        // The API: a monitor named <script> is refused with a JSON error.
+        let put = b
+            .agent
+            .put(&format!("{url}/api/v1/monitors/%3Cscript%3E"))
+            .header("Authorization", &format!("Bearer {secret}"))
+            .header("Content-Type", "application/json")
+            .send(
+                serde_json::json!({
+                    "name": "<script>",
+                    "target": "tcp://127.0.0.1:1",
+                    "locations": ["site=evil"],
+                })
+                .to_string(),
+            )
+            .unwrap();
+        let status = put.status().as_u16();
+        let body = Browser::read(put).body;
+        assert_eq!(status, 422, "{body}");
+        let err: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+        assert_eq!(err["error"]["code"], "invalid_monitor", "{body}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(".name: must be")),
+            "{body}"
+        );
+        assert!(!b.get("/").body.contains("&lt;script&gt;</a>"));
+    })
+    .await
+    .unwrap();
+    running.stop().await;
+    server.abort();
+}
+
 #[tokio::test]
 async fn the_status_page_follows_its_config() {
     let port = portwatch_harness::free_tcp_port();
