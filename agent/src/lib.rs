@@ -9,7 +9,7 @@
 //! - `scheduler`: runs thousands of monitors on their intervals.
 //! - `join`, `enroll`, `identity`: one-time enrollment and the agent's files.
 //! - `link`: the mTLS stream to the collector (buffer in, acks out).
-//! - `cli`: the `portwatch-agent` command line.
+//! - `cli`: the `portwatch-agent` command line; `process`: its own memory and CPU.
 
 pub mod buffer;
 pub mod check;
@@ -19,6 +19,7 @@ pub mod identity;
 pub mod join;
 pub mod link;
 pub mod probe;
+pub mod process;
 pub mod resolve;
 pub mod result;
 pub mod scheduler;

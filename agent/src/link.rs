@@ -41,7 +41,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::buffer::{BufferError, ResultBuffer};
 use crate::check::spec_from_proto;
-use crate::scheduler::{Executor, Monitor, ScheduleError, ScheduledResult, Scheduler};
+use crate::scheduler::{Executor, Monitor, ScheduleError, ScheduledResult, Scheduler, StatsProbe};
 
 /// Where the collector is and who this agent is.
 #[derive(Clone)]
@@ -239,6 +239,7 @@ impl Link {
         let mut endpoint = endpoint(&self.identity, &self.config)?;
         let (res_tx, res_rx) = mpsc::channel(1024);
         let scheduler = Scheduler::spawn(Vec::new(), executor, self.config.max_in_flight, res_tx)?;
+        let probe = scheduler.probe();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
         // Should this future be dropped rather than run to the end, the
@@ -333,6 +334,7 @@ impl Link {
                         mon_tx: &mon_tx,
                         appended: &appended,
                         acked: &acked_tx,
+                        probe: &probe,
                     },
                     stop.clone(),
                     done_rx.clone(),
@@ -393,6 +395,7 @@ impl Link {
             mon_tx,
             appended,
             acked,
+            probe,
         } = *wiring;
         // Until the stream is up, shutdown does not wait for the collector.
         let connect = tokio::select! {
@@ -537,6 +540,7 @@ impl Link {
                     let hb = pb::Heartbeat {
                         sent_at_unix_ms: unix_ms(SystemTime::now()),
                         backlog: self.buffer.stats().records,
+                        health: Some(health(probe)),
                     };
                     if out_tx.send(agent_msg(pb::agent_message::Msg::Heartbeat(hb))).await.is_err() {
                         return Ended::Transient("the stream to the collector closed".into());
@@ -702,6 +706,28 @@ struct Wiring<'a> {
     appended: &'a Notify,
     /// The highest seq the collector acked, for the acker.
     acked: &'a watch::Sender<u64>,
+    /// The scheduler's stats, for heartbeats.
+    probe: &'a StatsProbe,
+}
+
+/// What a heartbeat says of the agent's health: its schedule (since it
+/// started) and its process's memory and CPU time.
+fn health(probe: &StatsProbe) -> pb::AgentHealth {
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut h = pb::AgentHealth::default();
+    if let Some(s) = probe.stats() {
+        h.monitors = u32::try_from(s.monitors).unwrap_or(u32::MAX);
+        h.checks_started = s.started;
+        h.skipped_overlap = s.skipped_overlap;
+        h.missed = s.missed;
+        h.lateness_p50_us = us(s.lateness.p50);
+        h.lateness_p99_us = us(s.lateness.p99);
+        h.lateness_max_us = us(s.lateness.max);
+    }
+    let (rss_bytes, cpu_seconds) = crate::process::usage();
+    h.rss_bytes = rss_bytes;
+    h.cpu_seconds = cpu_seconds;
+    h
 }
 
 struct Batch {

@@ -252,21 +252,42 @@ impl SchedulerHandle {
     }
 
     pub fn stats(&self) -> SchedulerStats {
-        let s = &self.shared;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        SchedulerStats {
-            monitors: s.monitors.load(Ordering::Relaxed),
-            started: load(&s.started),
-            completed: load(&s.completed),
-            skipped_overlap: load(&s.skipped_overlap),
-            missed: load(&s.missed),
-            cancelled: load(&s.cancelled),
-            queued: load(&s.queued),
-            in_flight: load(&s.in_flight),
-            lateness: s.lateness.summary(),
-        }
+        stats_of(&self.shared)
     }
 
+    /// Reads [`stats`](SchedulerHandle::stats) from elsewhere (a heartbeat)
+    /// without keeping the scheduler alive: `None` once it is gone.
+    pub fn probe(&self) -> StatsProbe {
+        StatsProbe(Arc::downgrade(&self.shared))
+    }
+}
+
+/// See [`SchedulerHandle::probe`].
+#[derive(Clone)]
+pub struct StatsProbe(std::sync::Weak<Shared>);
+
+impl StatsProbe {
+    pub fn stats(&self) -> Option<SchedulerStats> {
+        self.0.upgrade().map(|s| stats_of(&s))
+    }
+}
+
+fn stats_of(s: &Shared) -> SchedulerStats {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    SchedulerStats {
+        monitors: s.monitors.load(Ordering::Relaxed),
+        started: load(&s.started),
+        completed: load(&s.completed),
+        skipped_overlap: load(&s.skipped_overlap),
+        missed: load(&s.missed),
+        cancelled: load(&s.cancelled),
+        queued: load(&s.queued),
+        in_flight: load(&s.in_flight),
+        lateness: s.lateness.summary(),
+    }
+}
+
+impl SchedulerHandle {
     /// Stops starting checks, drops queued runs, and waits up to `grace` for
     /// the runs in flight to finish and send their results; aborts the rest.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {

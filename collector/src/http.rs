@@ -154,6 +154,10 @@ pub struct AgentInfo {
     /// (since the collector started).
     #[serde(default)]
     pub acked_through: Option<u64>,
+    /// What the agent's last heartbeat said of its schedule, memory and CPU
+    /// (while it is connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::ingest::AgentHealth>,
 }
 
 /// One stored check result, as the API shows it.

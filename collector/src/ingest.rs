@@ -198,6 +198,57 @@ pub struct AgentLinkStats {
     pub acked_through: u64,
     /// Streams opened, ever.
     pub sessions: u64,
+    /// What the agent last said of its own health (heartbeat).
+    pub health: Option<AgentHealth>,
+}
+
+/// How an agent keeps its schedule and what it costs its host, as its last
+/// heartbeat said (since the agent started).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+pub struct AgentHealth {
+    /// Monitors the agent runs.
+    pub monitors: u32,
+    /// Checks started.
+    pub checks_started: u64,
+    /// Due checks not run: the monitor's previous run was still going.
+    pub skipped_overlap: u64,
+    /// Due checks passed over: the agent was more than an interval behind.
+    pub missed: u64,
+    /// How late checks started (start minus due time), in microseconds.
+    pub lateness_p50_us: u64,
+    pub lateness_p99_us: u64,
+    pub lateness_max_us: u64,
+    /// The agent process's resident memory.
+    pub rss_bytes: u64,
+    /// The agent process's CPU time (user + system), in milliseconds.
+    pub cpu_ms: u64,
+}
+
+impl From<&pb::AgentHealth> for AgentHealth {
+    fn from(h: &pb::AgentHealth) -> AgentHealth {
+        AgentHealth {
+            monitors: h.monitors,
+            checks_started: h.checks_started,
+            skipped_overlap: h.skipped_overlap,
+            missed: h.missed,
+            lateness_p50_us: h.lateness_p50_us,
+            lateness_p99_us: h.lateness_p99_us,
+            lateness_max_us: h.lateness_max_us,
+            rss_bytes: h.rss_bytes,
+            // A NaN or negative time from a broken agent reads as 0.
+            cpu_ms: (h.cpu_seconds * 1000.0).clamp(0.0, u64::MAX as f64) as u64,
+        }
+    }
 }
 
 struct Live {
@@ -584,8 +635,12 @@ impl Session {
     fn on_other(&mut self, m: pb::AgentMessage) -> Result<(), Status> {
         match m.msg {
             Some(pb::agent_message::Msg::Heartbeat(hb)) => {
-                self.ingest
-                    .update_stats(&self.agent_id, |s| s.backlog = hb.backlog);
+                self.ingest.update_stats(&self.agent_id, |s| {
+                    s.backlog = hb.backlog;
+                    if let Some(h) = &hb.health {
+                        s.health = Some(h.into());
+                    }
+                });
                 Ok(())
             }
             Some(pb::agent_message::Msg::Hello(_)) => {

@@ -36,6 +36,8 @@ pub struct AgentSeries {
     pub dropped_unassigned: u64,
     pub gaps: u64,
     pub cert_expires_unix: i64,
+    /// The connected agent's last heartbeat about itself.
+    pub health: Option<crate::ingest::AgentHealth>,
 }
 
 /// Deliveries of one channel since the collector started.
@@ -352,6 +354,7 @@ pub fn render(s: &Snapshot) -> String {
             o.sample(name, &[("agent", &a.name)], get(a) as f64);
         }
     }
+    agent_health(&mut o, &s.agents);
     o.family(
         "portwatch_notifications_total",
         "counter",
@@ -370,6 +373,76 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     o.0
+}
+
+/// What connected agents said of themselves in their last heartbeat.
+fn agent_health(o: &mut Out, agents: &[AgentSeries]) {
+    let healthy: Vec<(&str, crate::ingest::AgentHealth)> = agents
+        .iter()
+        .filter_map(|a| Some((a.name.as_str(), a.health?)))
+        .collect();
+    o.family(
+        "portwatch_agent_monitors",
+        "gauge",
+        "Monitors the agent runs, as its last heartbeat said.",
+    );
+    for (name, h) in &healthy {
+        o.sample(
+            "portwatch_agent_monitors",
+            &[("agent", name)],
+            f64::from(h.monitors),
+        );
+    }
+    o.family(
+        "portwatch_agent_check_lateness_seconds",
+        "gauge",
+        "How late the agent started its checks (start minus due time) since it started: median, 99th percentile and maximum.",
+    );
+    for (name, h) in &healthy {
+        for (q, us) in [
+            ("0.5", h.lateness_p50_us),
+            ("0.99", h.lateness_p99_us),
+            ("1", h.lateness_max_us),
+        ] {
+            o.sample(
+                "portwatch_agent_check_lateness_seconds",
+                &[("agent", name), ("quantile", q)],
+                us as f64 / 1e6,
+            );
+        }
+    }
+    for (metric, kind, help, get) in [
+        (
+            "portwatch_agent_checks_started_total",
+            "counter",
+            "Checks the agent started since it started.",
+            (|h: &crate::ingest::AgentHealth| h.checks_started as f64)
+                as fn(&crate::ingest::AgentHealth) -> f64,
+        ),
+        (
+            "portwatch_agent_checks_skipped_total",
+            "counter",
+            "Due checks the agent did not run since it started (previous run still going, or more than an interval behind).",
+            |h| (h.skipped_overlap + h.missed) as f64,
+        ),
+        (
+            "portwatch_agent_resident_memory_bytes",
+            "gauge",
+            "The agent process's resident memory.",
+            |h| h.rss_bytes as f64,
+        ),
+        (
+            "portwatch_agent_cpu_seconds_total",
+            "counter",
+            "The agent process's CPU time (user + system) since it started.",
+            |h| h.cpu_ms as f64 / 1000.0,
+        ),
+    ] {
+        o.family(metric, kind, help);
+        for (name, h) in &healthy {
+            o.sample(metric, &[("agent", name)], get(h));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -411,13 +484,32 @@ mod tests {
             probes: vec![probe("redis", pb::Status::Up, pb::Reason::Ok), odd],
             monitor_states: vec![("redis".into(), "up".into())],
             open_incidents: vec![("down".into(), 2)],
-            agents: vec![AgentSeries {
-                name: "site-a".into(),
-                connected: true,
-                backlog: 7,
-                stored: 1000,
-                ..Default::default()
-            }],
+            agents: vec![
+                AgentSeries {
+                    name: "site-a".into(),
+                    connected: true,
+                    backlog: 7,
+                    stored: 1000,
+                    health: Some(crate::ingest::AgentHealth {
+                        monitors: 10_000,
+                        checks_started: 123_456,
+                        skipped_overlap: 3,
+                        missed: 1,
+                        lateness_p50_us: 250,
+                        lateness_p99_us: 4_000,
+                        lateness_max_us: 12_500,
+                        rss_bytes: 15 << 20,
+                        cpu_ms: 61_500,
+                    }),
+                    ..Default::default()
+                },
+                // Away: no health series.
+                AgentSeries {
+                    name: "site-b".into(),
+                    connected: false,
+                    ..Default::default()
+                },
+            ],
             channels: vec![ChannelSeries {
                 channel: "ops-hook".into(),
                 delivered: 3,
@@ -469,6 +561,41 @@ mod tests {
             "{text}"
         );
         assert_eq!(value("portwatch_agent_backlog", ("agent", "site-a")), 7.0);
+        assert_eq!(
+            value("portwatch_agent_monitors", ("agent", "site-a")),
+            10_000.0
+        );
+        let lateness = |q: &str| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == "portwatch_agent_check_lateness_seconds"
+                        && s.labels.get("quantile") == Some(q)
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Gauge(v) => v,
+                    ref other => panic!("{other:?}"),
+                })
+        };
+        assert_eq!(lateness("0.99"), Some(0.004));
+        assert_eq!(lateness("1"), Some(0.0125));
+        assert_eq!(
+            value("portwatch_agent_checks_skipped_total", ("agent", "site-a")),
+            4.0
+        );
+        assert_eq!(
+            value("portwatch_agent_resident_memory_bytes", ("agent", "site-a")),
+            (15 << 20) as f64
+        );
+        assert_eq!(
+            value("portwatch_agent_cpu_seconds_total", ("agent", "site-a")),
+            61.5
+        );
+        assert!(
+            !text.contains("portwatch_agent_monitors{agent=\"site-b\"}"),
+            "{text}"
+        );
         assert_eq!(value("portwatch_incidents_open", ("kind", "down")), 2.0);
         assert_eq!(
             value("portwatch_notifications_total", ("outcome", "failed")),

@@ -733,6 +733,7 @@ fn metrics_snapshot(c: &Collector) -> Result<crate::metrics::Snapshot, ApiError>
                 dropped_unassigned: link.dropped_unassigned,
                 gaps: link.gaps,
                 cert_expires_unix: a.cert_not_after_unix_ms / 1000,
+                health: link.connected.then_some(link.health).flatten(),
             }
         })
         .collect();
@@ -1091,6 +1092,7 @@ fn agent_info(c: &Collector, a: crate::agents::AgentRecord) -> AgentInfo {
                 .unwrap_or_else(|| a.agent_version.clone()),
         ),
         backlog: live.as_ref().map(|s| s.backlog),
+        health: live.as_ref().and_then(|s| s.health),
         public_region: a.public_region.clone(),
         acked_through: c.ingest.agent_stats(&a.id).map(|s| s.acked_through),
         id: a.id,

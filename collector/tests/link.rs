@@ -496,6 +496,22 @@ async fn results_are_stored_and_acks_empty_the_agent_buffer() {
     assert!(st.connected, "{st:?}");
     assert_eq!(st.monitors, 2);
     assert_eq!(c.ingest.connected(), [AGENT]);
+    // Its heartbeat says how it keeps its schedule and what it costs.
+    wait_until(
+        "a heartbeat with the agent's health",
+        Duration::from_secs(5),
+        || {
+            c.ingest
+                .agent_stats(AGENT)
+                .and_then(|s| s.health)
+                .is_some_and(|h| h.monitors == 2 && h.checks_started >= 4)
+        },
+    )
+    .await;
+    let h = c.ingest.agent_stats(AGENT).unwrap().health.unwrap();
+    assert!(h.rss_bytes > 1 << 20, "{h:?}");
+    assert!(h.lateness_max_us >= h.lateness_p99_us && h.lateness_p99_us >= h.lateness_p50_us);
+    assert!(h.lateness_p99_us < 1_000_000, "checks start on time: {h:?}");
 
     agent.shutdown().await.unwrap();
     // A clean shutdown sends what the last checks produced: everything the

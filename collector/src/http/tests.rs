@@ -208,6 +208,7 @@ async fn the_cli_client_creates_lists_and_revokes() {
         backlog: None,
         public_region: None,
         acked_through: None,
+        health: None,
     });
     let (url, admin) = serve(backend.clone()).await;
     tokio::task::spawn_blocking(move || {
@@ -1156,6 +1157,7 @@ fn populated() -> Arc<Memory> {
         backlog: Some(5),
         public_region: None,
         acked_through: Some(6),
+        health: None,
     });
     let location = LocationView {
         location: "agent:bastion-1".into(),
