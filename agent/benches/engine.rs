@@ -29,6 +29,11 @@ use portwatch_agent::scheduler::{
     BoxFuture, Executor, Monitor, ScheduledResult, Scheduler, SchedulerStats,
 };
 
+// Shared with the timing bench; each uses part of it.
+#[allow(dead_code)]
+#[path = "common/blackbox.rs"]
+mod blackbox;
+
 /// Upper bound on the iterations of any measuring loop, whatever the clock says.
 const MAX_ITERATIONS: u64 = 5_000_000;
 
@@ -91,6 +96,8 @@ fn main() {
             100.0 * connect_only.rate() / fire.rate()
         );
     }
+    versus_blackbox_exporter(addr, &engine, d.engine);
+    listener.settle();
 
     let stats = scheduler_lateness(10_000, Duration::from_secs(1), d.sched_cheap, None);
     print_sched(
@@ -107,6 +114,51 @@ fn main() {
 
     let accepted = listener.stop();
     println!("listener accepted {accepted} connections in all");
+}
+
+/// The same checks by Prometheus' blackbox_exporter (tcp_connect module),
+/// scraped by 64 scrapers at once as a Prometheus with many targets would,
+/// with GOMAXPROCS=1 as the engine runs on one thread. Compared by rate and
+/// by checks per CPU second (the scrapers' HTTP is the exporter's cost too:
+/// it is how it is driven).
+fn versus_blackbox_exporter(addr: SocketAddr, engine: &Tally, dur: Duration) {
+    if !blackbox::Exporter::available() {
+        println!(
+            "blackbox_exporter: not installed ({}), skipped; deploy/install-bench-deps.sh installs it",
+            blackbox::BINARY
+        );
+        return;
+    }
+    let exporter = blackbox::Exporter::start(1, &[], 0);
+    exporter.wait_ready();
+    let scrapes = exporter.throughput(addr, 64, dur);
+    println!(
+        "blackbox_exporter tcp_connect, GOMAXPROCS=1, 64 scrapers: {:.0} checks/s ({} in {:.2} s, {} failed{}), {:.2} CPU s: {:.0} checks per CPU second",
+        scrapes.rate(),
+        scrapes.ok,
+        scrapes.elapsed.as_secs_f64(),
+        scrapes.failed,
+        scrapes
+            .first_error
+            .as_deref()
+            .map(|e| format!(", first: {e}"))
+            .unwrap_or_default(),
+        scrapes.exporter_cpu,
+        scrapes.ok as f64 / scrapes.exporter_cpu.max(0.01)
+    );
+    println!(
+        "engine: {:.0} checks per CPU second ({:.2} CPU s)",
+        engine.ok as f64 / engine.cpu.max(0.01),
+        engine.cpu
+    );
+    if scrapes.ok > 0 {
+        println!(
+            "engine / blackbox_exporter: {:.1}x by rate, {:.1}x per CPU second (goal >= 10x)",
+            engine.rate() / scrapes.rate(),
+            (engine.ok as f64 / engine.cpu.max(0.01))
+                / (scrapes.ok as f64 / scrapes.exporter_cpu.max(0.01))
+        );
+    }
 }
 
 /// A 127.0.0.1 listener with a 4096 backlog and a thread that accepts and drops.
@@ -179,6 +231,8 @@ struct Tally {
     in_progress: u64,
     errors: BTreeMap<String, u64>,
     elapsed: Duration,
+    /// CPU seconds of the measuring thread meanwhile.
+    cpu: f64,
 }
 
 impl Tally {
@@ -328,6 +382,7 @@ where
 {
     single_core_runtime().block_on(async move {
         let op = setup();
+        let cpu0 = blackbox::thread_cpu_seconds();
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..concurrency {
@@ -355,6 +410,7 @@ where
             }
         }
         all.elapsed = start.elapsed();
+        all.cpu = blackbox::thread_cpu_seconds() - cpu0;
         all
     })
 }
