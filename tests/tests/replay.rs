@@ -8,38 +8,13 @@
 //!
 //! Only 127.0.0.1 is contacted.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use portwatch_agent::buffer::{ResultBuffer, SledBuffer};
-use portwatch_harness::{self as h, Service};
+use portwatch_e2e::pair::{Pair, buffer_dir, usage};
+use portwatch_harness as h;
 use portwatch_proto::v1 as pb;
 use prost::Message;
-
-fn collector(args: &[&str]) -> Output {
-    Command::new(h::cargo_bin("portwatch-collector"))
-        .args(args)
-        .output()
-        .expect("run portwatch-collector")
-}
-
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn acked_through(data: &Path) -> Option<u64> {
-    let o = collector(&["agents", "--data-dir", data.to_str()?, "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-    v.as_array()?.first()?["acked_through"].as_u64()
-}
 
 #[test]
 #[ignore = "a measurement, not a check"]
@@ -48,50 +23,15 @@ fn replay_a_large_backlog_between_real_processes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let dir = h::temp_dir();
-    let data = dir.path().join("collector");
-    let agent_dir = dir.path().join("agent");
-    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target_port = target.local_addr().unwrap().port();
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let mut pair = Pair::enrolled(
+        &format!(
             "public_probes = false\n[[monitors]]\nname = \"m1\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"24h\"\nlocations = [\"replayer\"]\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--agent-addr",
-            &format!("127.0.0.1:{agent_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ]);
-    let mut coll = Service::spawn("collector", cmd, dir.path());
-    coll.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(20));
-    assert!(h::poll_until(Duration::from_secs(10), || data
-        .join("collector.json")
-        .exists()));
-    let d = data.to_str().unwrap();
-    let o = collector(&["token", "create", "--data-dir", d, "--name", "replayer"]);
-    assert!(o.status.success());
-    let join = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let o = Command::new(h::cargo_bin("portwatch-agent"))
-        .args(["enroll", &join, "--data-dir", agent_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        "replayer",
+    );
+    let acked_through = |pair: &Pair| pair.agent_info()?["acked_through"].as_u64();
 
     // The backlog an agent builds while the collector is unreachable.
     let template = pb::CheckResult {
@@ -109,13 +49,15 @@ fn replay_a_large_backlog_between_real_processes() {
     };
     let fill = Instant::now();
     {
-        let buffer = SledBuffer::open(&agent_dir.join("buffer"), 4 << 30).unwrap();
-        let mut at = 1_763_800_000_000i64;
+        let buffer = SledBuffer::open(&buffer_dir(&pair.agent_dir), 4 << 30).unwrap();
+        // Checks 10 ms apart, ending now: inside the raw retention, so
+        // every one is stored, not acked as expired.
+        let mut at = portwatch_e2e::lab::now_ms() - n as i64 * 10;
         for chunk in 0..n.div_ceil(1000) {
             let k = 1000.min(n - chunk * 1000);
             let payloads: Vec<Vec<u8>> = (0..k)
                 .map(|_| {
-                    at += 1000;
+                    at += 10;
                     pb::CheckResult {
                         scheduled_at_unix_ms: at,
                         started_at_unix_ms: at,
@@ -130,27 +72,17 @@ fn replay_a_large_backlog_between_real_processes() {
     let fill = fill.elapsed();
 
     let start = Instant::now();
-    let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
-    cmd.args([
-        "run",
-        "--data-dir",
-        agent_dir.to_str().unwrap(),
-        "--buffer-mib",
-        "4096",
-    ]);
-    let agent = Service::spawn("agent", cmd, dir.path());
-    let pid = agent.pid();
+    let pid = pair.start_agent(&["--buffer-mib", "4096"]);
     let mut peak = 0;
     let drained = h::poll_until(Duration::from_secs(900), || {
-        peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
-        acked_through(&data).is_some_and(|a| a >= n)
+        peak = peak.max(usage(pid).peak_kib);
+        acked_through(&pair).is_some_and(|a| a >= n)
     });
     let took = start.elapsed();
-    peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+    peak = peak.max(usage(pid).peak_kib);
     assert!(drained, "the backlog did not drain");
-    let collector_peak = vm_hwm_kib(coll.pid()).unwrap_or(0);
-    drop(agent);
-    drop(coll);
+    let collector_peak = usage(pair.collector.pid()).peak_kib;
+    drop(pair);
     println!(
         "replayed {n} results between real processes in {took:.2?}: {:.0} results/s (buffer fill {fill:.2?}); agent peak RSS {} MiB, collector peak RSS {} MiB",
         n as f64 / took.as_secs_f64(),

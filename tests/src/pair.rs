@@ -1,0 +1,152 @@
+//! The smallest real deployment, on loopback: `portwatch-collector serve`
+//! and one `portwatch-agent` enrolled with a one-time token, each its own
+//! process (the binaries cargo built for this profile), as the measurements
+//! (replay, footprint) run them. Only 127.0.0.1 is contacted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use portwatch_harness::{self as h, Service};
+use serde_json::Value;
+
+pub struct Pair {
+    /// Holds both data dirs; removed with the pair.
+    pub dir: tempfile::TempDir,
+    /// The collector's data dir.
+    pub data: PathBuf,
+    pub agent_dir: PathBuf,
+    pub collector: Service,
+    pub agent: Option<Service>,
+}
+
+impl Pair {
+    /// Starts the collector with `config` (a collector.toml) and enrolls an
+    /// agent named `agent` (monitors whose `locations` name it are its own).
+    /// The agent is not started: see [`Pair::start_agent`].
+    pub fn enrolled(config: &str, agent: &str) -> Pair {
+        let dir = h::temp_dir();
+        let data = dir.path().join("collector");
+        let agent_dir = dir.path().join("agent");
+        let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
+        let config_path = dir.path().join("collector.toml");
+        std::fs::write(&config_path, config).expect("write collector.toml");
+        let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config_path)
+            .args([
+                "--agent-addr",
+                &format!("127.0.0.1:{agent_port}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+            ]);
+        let mut collector = Service::spawn("collector", cmd, dir.path());
+        collector.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(60));
+        assert!(
+            h::poll_until(Duration::from_secs(10), || data
+                .join("collector.json")
+                .exists()),
+            "the collector wrote no collector.json"
+        );
+        let mut pair = Pair {
+            dir,
+            data,
+            agent_dir,
+            collector,
+            agent: None,
+        };
+        let o = pair.cli(&["token", "create", "--name", agent]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let join = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .expect("a join string")
+            .to_owned();
+        let o = Command::new(h::cargo_bin("portwatch-agent"))
+            .args(["enroll", &join, "--data-dir"])
+            .arg(&pair.agent_dir)
+            .output()
+            .expect("run portwatch-agent enroll");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        pair
+    }
+
+    /// `portwatch-agent run` on the enrolled data dir, with `args`.
+    pub fn start_agent(&mut self, args: &[&str]) -> u32 {
+        let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&self.agent_dir)
+            .args(args);
+        let agent = Service::spawn("agent", cmd, self.dir.path());
+        let pid = agent.pid();
+        self.agent = Some(agent);
+        pid
+    }
+
+    /// `portwatch-collector ARGS --data-dir DATA`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(h::cargo_bin("portwatch-collector"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .output()
+            .expect("run portwatch-collector")
+    }
+
+    /// The one agent, as `agents --json` shows it.
+    pub fn agent_info(&self) -> Option<Value> {
+        let o = self.cli(&["agents", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.as_array()?.first().cloned()
+    }
+}
+
+/// A process's memory and CPU, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub rss_kib: u64,
+    /// Peak resident memory (VmHWM).
+    pub peak_kib: u64,
+    /// User + system CPU seconds since it started.
+    pub cpu_s: f64,
+}
+
+/// `pid`'s usage now (zeros for a process that is gone).
+pub fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name's last ')': field 3 on; utime, stime are 14, 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        rss_kib: kib("VmRSS:"),
+        peak_kib: kib("VmHWM:"),
+        // USER_HZ is 100 on Linux.
+        cpu_s: (ticks(11) + ticks(12)) as f64 / 100.0,
+    }
+}
+
+/// The agent's buffer dir under its data dir.
+pub fn buffer_dir(agent_dir: &Path) -> PathBuf {
+    agent_dir.join("buffer")
+}
