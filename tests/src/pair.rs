@@ -51,7 +51,7 @@ impl Pair {
                 .exists()),
             "the collector wrote no collector.json"
         );
-        let mut pair = Pair {
+        let pair = Pair {
             dir,
             data,
             agent_dir,
