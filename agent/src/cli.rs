@@ -183,9 +183,14 @@ pub struct RunArgs {
     /// The data dir given to `enroll`
     #[arg(long, env = "PORTWATCH_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Configuration file (TOML) with the options below as `buffer_mib`, `allow_targets` and
+    /// `allow_ports`; a flag given on the command line wins over the file
+    #[arg(long, env = "PORTWATCH_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Bound on the on-disk result buffer, in MiB (oldest dropped, with a gap record, when full)
-    #[arg(long, default_value_t = 256)]
-    pub buffer_mib: u64,
+    /// [default: 256]
+    #[arg(long, value_name = "MIB")]
+    pub buffer_mib: Option<u64>,
     /// Probe only addresses in these networks (e.g. 10.0.0.0/8,2001:db8::/32,192.168.1.5); any other
     /// target is reported down (blocked_address) without being contacted
     #[arg(long, value_name = "CIDR[,CIDR...]")]
@@ -196,31 +201,91 @@ pub struct RunArgs {
     pub allow_ports: Option<String>,
 }
 
+/// What `run` runs with: the flags over the config file over the defaults.
+pub struct RunSettings {
+    /// The result buffer's bound, in bytes.
+    pub buffer_bytes: u64,
+    pub policy: std::sync::Arc<dyn crate::probe::AddressPolicy>,
+}
+
 impl RunArgs {
-    /// The address policy the flags ask for: every address when neither flag is
-    /// given. The error is one line naming the flag.
+    /// Reads the config file (if any) and checks every option; the error is
+    /// one line naming the flag, or the file and its field.
+    pub fn settings(&self) -> Result<RunSettings, String> {
+        use crate::probe::policy::{PortSet, Restricted, parse_networks};
+        let file = match &self.config {
+            Some(path) => crate::config::AgentConfig::load(path).map_err(|e| e.to_string())?,
+            None => crate::config::AgentConfig::default(),
+        };
+        let origin = self
+            .config
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        // The value in effect and how to name it in an error.
+        let pick = |flag: &'static str,
+                    cli: Option<String>,
+                    field: &str,
+                    from_file: Option<String>| {
+            match (cli, from_file) {
+                (Some(v), _) => Some((flag.to_owned(), v)),
+                (None, Some(v)) => Some((format!("{origin}: {field}"), v)),
+                (None, None) => None,
+            }
+        };
+        let buffer_mib = pick(
+            "--buffer-mib",
+            self.buffer_mib.map(|v| v.to_string()),
+            "buffer_mib",
+            file.buffer_mib.map(|v| v.to_string()),
+        );
+        let buffer_bytes = match buffer_mib {
+            None => crate::config::DEFAULT_BUFFER_MIB * 1024 * 1024,
+            Some((name, v)) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|&mib| mib >= 1)
+                .and_then(|mib| mib.checked_mul(1024 * 1024))
+                .ok_or_else(|| format!("{name}: {v} is not a size in MiB from 1 up"))?,
+        };
+        let targets = pick(
+            "--allow-targets",
+            self.allow_targets.clone(),
+            "allow_targets",
+            file.allow_targets,
+        );
+        let ports = pick(
+            "--allow-ports",
+            self.allow_ports.clone(),
+            "allow_ports",
+            file.allow_ports,
+        );
+        let policy: std::sync::Arc<dyn crate::probe::AddressPolicy> =
+            if targets.is_none() && ports.is_none() {
+                std::sync::Arc::new(crate::probe::AllowAll)
+            } else {
+                let networks = targets
+                    .map(|(name, v)| parse_networks(&v).map_err(|e| format!("{name}: {e}")))
+                    .transpose()?;
+                let ports = ports
+                    .map(|(name, v)| v.parse::<PortSet>().map_err(|e| format!("{name}: {e}")))
+                    .transpose()?;
+                let policy = Restricted::new(networks, ports);
+                tracing::info!(allowed = %policy, "probing only allowed targets");
+                std::sync::Arc::new(policy)
+            };
+        Ok(RunSettings {
+            buffer_bytes,
+            policy,
+        })
+    }
+
+    /// The address policy the flags and the config file ask for: every
+    /// address when neither restricts it.
     pub fn address_policy(
         &self,
     ) -> Result<std::sync::Arc<dyn crate::probe::AddressPolicy>, String> {
-        use crate::probe::policy::{PortSet, Restricted, parse_networks};
-        if self.allow_targets.is_none() && self.allow_ports.is_none() {
-            return Ok(std::sync::Arc::new(crate::probe::AllowAll));
-        }
-        let networks = self
-            .allow_targets
-            .as_deref()
-            .map(parse_networks)
-            .transpose()
-            .map_err(|e| format!("--allow-targets: {e}"))?;
-        let ports = self
-            .allow_ports
-            .as_deref()
-            .map(str::parse::<PortSet>)
-            .transpose()
-            .map_err(|e| format!("--allow-ports: {e}"))?;
-        let policy = Restricted::new(networks, ports);
-        tracing::info!(allowed = %policy, "probing only allowed targets");
-        Ok(std::sync::Arc::new(policy))
+        self.settings().map(|s| s.policy)
     }
 }
 
@@ -258,8 +323,11 @@ pub async fn run_enroll(args: &EnrollArgs) -> i32 {
 /// `portwatch-agent run`: the daemon. SIGTERM and SIGINT drain: checks in
 /// flight finish, results are flushed to the buffer, the stream closes.
 pub async fn run_daemon(args: &RunArgs) -> i32 {
-    let policy = match args.address_policy() {
-        Ok(p) => p,
+    let RunSettings {
+        buffer_bytes,
+        policy,
+    } = match args.settings() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("portwatch-agent run: {e}");
             return EXIT_USAGE;
@@ -280,10 +348,8 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         );
         return 1;
     }
-    let buffer = match crate::buffer::SledBuffer::open(
-        &args.data_dir.join("buffer"),
-        args.buffer_mib * 1024 * 1024,
-    ) {
+    let buffer = match crate::buffer::SledBuffer::open(&args.data_dir.join("buffer"), buffer_bytes)
+    {
         Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
             eprintln!("portwatch-agent run: {e}");
