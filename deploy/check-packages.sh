@@ -4,7 +4,8 @@
 # (no second, release build), installs them with dpkg, checks what the
 # packages promise, walks the bastion install path with the installed binaries
 # on loopback, reinstalls, purges, and checks the purge left nothing behind.
-# Also validates the Kubernetes manifests when a validator can be installed.
+# Also validates the Kubernetes manifests (deploy/k8s/validate.sh) and builds
+# the container images' static binaries (deploy/check-static.sh).
 #
 # Needs root (dpkg). Safe on a CI machine without systemd as PID 1, and safe to
 # run again: it refuses to touch a portwatch installation it did not make, and
@@ -13,10 +14,11 @@
 #   bash deploy/check-packages.sh
 #
 # Environment: CARGO_TARGET_DIR (as in .ci/run); PW_PACKAGES_BUILD=1 to
-# `cargo build` the binaries first (when not run after the test build).
+# `cargo build` the binaries first (when not run after the test build);
+# PW_STATIC=0 to skip the static (musl) build of deploy/check-static.sh, which
+# costs a second build of the dependencies the first time on a machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/portwatch-target}"
 export CARGO_TERM_COLOR=never
@@ -279,5 +281,10 @@ done
 [ ! -e /etc/portwatch ] || fail "/etc/portwatch left after purge: $(ls -la /etc/portwatch)"
 [ -z "$(dpkg-statoverride --list /etc/portwatch/collector.toml)" ] || fail "statoverride left after purge"
 echo "   ok: users, groups, state, config, units, statoverride: all gone"
+
+if [ "${PW_STATIC:-1}" != 0 ]; then
+    step "static (musl) binaries, as the container images build them"
+    bash deploy/check-static.sh
+fi
 
 step "done: packages checked in $((SECONDS - t0))s"
