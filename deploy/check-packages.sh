@@ -254,6 +254,23 @@ stop_within "$agent_pid" agent 30
 stop_within "$collector_pid" collector 30
 pids=()
 
+step "ICMP as the agent's user: why its unit grants CAP_NET_RAW"
+icmp_check() { # SETPRIV-OPTIONS...: an ICMP check of 127.0.0.1 as portwatch-agent
+    setpriv --reuid=portwatch-agent --regid=portwatch-agent --init-groups "$@" -- \
+        /usr/bin/portwatch-agent check icmp://127.0.0.1
+}
+read -r ping_lo ping_hi </proc/sys/net/ipv4/ping_group_range
+agent_gid=$(getent group portwatch-agent | cut -d: -f3)
+if [ "$agent_gid" -ge "$ping_lo" ] && [ "$agent_gid" -le "$ping_hi" ]; then
+    echo "   ping sockets are open to its group here ($ping_lo-$ping_hi): the capability goes unused"
+else
+    out=$(icmp_check) && fail "ICMP without CAP_NET_RAW worked: $out"
+    case "$out" in *CAP_NET_RAW*) echo "   ok: without it (ping_group_range $ping_lo $ping_hi): $out" ;;
+    *) fail "ICMP without CAP_NET_RAW: $out" ;; esac
+fi
+out=$(icmp_check --inh-caps=+net_raw --ambient-caps=+net_raw) || fail "ICMP with CAP_NET_RAW: $out"
+echo "   ok: with the unit's AmbientCapabilities=CAP_NET_RAW: $out"
+
 step "reinstall over itself: enrollment and local config edits survive"
 echo "# edited by check-packages" >>/etc/portwatch/agent.toml
 dpkg -i "$agent_deb" "$collector_deb" >/dev/null

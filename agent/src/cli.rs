@@ -242,7 +242,8 @@ exponential backoff. A revoked or expired certificate stops the agent with a mes
 re-enroll.
 
 ICMP checks use an unprivileged ping socket when net.ipv4.ping_group_range includes the agent's
-group (systemd's default on Debian), else a raw socket, which needs CAP_NET_RAW.
+group, else a raw socket, which needs CAP_NET_RAW (the Debian package's unit grants it: Debian 12
+leaves ping sockets closed).
 
 What the Debian package's systemd unit runs, as user portwatch-agent:
 
