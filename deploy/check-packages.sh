@@ -186,7 +186,7 @@ for p in "${pkgs[@]}"; do
 done
 
 step "the bastion path with the installed binaries (loopback, as the service users)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 agent_port=$(free_port)
 http_port=$(free_port)
 # The unit's command line, user and umask; only the listen addresses differ.
@@ -233,7 +233,7 @@ pids+=("$agent_pid")
 connected=""
 for _ in $(seq 100); do
     if /usr/bin/portwatch-collector agents --json 2>/dev/null |
-        python3 -c 'import json,sys; sys.exit(0 if any(a["name"] == "check-packages" and a.get("connected_since_unix_ms") for a in json.load(sys.stdin)) else 1)'; then
+        /usr/bin/python3 -c 'import json,sys; sys.exit(0 if any(a["name"] == "check-packages" and a.get("connected_since_unix_ms") for a in json.load(sys.stdin)) else 1)'; then
         connected=1
         break
     fi

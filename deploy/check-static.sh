@@ -44,8 +44,8 @@ for p in portwatch-agent portwatch-collector; do
         fail "$p --version: $("$dir/$p" --version)"
 done
 # A listener that accepts once, and the static agent's check of it.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); s.settimeout(20); c,_=s.accept(); c.close()' "$port" &
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+/usr/bin/python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); s.settimeout(20); c,_=s.accept(); c.close()' "$port" &
 listener=$!
 sleep 0.3
 out=$("$dir/portwatch-agent" check "tcp://127.0.0.1:$port") || fail "static agent check: $out"

@@ -18,7 +18,12 @@ k8s_versions=(1.27.0 1.37.0)
 
 if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$version" ]; then
     echo "installing kubernetes-validate $version into $venv"
-    python3 -m venv "$venv"
+    # Debian's own interpreter, as the rest of CI uses.
+    if ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    /usr/bin/python3 -m venv --clear "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$version"
 fi
 

@@ -27,12 +27,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'cat "$work"/*.log >&2' ERR
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 agent_port=$(port)
 http_port=$(port)
 closed_port=$(port)
 # A TCP service that accepts, and a UDP one that answers.
-python3 -c '
+/usr/bin/python3 -c '
 import socket, threading
 t = socket.socket(); t.bind(("127.0.0.1", 0)); t.listen(64)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
@@ -95,7 +95,7 @@ sleep "${PW_SYSCALL_SECONDS:-12}"
 # A config reload (SIGHUP), as `systemctl reload` does.
 kill -HUP "$collector"
 sleep 2
-n=$("$bin/portwatch-collector" results --data-dir "$work/c" --monitor tcp --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+n=$("$bin/portwatch-collector" results --data-dir "$work/c" --monitor tcp --json | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
 for name in agent collector; do
     pid=${!name}
     if ! kill -TERM "$pid"; then
