@@ -15,14 +15,18 @@
 #
 # Environment: CARGO_TARGET_DIR (as in .ci/run); PW_PACKAGES_BUILD=1 to
 # `cargo build` the binaries first (when not run after the test build);
+# PW_PROFILE=release to check the packages `cargo deb` makes for a release;
 # PW_STATIC=0 to skip the static (musl) build of deploy/check-static.sh, which
-# costs a second build of the dependencies the first time on a machine.
+# costs a second build of the dependencies the first time on a machine;
+# PW_LINTIAN=0 to skip lintian (about 25 s on the big dev-profile binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/portwatch-target}"
 export CARGO_TERM_COLOR=never
-bin_dir="$CARGO_TARGET_DIR/debug"
+# dev: the test build's binaries (CI). release: what `cargo deb` ships.
+profile=${PW_PROFILE:-dev}
+case "$profile" in dev) bin_dir="$CARGO_TARGET_DIR/debug" ;; *) bin_dir="$CARGO_TARGET_DIR/$profile" ;; esac
 out="$CARGO_TARGET_DIR/debian"
 # Written before dpkg -i, removed after the purge: a leftover marks an install
 # of ours that an interrupted run did not clean up.
@@ -102,9 +106,9 @@ fi
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 [ -n "$version" ] || fail "no workspace version in Cargo.toml"
 
-step "binaries (the test build's dev profile)"
+step "binaries ($profile profile)"
 if [ "${PW_PACKAGES_BUILD:-}" = 1 ] || [ ! -x "$bin_dir/portwatch-agent" ] || [ ! -x "$bin_dir/portwatch-collector" ]; then
-    cargo build --locked -p portwatch-agent -p portwatch-collector --bins
+    cargo build --locked --profile "$profile" -p portwatch-agent -p portwatch-collector --bins
 fi
 for p in "${pkgs[@]}"; do
     expect "$bin_dir/$p --version" "$("$bin_dir/$p" --version)" "$p $version"
@@ -115,7 +119,7 @@ rm -rf "$out"
 for p in "${pkgs[@]}"; do
     # cargo-deb warns that the dev profile is for testing only: that is what
     # this is. The release packages: `cargo deb -p $p` (deploy/README.md).
-    cargo deb -p "$p" --profile dev --no-build --fast --output "$out/" 2>&1 |
+    cargo deb -p "$p" --profile "$profile" --no-build --fast --output "$out/" 2>&1 |
         grep -v -e 'dev profile is not supported' -e 'To enable debug symbols set' || true
 done
 agent_deb=$(ls "$out"/portwatch-agent_"$version"-*_*.deb)
@@ -124,6 +128,27 @@ ls -l "$agent_deb" "$collector_deb"
 for deb in "$agent_deb" "$collector_deb"; do
     dpkg-deb --info "$deb" control | sed -n 's/^/   /; /Depends:/p'
 done
+
+step "lintian (Debian policy)"
+expect "deploy/debian/changelog's first entry" "$(sed -n '1s/^portwatch (\(.*\)).*/\1/p' deploy/debian/changelog)" "$version-1"
+if [ "${PW_LINTIAN:-1}" != 0 ]; then
+    if ! command -v lintian >/dev/null 2>&1; then
+        echo "   installing lintian"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends lintian >/dev/null
+    fi
+    # Errors and warnings fail; info tags are shown. Not an upload to Debian,
+    # so there is no ITP bug for the changelog to close. Lintian remarks that it
+    # runs as root; that line is dropped.
+    lint_rc=0
+    lint_out=$(lintian --fail-on error,warning -I --tag-display-limit 0 \
+        --suppress-tags initial-upload-closes-no-bugs "$agent_deb" "$collector_deb" 2>&1) ||
+        lint_rc=$?
+    grep -v 'running with root privileges is not recommended' <<<"$lint_out" || true
+    [ "$lint_rc" = 0 ] || fail "lintian found problems (above)"
+    echo "   ok: lintian: no errors or warnings"
+fi
 
 step "dpkg -i"
 touch "$marker"
