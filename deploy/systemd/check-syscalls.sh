@@ -75,8 +75,14 @@ trace() { # NAME COMMAND...: strace -f into $work/NAME.trace, PID of the traced 
     local s=$!
     pids+=("$s")
     for _ in $(seq 50); do
-        traced=$(pgrep -P "$s" || true)
-        [ -n "$traced" ] && return
+        # The program itself, once strace has exec'd it.
+        traced=$(pgrep -P "$s" -f -- "^$1" || true)
+        if [ -n "$traced" ]; then
+            # Stopped by the cleanup too: strace on SIGTERM detaches and
+            # leaves its tracee running.
+            pids+=("$traced")
+            return
+        fi
         sleep 0.1
     done
     echo "$name did not start" >&2
@@ -106,8 +112,8 @@ for name in agent collector; do
     # As TimeoutStopSec=30s allows.
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     sleep 0.5
-    grep -q "^$pid +++ exited with 0 +++" "$work/$name.trace" || {
-        echo "$name did not exit 0 on SIGTERM: $(grep "^$pid +++" "$work/$name.trace")" >&2
+    grep -qE "^$pid +\+\+\+ exited with 0 \+\+\+" "$work/$name.trace" || {
+        echo "$name did not exit 0 on SIGTERM: $(grep -E "^$pid +\+\+\+" "$work/$name.trace")" >&2
         exit 1
     }
 done
