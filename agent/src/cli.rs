@@ -24,22 +24,58 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/portwatch-agent";
 pub const EXIT_USAGE: i32 = 64;
 
 #[derive(Debug, Args)]
+#[command(after_long_help = ENROLL_AFTER_HELP)]
 pub struct EnrollArgs {
-    /// The join string printed by `portwatch-collector token create`
-    pub join: String,
+    /// The join string printed by `portwatch-collector token create` (one use, short-lived);
+    /// PORTWATCH_JOIN keeps it out of the process list and the shell history
+    #[arg(
+        env = "PORTWATCH_JOIN",
+        hide_env_values = true,
+        required_unless_present = "if_not_enrolled",
+        value_name = "JOIN"
+    )]
+    pub join: Option<String>,
     /// Where the agent keeps its key, certificate and result buffer
     #[arg(long, env = "PORTWATCH_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Replace an existing identity in the data dir
     #[arg(long)]
     pub force: bool,
+    /// Exit 0 without contacting the collector when the data dir already holds a complete,
+    /// valid identity (init containers, configuration management); a damaged one is still an error
+    #[arg(long, conflicts_with = "force")]
+    pub if_not_enrolled: bool,
 }
+
+const ENROLL_AFTER_HELP: &str = "\
+Run it once per host, as root or as the service user: the key pair is generated here and never
+leaves; the CA pin in the join string is checked during the TLS handshake before the token is
+sent. Into the data dir go agent.key (the private key, 0600, written last: its presence means
+enrolled), agent.pem (the agent's certificate, renewed over the stream before it expires), ca.pem
+(the collector's CA) and agent.json (collector address, agent id, name, labels). When the data dir
+belongs to another user, as the package's /var/lib/portwatch-agent belongs to portwatch-agent, the
+files are given to that user.
+
+Exit status: 0 enrolled (or already enrolled, with --if-not-enrolled), 1 refused or failed, 64 no
+or damaged join string, 3 when the command line cannot be parsed.
+
+Example, on a host with the Debian package:
+
+    portwatch-agent enroll 'pwjoin1:...' && systemctl enable --now portwatch-agent";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "portwatch-agent",
     version,
-    about = "portwatch agent: TCP & UDP port checks from inside your network"
+    propagate_version = true,
+    about = "portwatch agent: TCP & UDP port checks from inside your network",
+    long_about = "portwatch agent: TCP, UDP and ICMP checks from inside your network, for a portwatch \
+collector.\n\n\
+A bastion host is set up with `portwatch-agent enroll '<join string>'` once, then runs \
+`portwatch-agent run` as a service (the Debian package's portwatch-agent.service). The agent \
+dials out to the collector over mTLS; nothing connects to it. `check` runs one check by hand, \
+with Nagios plugin exit codes.",
+    after_long_help = AGENT_AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -178,14 +214,55 @@ impl CheckArgs {
     }
 }
 
+const AGENT_AFTER_HELP: &str = "\
+Files: /etc/portwatch/agent.toml holds run's options (run --config; the Debian package's
+conffile, every line a commented default). /var/lib/portwatch-agent, the data dir (--data-dir;
+0700, owned by the service user), holds the identity written by enroll and the result buffer.
+
+Environment: PORTWATCH_AGENT_DATA_DIR sets the data dir (enroll and run must agree);
+PORTWATCH_AGENT_CONFIG run's config file; PORTWATCH_JOIN enroll's join string; PORTWATCH_LOG the
+log filter, e.g. debug or portwatch_agent=trace (default info for run, warn otherwise). Logs go to
+stderr (the journal under systemd).
+
+Exit status: check exits 0 up, 1 degraded, 2 down, 3 unknown or bad usage. enroll and run exit 0
+done, 1 failure, 64 bad configuration or usage, 3 when the command line cannot be parsed.
+
+Signals (run): SIGTERM and SIGINT drain: checks in flight finish, every result is flushed to the
+on-disk buffer, the stream closes; nothing is lost. Results not yet acknowledged are sent at the
+next start.
+
+See `portwatch-agent help <command>`, or man portwatch-agent-check, portwatch-agent-enroll and
+portwatch-agent-run.";
+
+const RUN_AFTER_HELP: &str = "\
+Needs an enrolled data dir (`portwatch-agent enroll`). The checks come from the collector: its
+monitors whose `locations` select this agent. While the collector is unreachable, results are kept
+in the on-disk buffer (--buffer-mib) and sent when the stream is back; the link reconnects with
+exponential backoff. A revoked or expired certificate stops the agent with a message saying how to
+re-enroll.
+
+ICMP checks use an unprivileged ping socket when net.ipv4.ping_group_range includes the agent's
+group, else a raw socket, which needs CAP_NET_RAW (the Debian package's unit grants it: Debian 12
+leaves ping sockets closed).
+
+What the Debian package's systemd unit runs, as user portwatch-agent:
+
+    portwatch-agent run --config /etc/portwatch/agent.toml";
+
 #[derive(Debug, Args)]
+#[command(after_long_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
     /// The data dir given to `enroll`
     #[arg(long, env = "PORTWATCH_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Configuration file (TOML) with the options below as `buffer_mib`, `allow_targets` and
+    /// `allow_ports`; a flag given on the command line wins over the file
+    #[arg(long, env = "PORTWATCH_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Bound on the on-disk result buffer, in MiB (oldest dropped, with a gap record, when full)
-    #[arg(long, default_value_t = 256)]
-    pub buffer_mib: u64,
+    /// [default: 256]
+    #[arg(long, value_name = "MIB")]
+    pub buffer_mib: Option<u64>,
     /// Probe only addresses in these networks (e.g. 10.0.0.0/8,2001:db8::/32,192.168.1.5); any other
     /// target is reported down (blocked_address) without being contacted
     #[arg(long, value_name = "CIDR[,CIDR...]")]
@@ -196,37 +273,120 @@ pub struct RunArgs {
     pub allow_ports: Option<String>,
 }
 
+/// What `run` runs with: the flags over the config file over the defaults.
+pub struct RunSettings {
+    /// The result buffer's bound, in bytes.
+    pub buffer_bytes: u64,
+    pub policy: std::sync::Arc<dyn crate::probe::AddressPolicy>,
+}
+
 impl RunArgs {
-    /// The address policy the flags ask for: every address when neither flag is
-    /// given. The error is one line naming the flag.
+    /// Reads the config file (if any) and checks every option; the error is
+    /// one line naming the flag, or the file and its field.
+    pub fn settings(&self) -> Result<RunSettings, String> {
+        use crate::probe::policy::{PortSet, Restricted, parse_networks};
+        let file = match &self.config {
+            Some(path) => crate::config::AgentConfig::load(path).map_err(|e| e.to_string())?,
+            None => crate::config::AgentConfig::default(),
+        };
+        let origin = self
+            .config
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        // The value in effect and how to name it in an error.
+        let pick = |flag: &'static str,
+                    cli: Option<String>,
+                    field: &str,
+                    from_file: Option<String>| {
+            match (cli, from_file) {
+                (Some(v), _) => Some((flag.to_owned(), v)),
+                (None, Some(v)) => Some((format!("{origin}: {field}"), v)),
+                (None, None) => None,
+            }
+        };
+        let buffer_mib = pick(
+            "--buffer-mib",
+            self.buffer_mib.map(|v| v.to_string()),
+            "buffer_mib",
+            file.buffer_mib.map(|v| v.to_string()),
+        );
+        let buffer_bytes = match buffer_mib {
+            None => crate::config::DEFAULT_BUFFER_MIB * 1024 * 1024,
+            Some((name, v)) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|&mib| mib >= 1)
+                .and_then(|mib| mib.checked_mul(1024 * 1024))
+                .ok_or_else(|| format!("{name}: {v} is not a size in MiB from 1 up"))?,
+        };
+        let targets = pick(
+            "--allow-targets",
+            self.allow_targets.clone(),
+            "allow_targets",
+            file.allow_targets,
+        );
+        let ports = pick(
+            "--allow-ports",
+            self.allow_ports.clone(),
+            "allow_ports",
+            file.allow_ports,
+        );
+        let policy: std::sync::Arc<dyn crate::probe::AddressPolicy> =
+            if targets.is_none() && ports.is_none() {
+                std::sync::Arc::new(crate::probe::AllowAll)
+            } else {
+                let networks = targets
+                    .map(|(name, v)| parse_networks(&v).map_err(|e| format!("{name}: {e}")))
+                    .transpose()?;
+                let ports = ports
+                    .map(|(name, v)| v.parse::<PortSet>().map_err(|e| format!("{name}: {e}")))
+                    .transpose()?;
+                let policy = Restricted::new(networks, ports);
+                tracing::info!(allowed = %policy, "probing only allowed targets");
+                std::sync::Arc::new(policy)
+            };
+        Ok(RunSettings {
+            buffer_bytes,
+            policy,
+        })
+    }
+
+    /// The address policy the flags and the config file ask for: every
+    /// address when neither restricts it.
     pub fn address_policy(
         &self,
     ) -> Result<std::sync::Arc<dyn crate::probe::AddressPolicy>, String> {
-        use crate::probe::policy::{PortSet, Restricted, parse_networks};
-        if self.allow_targets.is_none() && self.allow_ports.is_none() {
-            return Ok(std::sync::Arc::new(crate::probe::AllowAll));
-        }
-        let networks = self
-            .allow_targets
-            .as_deref()
-            .map(parse_networks)
-            .transpose()
-            .map_err(|e| format!("--allow-targets: {e}"))?;
-        let ports = self
-            .allow_ports
-            .as_deref()
-            .map(str::parse::<PortSet>)
-            .transpose()
-            .map_err(|e| format!("--allow-ports: {e}"))?;
-        let policy = Restricted::new(networks, ports);
-        tracing::info!(allowed = %policy, "probing only allowed targets");
-        Ok(std::sync::Arc::new(policy))
+        self.settings().map(|s| s.policy)
     }
 }
 
 /// `portwatch-agent enroll`: one-time enrollment with a join string.
 pub async fn run_enroll(args: &EnrollArgs) -> i32 {
-    let join = match crate::join::JoinString::parse(args.join.trim()) {
+    if args.if_not_enrolled && crate::identity::AgentIdentity::exists(&args.data_dir) {
+        return match crate::identity::AgentIdentity::load(&args.data_dir) {
+            Ok(id) => {
+                println!(
+                    "already enrolled as {} ({}) with the collector at {}; nothing done",
+                    id.info.name,
+                    id.agent_id(),
+                    id.collector_addr()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("portwatch-agent enroll: {e}");
+                1
+            }
+        };
+    }
+    let Some(join) = args.join.as_deref() else {
+        eprintln!(
+            "portwatch-agent enroll: not enrolled and no join string: give it as the argument or in PORTWATCH_JOIN"
+        );
+        return EXIT_USAGE;
+    };
+    let join = match crate::join::JoinString::parse(join.trim()) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("portwatch-agent enroll: {e}");
@@ -239,12 +399,23 @@ pub async fn run_enroll(args: &EnrollArgs) -> i32 {
     };
     match crate::enroll::enroll(&join, &args.data_dir, &opts).await {
         Ok(id) => {
+            // The package's unit runs the default data dir.
+            let packaged = args.data_dir == std::path::Path::new(DEFAULT_DATA_DIR)
+                && ["/lib", "/usr/lib"].iter().any(|lib| {
+                    std::path::Path::new(lib)
+                        .join("systemd/system/portwatch-agent.service")
+                        .exists()
+                });
+            let start = if packaged {
+                "systemctl enable --now portwatch-agent".to_owned()
+            } else {
+                format!("portwatch-agent run --data-dir {}", args.data_dir.display())
+            };
             println!(
-                "enrolled as {} ({}) with the collector at {}; start it with: portwatch-agent run --data-dir {}",
+                "enrolled as {} ({}) with the collector at {}; start it with: {start}",
                 id.info.name,
                 id.agent_id(),
                 id.collector_addr(),
-                args.data_dir.display()
             );
             0
         }
@@ -258,8 +429,11 @@ pub async fn run_enroll(args: &EnrollArgs) -> i32 {
 /// `portwatch-agent run`: the daemon. SIGTERM and SIGINT drain: checks in
 /// flight finish, results are flushed to the buffer, the stream closes.
 pub async fn run_daemon(args: &RunArgs) -> i32 {
-    let policy = match args.address_policy() {
-        Ok(p) => p,
+    let RunSettings {
+        buffer_bytes,
+        policy,
+    } = match args.settings() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("portwatch-agent run: {e}");
             return EXIT_USAGE;
@@ -280,10 +454,8 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         );
         return 1;
     }
-    let buffer = match crate::buffer::SledBuffer::open(
-        &args.data_dir.join("buffer"),
-        args.buffer_mib * 1024 * 1024,
-    ) {
+    let buffer = match crate::buffer::SledBuffer::open(&args.data_dir.join("buffer"), buffer_bytes)
+    {
         Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
             eprintln!("portwatch-agent run: {e}");

@@ -82,6 +82,13 @@ pub enum EnrollError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{dir} belongs to another user and its files cannot be given to it: {source}; enroll as root or as that user (e.g. sudo -u portwatch-agent)"
+    )]
+    Ownership {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("generating the agent key: {0}")]
     Key(String),
     #[error("cannot reach the collector at {addr}: {why}")]
@@ -133,8 +140,19 @@ pub async fn enroll(
         .map_err(|e| EnrollError::Key(e.to_string()))?;
     let pending = data_dir.join(PENDING_KEY_FILE);
     write_atomic(&pending, key.serialize_pem().as_bytes(), 0o600).map_err(io(&pending))?;
+    // Settled before the token leaves: a failure here must not spend it.
+    let owner = match adopt_dir_owner(data_dir, &pending) {
+        Ok(owner) => owner,
+        Err(source) => {
+            let _ = fs::remove_file(&pending);
+            return Err(EnrollError::Ownership {
+                dir: data_dir.to_owned(),
+                source,
+            });
+        }
+    };
 
-    let result = enroll_with_key(join, data_dir, opts, &key, &pending).await;
+    let result = enroll_with_key(join, data_dir, opts, &key, &pending, owner).await;
     if result.is_err() {
         let _ = fs::remove_file(&pending);
     }
@@ -147,6 +165,7 @@ async fn enroll_with_key(
     opts: &EnrollOptions,
     key: &rcgen::KeyPair,
     pending: &Path,
+    owner: Option<Owner>,
 ) -> Result<EnrolledIdentity, EnrollError> {
     let hostname = opts.hostname.clone().unwrap_or_else(system_hostname);
     let csr = build_csr(key, &hostname)?;
@@ -224,6 +243,9 @@ async fn enroll_with_key(
     for (name, body, mode) in files {
         let path = data_dir.join(name);
         write_atomic(&path, &body, mode).map_err(io_err(&path))?;
+        if let Some(owner) = owner {
+            owner.give(&path).map_err(io_err(&path))?;
+        }
     }
     let key_path = data_dir.join(KEY_FILE);
     fs::rename(pending, &key_path).map_err(io_err(&key_path))?;
@@ -232,6 +254,41 @@ async fn enroll_with_key(
         .map_err(io_err(data_dir))?;
     tracing::info!(agent = %info.agent_id, name = %info.name, collector = %info.collector_addr, "enrolled");
     AgentIdentity::load(data_dir).map_err(|e| EnrollError::BadResponse(e.to_string()))
+}
+
+/// The user and group the identity files must belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+impl Owner {
+    fn give(self, path: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+    }
+}
+
+/// When the data dir belongs to someone other than the files this process
+/// creates (root enrolling into the package's `/var/lib/portwatch-agent`,
+/// which belongs to the `portwatch-agent` service user), gives `probe` (a
+/// file just created there) to the dir's owner and returns that owner, so
+/// every identity file can follow and the service can read its own key.
+/// `None` when the dir is this process's own.
+fn adopt_dir_owner(data_dir: &Path, probe: &Path) -> std::io::Result<Option<Owner>> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = fs::metadata(data_dir)?;
+    let file = fs::symlink_metadata(probe)?;
+    // Only another user's dir: an owner whose dir has some other group keeps it.
+    if dir.uid() == file.uid() {
+        return Ok(None);
+    }
+    let owner = Owner {
+        uid: dir.uid(),
+        gid: dir.gid(),
+    };
+    owner.give(probe)?;
+    Ok(Some(owner))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError {
@@ -489,4 +546,46 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// Root enrolling into a dir that belongs to the service user: the files
+    /// go to that user, so the service can read its key. Needs root (CI runs
+    /// as root); as another user it checks that the dir's owner's own files
+    /// are left alone.
+    #[test]
+    fn files_written_into_another_users_dir_are_given_to_that_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join(PENDING_KEY_FILE);
+        write_atomic(&probe, b"key", 0o600).unwrap();
+        assert_eq!(adopt_dir_owner(dir.path(), &probe).unwrap(), None);
+
+        let me = fs::metadata(&probe).unwrap().uid();
+        if me != 0 {
+            eprintln!("not root: the chown half of this test needs root");
+            return;
+        }
+        // nobody:nogroup, as a packaged service user would own its state dir.
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let owner = adopt_dir_owner(dir.path(), &probe).unwrap();
+        assert_eq!(
+            owner,
+            Some(Owner {
+                uid: 65534,
+                gid: 65534
+            })
+        );
+        let m = fs::metadata(&probe).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o600));
+
+        let other = dir.path().join(CERT_FILE);
+        write_atomic(&other, b"cert", 0o644).unwrap();
+        owner.unwrap().give(&other).unwrap();
+        assert_eq!(fs::metadata(&other).unwrap().uid(), 65534);
+    }
 }

@@ -9,11 +9,13 @@
 //! - `scheduler`: runs thousands of monitors on their intervals.
 //! - `join`, `enroll`, `identity`: one-time enrollment and the agent's files.
 //! - `link`: the mTLS stream to the collector (buffer in, acks out).
-//! - `cli`: the `portwatch-agent` command line; `process`: its own memory and CPU.
+//! - `cli`: the `portwatch-agent` command line; `config`: `run`'s config file;
+//!   `process`: its own memory and CPU.
 
 pub mod buffer;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod enroll;
 pub mod identity;
 pub mod join;

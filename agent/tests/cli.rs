@@ -197,3 +197,51 @@ fn names_resolve_through_nameserver_flag() {
         stdout(&o)
     );
 }
+
+fn enroll_cmd(data_dir: &std::path::Path, args: &[&str], join_env: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portwatch-agent"));
+    cmd.arg("enroll")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("PORTWATCH_JOIN")
+        .env_remove("PORTWATCH_AGENT_DATA_DIR");
+    if let Some(join) = join_env {
+        cmd.env("PORTWATCH_JOIN", join);
+    }
+    cmd.output().expect("run portwatch-agent")
+}
+
+/// What an init container relies on: `enroll --if-not-enrolled` needs no join
+/// string to say "not enrolled" clearly, and a damaged identity is an error,
+/// never a silent success.
+#[test]
+fn enroll_if_not_enrolled_without_a_join_string() {
+    let dir = h::temp_dir();
+    let o = enroll_cmd(dir.path(), &["--if-not-enrolled"], None);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no join string"), "{}", stderr(&o));
+    // Without the flag the join string is simply required (a usage error).
+    let o = enroll_cmd(dir.path(), &[], None);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+
+    // A half-written identity: refused, with the way out.
+    std::fs::write(dir.path().join("agent.json"), "{}").unwrap();
+    let o = enroll_cmd(dir.path(), &["--if-not-enrolled"], Some("pwjoin1:spent"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    // --force and --if-not-enrolled contradict each other.
+    let o = enroll_cmd(dir.path(), &["--if-not-enrolled", "--force"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
+/// The join string in PORTWATCH_JOIN is a secret: --help never prints it.
+#[test]
+fn enroll_help_does_not_show_the_join_string_from_the_environment() {
+    let dir = h::temp_dir();
+    let o = enroll_cmd(dir.path(), &["--help"], Some("pwjoin1:do-not-print-me"));
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("PORTWATCH_JOIN"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("do-not-print-me"), "{}", stdout(&o));
+}

@@ -405,3 +405,86 @@ fn bad_run_flags_exit_64_with_one_line_naming_the_flag() {
         assert_eq!(stderr.trim_end(), says);
     }
 }
+
+/// `run --config FILE` (the package's /etc/portwatch/agent.toml): the file's
+/// options apply, a flag given on the command line wins field by field.
+#[test]
+fn the_config_file_sets_run_options_and_flags_win() {
+    let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let dir = h::temp_dir();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        "buffer_mib = 16\nallow_targets = \"10.0.0.0/8\"\nallow_ports = \"22\"\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    let s = run_args(&["--config", f]).settings().unwrap();
+    assert_eq!(s.buffer_bytes, 16 * 1024 * 1024);
+    assert_eq!(s.policy.check(at("10.1.2.3:22")), Ok(()));
+    assert!(s.policy.check(at("10.1.2.3:80")).is_err());
+    assert!(s.policy.check(at("192.168.0.1:22")).is_err());
+
+    // Flags win, each over its own field only.
+    let s = run_args(&["--config", f, "--allow-ports", "80", "--buffer-mib", "2"])
+        .settings()
+        .unwrap();
+    assert_eq!(s.buffer_bytes, 2 * 1024 * 1024);
+    assert_eq!(s.policy.check(at("10.1.2.3:80")), Ok(()));
+    assert!(s.policy.check(at("10.1.2.3:22")).is_err());
+    assert!(s.policy.check(at("192.168.0.1:80")).is_err());
+
+    // No file, no flags: the defaults (every address, 256 MiB).
+    let s = run_args(&[]).settings().unwrap();
+    assert_eq!(s.buffer_bytes, 256 * 1024 * 1024);
+    assert_eq!(s.policy.check(at("192.0.2.1:25")), Ok(()));
+}
+
+#[test]
+fn a_bad_config_file_exits_64_with_one_line_naming_the_file_and_field() {
+    let dir = h::temp_dir();
+    let file = dir.path().join("agent.toml");
+    let path = file.display().to_string();
+    let prefix = format!("portwatch-agent run: {path}: ");
+    for (text, says) in [
+        (
+            "allow_ports = \"22,ssh\"\n",
+            "allow_ports: \"ssh\" is not a port or port range like 22 or 5000-5999: \"ssh\" is not a number",
+        ),
+        (
+            "buffer_mib = 0\n",
+            "buffer_mib: 0 is not a size in MiB from 1 up",
+        ),
+        ("buffer_mb = 16\n", "unknown field `buffer_mb`"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_portwatch-agent"))
+            .args(["run", "--data-dir"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run portwatch-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&prefix) && stderr.contains(says),
+            "{stderr}\nwanted {prefix}...{says}"
+        );
+    }
+    // A config file that is not there is an error too, not silent defaults.
+    let out = Command::new(env!("CARGO_BIN_EXE_portwatch-agent"))
+        .args(["run", "--data-dir"])
+        .arg(dir.path())
+        .args(["--config", "/nonexistent/agent.toml"])
+        .output()
+        .expect("run portwatch-agent");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

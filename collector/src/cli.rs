@@ -23,12 +23,37 @@ pub const EXIT_FAILURE: i32 = 1;
 #[command(
     name = "portwatch-collector",
     version,
-    about = "portwatch collector: enrollment, agent streams, incidents, dashboard"
+    propagate_version = true,
+    about = "portwatch collector: enrollment, agent streams, incidents, dashboard",
+    long_about = "portwatch collector: enrolls agents, holds their mTLS streams, stores their \
+results, runs its own public probes, opens incidents, sends notifications and serves the HTTP \
+API, the dashboard and the status page.\n\n\
+`serve` is the service (the Debian package's portwatch-collector.service). The other commands \
+are its admin client: they find the running collector and its admin token through the data dir \
+(run them as root or as the portwatch-collector user), or take --url and --admin-token-file.",
+    after_long_help = COLLECTOR_AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+const COLLECTOR_AFTER_HELP: &str = "\
+Files: /etc/portwatch/collector.toml is serve's configuration (serve --config; the Debian
+package's conffile, root:portwatch-collector 0640 since it can hold notification secrets).
+/var/lib/portwatch-collector, the data dir (--data-dir; 0700, owned by the service user), holds the
+CA (ca.pem, ca.key), the admin token, the agents and the results.
+
+Environment: PORTWATCH_DATA_DIR sets the data dir (serve and every admin command);
+PORTWATCH_CONFIG serve's config file; PORTWATCH_URL with PORTWATCH_ADMIN_TOKEN_FILE reach a
+collector over HTTP instead of through the data dir; PORTWATCH_LOG the log filter, e.g. debug
+(default info). Logs go to stderr (the journal under systemd).
+
+Exit status: 0 success, 1 the collector failed, could not be reached or refused the request, 64
+bad usage or configuration.
+
+See `portwatch-collector help <command>`, or man portwatch-collector-<command> (e.g.
+portwatch-collector-serve, portwatch-collector-token-create).";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -92,6 +117,7 @@ pub enum Command {
         command: Option<NotificationsCommand>,
         #[command(flatten)]
         target: Target,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
@@ -105,6 +131,7 @@ pub enum Command {
         /// Only this monitor (or agent:<name>)
         #[arg(long)]
         monitor: Option<String>,
+        /// How many incidents at most
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print JSON instead of a table
@@ -165,6 +192,7 @@ pub enum MaintenanceCommand {
     List {
         #[command(flatten)]
         target: Target,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +201,7 @@ pub enum MaintenanceCommand {
     Add {
         #[command(flatten)]
         target: Target,
+        /// The window's name (unique)
         #[arg(long)]
         name: String,
         /// Monitor names, comma separated ("*" for all)
@@ -184,6 +213,7 @@ pub enum MaintenanceCommand {
         /// One-off start: 2026-11-28T02:00:00Z, "2026-11-28 02:00" in --time-zone, or "now"
         #[arg(long)]
         start: Option<String>,
+        /// One-off end, in the same forms as --start
         #[arg(long)]
         end: Option<String>,
         /// e.g. 2h
@@ -198,11 +228,13 @@ pub enum MaintenanceCommand {
         /// IANA time zone (default UTC)
         #[arg(long)]
         time_zone: Option<String>,
-        /// Recurring: first and last date, YYYY-MM-DD
+        /// Recurring: first date, YYYY-MM-DD
         #[arg(long)]
         from: Option<String>,
+        /// Recurring: last date, YYYY-MM-DD
         #[arg(long)]
         until: Option<String>,
+        /// Why (shown on the dashboard and in notifications)
         #[arg(long)]
         reason: Option<String>,
     },
@@ -219,6 +251,7 @@ pub enum MaintenanceCommand {
         /// How far ahead, e.g. 7d (default 30d)
         #[arg(long, value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
         within: Option<std::time::Duration>,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
@@ -428,7 +461,23 @@ fn show<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) {
     }
 }
 
+const SERVE_AFTER_HELP: &str = "\
+On first start it creates the CA (ca.pem, ca.key 0600) and the admin token in the data dir. The
+config file is reloaded when it changes and on SIGHUP (`systemctl reload portwatch-collector`); a
+file with a problem never replaces the good one (`monitors check FILE` checks it offline, `monitors
+status` shows the last reload). Listen addresses take effect at the next start.
+
+Signals: SIGHUP reloads the config; SIGTERM and SIGINT stop it: agent streams are closed (agents
+keep every unacknowledged result and send it on reconnect) and HTTP requests in flight finish.
+
+Endpoints: /healthz (alive) and /readyz (the store answers) need no token.
+
+What the Debian package's systemd unit runs, as user portwatch-collector:
+
+    portwatch-collector serve --config /etc/portwatch/collector.toml";
+
 #[derive(Debug, Args)]
+#[command(after_long_help = SERVE_AFTER_HELP)]
 pub struct ServeArgs {
     /// Where the collector keeps its CA, admin token, state and results
     #[arg(
@@ -453,8 +502,10 @@ pub struct DemoArgs {
     /// Keep the demo's state here (default: a new directory under the temp dir)
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Address the demo's agent port listens on
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub agent_addr: std::net::SocketAddr,
+    /// Address of the demo's HTTP API and dashboard
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
     /// Check interval of the demo monitors

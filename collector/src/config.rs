@@ -370,6 +370,49 @@ mod tests {
         assert_eq!(c.rollup_retention, DEFAULT_ROLLUP_RETENTION);
     }
 
+    /// A shipped example file with every commented-out setting (`# key = ...`,
+    /// `# [table]`) switched on; prose comments stay comments.
+    fn uncommented(text: &str) -> String {
+        let is_key = |k: &str| k.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        text.lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The conffile the Debian package installs: as shipped it is the
+    /// defaults; with its examples switched on it is still valid.
+    #[test]
+    fn the_packaged_config_file_is_the_defaults_and_its_examples_are_valid() {
+        let shipped = include_str!("../../deploy/etc/collector.toml");
+        let c = Config::parse(shipped, "collector.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.agent_addr, c.http_addr, &c.server_names, c.token_ttl),
+            (d.agent_addr, d.http_addr, &d.server_names, d.token_ttl)
+        );
+        assert!(c.monitors.is_empty() && c.notifications.is_empty() && c.maintenance.is_empty());
+
+        let all = uncommented(shipped);
+        let c = Config::parse(&all, "collector.toml").unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert_eq!(c.server_names, ["collector.example.com"]);
+        assert_eq!(c.monitors.len(), 1);
+        assert_eq!(c.notifications.len(), 1);
+        assert_eq!(c.maintenance.len(), 1);
+        assert_eq!(
+            c.dashboard_url.as_deref(),
+            Some("https://portwatch.example.com")
+        );
+    }
+
     #[test]
     fn every_problem_names_the_file_and_field() {
         let err = |text: &str| {

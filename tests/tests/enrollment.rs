@@ -156,6 +156,25 @@ fn enroll_stream_outage_and_revocation_with_the_real_binaries() {
         text(&o)
     );
 
+    // Enrolled already: --if-not-enrolled (an init container's restart) does
+    // nothing, spends nothing and leaves the key alone, even with a spent token.
+    let key_before = std::fs::read(agent_dir.join("agent.key")).unwrap();
+    let o = Command::new(h::cargo_bin("portwatch-agent"))
+        .args(["enroll", "--if-not-enrolled", "--data-dir", a])
+        .env("PORTWATCH_JOIN", &join)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("already enrolled as bastion-1"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(agent_dir.join("agent.key")).unwrap(),
+        key_before
+    );
+
     // 3. Run: connected, results stored.
     let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
     cmd.args(["run", "--data-dir", a]);
