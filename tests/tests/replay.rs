@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use portwatch_agent::buffer::{ResultBuffer, SledBuffer};
+use portwatch_e2e::local::Collector;
 use portwatch_harness::{self as h, Service};
 use portwatch_proto::v1 as pb;
 use prost::Message;
@@ -49,49 +50,17 @@ fn replay_a_large_backlog_between_real_processes() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let dir = h::temp_dir();
-    let data = dir.path().join("collector");
     let agent_dir = dir.path().join("agent");
-    let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target_port = target.local_addr().unwrap().port();
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let coll = Collector::serve(
+        dir.path(),
+        &format!(
             "public_probes = false\n[[monitors]]\nname = \"m1\"\ntarget = \"tcp://127.0.0.1:{target_port}\"\ninterval = \"24h\"\nlocations = [\"replayer\"]\n"
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--agent-addr",
-            &format!("127.0.0.1:{agent_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ]);
-    let mut coll = Service::spawn("collector", cmd, dir.path());
-    coll.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(20));
-    assert!(h::poll_until(Duration::from_secs(10), || data
-        .join("collector.json")
-        .exists()));
-    let d = data.to_str().unwrap();
-    let o = collector(&["token", "create", "--data-dir", d, "--name", "replayer"]);
-    assert!(o.status.success());
-    let join = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let o = Command::new(h::cargo_bin("portwatch-agent"))
-        .args(["enroll", &join, "--data-dir", agent_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    );
+    let data = coll.data.clone();
+    coll.enroll("replayer", "role=replay", &agent_dir);
 
     // The backlog an agent builds while the collector is unreachable.
     let template = pb::CheckResult {
@@ -131,13 +100,10 @@ fn replay_a_large_backlog_between_real_processes() {
 
     let start = Instant::now();
     let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
-    cmd.args([
-        "run",
-        "--data-dir",
-        agent_dir.to_str().unwrap(),
-        "--buffer-mib",
-        "4096",
-    ]);
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .args(["--buffer-mib", "4096"]);
     let agent = Service::spawn("agent", cmd, dir.path());
     let pid = agent.pid();
     let mut peak = 0;
@@ -148,7 +114,7 @@ fn replay_a_large_backlog_between_real_processes() {
     let took = start.elapsed();
     peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
     assert!(drained, "the backlog did not drain");
-    let collector_peak = vm_hwm_kib(coll.pid()).unwrap_or(0);
+    let collector_peak = vm_hwm_kib(coll.service.pid()).unwrap_or(0);
     drop(agent);
     drop(coll);
     println!(
