@@ -1,8 +1,9 @@
 //! Detection latency (issue 8, item 7), with the real binaries on loopback:
 //! a real Redis watched by a really enrolled agent (interval 1 s,
 //! consecutive_down 2), the collector's webhook channel pointing at a local
-//! receiver. Each trial kills Redis (SIGKILL) and times the webhook's
-//! "opened" event, then restarts Redis and times "resolved". Prints the
+//! receiver. Each trial kills Redis (SIGKILL, at a point of the check
+//! schedule that moves by 1/trials of the interval each time) and times the
+//! webhook's "opened" event, then restarts Redis and times "resolved". Prints the
 //! distribution over the trials and the goal (interval x consecutive_down +
 //! 1 s = 3 s); asserts only that every outage was paged once and resolved
 //! once. A measurement, not a check:
@@ -110,6 +111,12 @@ secret = "webhook-secret-for-bench-only"
     let mut opened = Vec::with_capacity(trials);
     let mut resolved = Vec::with_capacity(trials);
     for trial in 1..=trials {
+        // Each trial starts just after a resolve, i.e. just after a check:
+        // killing at once would always hit the same point of the agent's
+        // 1 s schedule. Spread the kills evenly over it instead.
+        std::thread::sleep(Duration::from_millis(
+            (trial as u64 - 1) * 1000 / trials as u64,
+        ));
         redis.kill();
         let killed = Instant::now();
         let at = nth_event(&hooks, "opened", trial, Duration::from_secs(15)).unwrap_or_else(|| {
