@@ -82,6 +82,9 @@ struct RawConfig {
     token_max_ttl: Option<String>,
     /// Lifetime of agent certificates, e.g. "24h"; agents renew at 70-90 %.
     agent_cert_lifetime: Option<String>,
+    /// Enrollment attempts allowed per source address per minute. Default
+    /// 10; raise it to enroll a fleet behind one NAT address at once.
+    enroll_rate_limit: Option<u32>,
     /// Name of the collector's own public probe location (`public:<region>`).
     public_region: Option<String>,
     /// Run public probes in this collector. Default true.
@@ -125,6 +128,8 @@ pub struct Config {
     pub token_ttl: Duration,
     pub token_max_ttl: Duration,
     pub agent_cert_lifetime: Duration,
+    /// Enrollment attempts allowed per source address per minute.
+    pub enroll_rate_limit: u32,
     /// The collector's own public location is `public:<public_region>`.
     pub public_region: String,
     pub public_probes: bool,
@@ -232,6 +237,13 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
             "must be between 10s and 90 days".into(),
         ));
     }
+    let enroll_rate_limit = raw.enroll_rate_limit.unwrap_or(10);
+    if !(1..=100_000).contains(&enroll_rate_limit) {
+        return Err(invalid(
+            "enroll_rate_limit".into(),
+            "must be between 1 and 100000".into(),
+        ));
+    }
     let mut server_names = raw.server_names;
     if server_names.is_empty() {
         if !agent_addr.ip().is_unspecified() {
@@ -333,6 +345,7 @@ fn validate(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigEr
         token_ttl,
         token_max_ttl,
         agent_cert_lifetime,
+        enroll_rate_limit,
         public_region,
         agent_offline_after,
         dashboard_url,
@@ -495,6 +508,14 @@ time_zone = "Europe/Berlin"
         .to_string();
         assert!(
             e.starts_with("c.toml: maintenance[0] (\"w\").time_zone: unknown time zone"),
+            "{e}"
+        );
+        assert_eq!(c.enroll_rate_limit, 10);
+        let e = Config::parse("enroll_rate_limit = 0", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enroll_rate_limit: must be between 1 and 100000"),
             "{e}"
         );
         let e = Config::parse("agent_offline_after = \"1s\"", "c.toml")

@@ -260,6 +260,7 @@ pub async fn serve(
         collector.agents.clone(),
         EnrollConfig {
             cert_lifetime: collector.config.agent_cert_lifetime,
+            rate_limit: collector.config.enroll_rate_limit,
             ..EnrollConfig::default()
         },
     );
