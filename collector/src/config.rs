@@ -26,6 +26,34 @@ pub const DEFAULT_RAW_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// 1-minute rollups are kept this long by default.
 pub const DEFAULT_ROLLUP_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// The largest CA file a monitor or notification channel may point at: a
+/// bundle of every public root is ~250 KiB.
+pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a CA file named in the config (or through the API): only a regular
+/// file, at most `MAX_CA_FILE_BYTES`. A path such as `/dev/zero` or a FIFO
+/// would otherwise hang the load or exhaust memory.
+pub fn read_ca_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown}: not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if text.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(format!(
+            "{shown}: larger than {} KiB",
+            MAX_CA_FILE_BYTES / 1024
+        ));
+    }
+    Ok(text)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -424,6 +452,30 @@ mod tests {
             c.dashboard_url.as_deref(),
             Some("https://portwatch.example.com")
         );
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_a_small_regular_file_is_refused_at_once() {
+        // /dev/zero never ends and a FIFO never answers: reading either
+        // whole would hang the load (or a reload) or exhaust memory.
+        let started = std::time::Instant::now();
+        for (path, why) in [
+            ("/dev/zero", "not a regular file"),
+            ("/", "not a regular file"),
+            ("/nonexistent/ca.pem", "No such file"),
+        ] {
+            let text = format!(
+                "[[monitors]]\nname = \"m\"\ntarget = \"tcp://127.0.0.1:1\"\nlocations = [\"a\"]\ntls = {{ ca_file = \"{path}\" }}\n\n[[notifications]]\nname = \"n\"\nkind = \"webhook\"\nurl = \"https://x.test\"\nca_file = \"{path}\"\n"
+            );
+            let e = Config::parse(&text, "c.toml").unwrap_err().to_string();
+            assert!(e.contains("ca_file") && e.contains(why), "{path}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'A'; MAX_CA_FILE_BYTES as usize + 1]).unwrap();
+        let e = read_ca_file(&big).unwrap_err();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

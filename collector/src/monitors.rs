@@ -453,10 +453,10 @@ fn validate_one(
         }
     };
     let ca_pem = match raw.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-        Some(p) => match std::fs::read_to_string(p) {
+        Some(p) => match crate::config::read_ca_file(p) {
             Ok(pem) => Some(pem),
             Err(e) => {
-                bad("tls.ca_file", format!("{}: {e}", p.display()));
+                bad("tls.ca_file", e);
                 None
             }
         },

@@ -438,7 +438,7 @@ fn check_channel(
     };
     let ca_pem = match &raw.ca_file {
         None => None,
-        Some(p) => match std::fs::read_to_string(p) {
+        Some(p) => match crate::config::read_ca_file(p) {
             Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
             Ok(_) => {
                 bad(
@@ -448,7 +448,7 @@ fn check_channel(
                 None
             }
             Err(e) => {
-                bad("ca_file", format!("{}: {e}", p.display()));
+                bad("ca_file", e);
                 None
             }
         },

@@ -238,7 +238,7 @@ impl SendExpect {
         let message = match &self.expect {
             Some(re) => format!(
                 "reply does not match /{}/: {}",
-                re.as_str(),
+                shown_pattern(re.as_str()),
                 crate::result::escape_excerpt(reply, super::tcp::MESSAGE_EXCERPT)
             ),
             None => "the server closed the connection without a reply".into(),
@@ -252,6 +252,25 @@ impl SendExpect {
     pub fn new(send: Option<Vec<u8>>, expect: Option<Regex>) -> Self {
         SendExpect { send, expect }
     }
+}
+
+/// A pattern as its owner wrote it, safe to print: printable ASCII as is
+/// (backslashes are regex syntax), anything else escaped, cut at 64
+/// characters. A pattern may hold raw control characters (a TOML `"\u001b"`).
+fn shown_pattern(pattern: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut out = String::new();
+    for c in pattern.chars().take(SHOWN) {
+        if c == ' ' || c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    if pattern.chars().nth(SHOWN).is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 impl Conversation for SendExpect {
@@ -279,5 +298,36 @@ impl Conversation for SendExpect {
     /// open is a mismatch, not a slow server.
     fn on_timeout(&self, reply: &[u8]) -> Verdict {
         self.mismatch(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mismatch_shows_the_pattern_escaped_and_bounded() {
+        // Found by the `expect` fuzz target: a pattern with a control
+        // character and a CR went raw into the message.
+        let re =
+            crate::check::compile_regex("^HTTP/1\\.[01] [23];\u{10}HTTP/1.1 200 OK\r").unwrap();
+        let conv = SendExpect::new(None, Some(re));
+        let Verdict::Down { message, .. } = conv.on_eof(b"erver: x\r\n\r\n") else {
+            panic!("a mismatch is down");
+        };
+        assert_eq!(
+            message,
+            "reply does not match /^HTTP/1\\.[01] [23];\\u{10}HTTP/1.1 200 OK\\r/: erver: x\\r\\n\\r\\n"
+        );
+        let long = crate::check::compile_regex(&"\u{e9}".repeat(200)).unwrap();
+        let Verdict::Down { message, .. } = SendExpect::new(None, Some(long)).on_timeout(b"x")
+        else {
+            panic!("a mismatch is down");
+        };
+        assert!(message.is_ascii() && message.len() < 1024, "{message}");
+        assert!(
+            message.contains("\\u{e9}") && message.contains("..."),
+            "{message}"
+        );
     }
 }

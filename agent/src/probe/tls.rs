@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::{CertificateError, ProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -32,7 +32,7 @@ use tokio_rustls::client::TlsStream;
 use x509_parser::extensions::GeneralName;
 
 use super::ProbeCtx;
-use crate::check::TlsOptions;
+use crate::check::{StartTls, TlsOptions};
 use crate::result::{CheckResult, Reason, Status, escape_excerpt, micros};
 
 const SECONDS_PER_DAY: i64 = 86_400;
@@ -173,6 +173,23 @@ pub async fn negotiate(
         .await;
     }
     Some(tls)
+}
+
+/// Runs only the plaintext STARTTLS dialogue on any stream, leaving the
+/// verdict in `r` (down on failure, untouched when the server agreed): the
+/// entry point of the fuzz target for its reply parsers (`tests/fuzz`).
+#[doc(hidden)]
+pub async fn starttls_dialogue<S>(
+    stream: &mut S,
+    dialect: StartTls,
+    deadline: Instant,
+    r: &mut CheckResult,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(f) = starttls::upgrade(stream, dialect, deadline, Instant::now(), r).await {
+        set(r, Status::Down, f.reason, f.message);
+    }
 }
 
 fn set(r: &mut CheckResult, status: Status, reason: Reason, message: String) {

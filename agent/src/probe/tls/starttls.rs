@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::check::{MAX_REPLY_BYTES, StartTls};
@@ -46,8 +45,8 @@ pub(super) fn farewell(dialect: StartTls) -> &'static [u8] {
 
 /// Runs the dialogue up to the server's "go ahead". Fills `first_byte` (from
 /// `since` to the greeting's first byte) and the greeting as the banner.
-pub(super) async fn upgrade(
-    stream: &mut TcpStream,
+pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     dialect: StartTls,
     deadline: Instant,
     since: Instant,
@@ -92,7 +91,10 @@ pub(super) async fn upgrade(
     }
 }
 
-async fn smtp(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
+async fn smtp<S: AsyncRead + AsyncWrite + Unpin>(
+    d: &mut Dialogue<'_, S>,
+    greeting: &[u8],
+) -> Result<(), Failure> {
     match reply_code(greeting) {
         Some(220) => {}
         Some(421 | 554) => {
@@ -130,7 +132,10 @@ async fn smtp(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn imap(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
+async fn imap<S: AsyncRead + AsyncWrite + Unpin>(
+    d: &mut Dialogue<'_, S>,
+    greeting: &[u8],
+) -> Result<(), Failure> {
     if starts_with_ci(greeting, b"* PREAUTH") {
         // RFC 9051 6.2.1: STARTTLS is only valid before authentication.
         return Err(unexpected(format!(
@@ -162,7 +167,10 @@ async fn imap(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn pop3(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
+async fn pop3<S: AsyncRead + AsyncWrite + Unpin>(
+    d: &mut Dialogue<'_, S>,
+    greeting: &[u8],
+) -> Result<(), Failure> {
     if starts_with_ci(greeting, b"-ERR") {
         return Err(unexpected(format!(
             "pop3 server refused the session: {}",
@@ -188,14 +196,14 @@ async fn pop3(d: &mut Dialogue<'_>, greeting: &[u8]) -> Result<(), Failure> {
 
 /// A plaintext session: the stream, what was read but not yet consumed, and
 /// when the first byte arrived.
-struct Dialogue<'s> {
-    stream: &'s mut TcpStream,
+struct Dialogue<'s, S> {
+    stream: &'s mut S,
     buf: Vec<u8>,
     deadline: Instant,
     first_byte: Option<Instant>,
 }
 
-impl Dialogue<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Dialogue<'_, S> {
     async fn send(&mut self, line: &[u8]) -> Result<(), Failure> {
         let what = String::from_utf8_lossy(
             line.split(|&b| b == b' ' || b == b'\r')

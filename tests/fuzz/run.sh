@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each for SECONDS (default 300, long
+# enough for these targets to plateau), one after the other on one core,
+# growing a corpus per target from the seeds in tests/fuzz/seeds/. Prints a
+# line per target with libFuzzer's final figures and exits 1 if any target
+# crashed (the input is kept under the artifacts dir; see README.md).
+#
+#   tests/fuzz/run.sh [SECONDS] [TARGET...]
+#
+# Environment: PW_FUZZ_CORPUS (corpus root, default tests/fuzz/corpus, not in
+# git), PW_FUZZ_ARTIFACTS (default tests/fuzz/artifacts), PW_FUZZ_TARGET_DIR
+# (build dir, default $CARGO_TARGET_DIR/libfuzzer or tests/fuzz/target),
+# PW_FUZZ_SANITIZER (none, the default, builds on stable Rust; address needs
+# nightly features, so it sets RUSTC_BOOTSTRAP=1).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+
+seconds="${1:-300}"
+shift || true
+corpus_root="${PW_FUZZ_CORPUS:-$here/corpus}"
+artifacts_root="${PW_FUZZ_ARTIFACTS:-$here/artifacts}"
+target_dir="${PW_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR/libfuzzer}}"
+target_dir="${target_dir:-$here/target}"
+sanitizer="${PW_FUZZ_SANITIZER:-none}"
+triple="$(rustc -vV | sed -n 's/^host: //p')"
+
+command -v cargo-fuzz >/dev/null || {
+  echo "run.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
+  exit 2
+}
+
+started=$SECONDS
+build=(cargo fuzz build --fuzz-dir "$here" --target-dir "$target_dir" -s "$sanitizer")
+if [ "$sanitizer" != none ]; then
+  # Sanitizers are an unstable rustc flag; this opts the stable compiler in.
+  export RUSTC_BOOTSTRAP=1
+fi
+echo "== build (${build[*]})"
+"${build[@]}"
+built=$((SECONDS - started))
+
+if [ "$#" -gt 0 ]; then
+  targets=("$@")
+else
+  mapfile -t targets < <(cargo fuzz list --fuzz-dir "$here")
+fi
+
+# The largest input worth trying: a reply the agent reads at most 4096 bytes
+# of (plus the read-size byte); config files and STARTTLS sessions are longer.
+max_len() {
+  case "$1" in
+    config | starttls) echo 16384 ;;
+    csr | proto) echo 8192 ;;
+    *) echo 4097 ;;
+  esac
+}
+
+printf '%-18s %8s %10s %8s %7s %7s %8s\n' target seconds execs exec/s cov ft crashes
+crashed=0
+for t in "${targets[@]}"; do
+  corpus="$corpus_root/$t"
+  artifacts="$artifacts_root/$t"
+  mkdir -p "$corpus" "$artifacts"
+  seeds=()
+  [ -d "$here/seeds/$t" ] && seeds=("$here/seeds/$t")
+  log="$artifacts/last-run.log"
+  before=$(find "$artifacts" -maxdepth 1 -type f ! -name '*.log' | wc -l)
+  t0=$SECONDS
+  rc=0
+  # -jobs is not used: one process, one core. -timeout catches a hang on one
+  # input; -rss_limit_mb a memory blow-up.
+  "$target_dir/$triple/release/$t" "$corpus" "${seeds[@]}" \
+    -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
+    -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || rc=$?
+  took=$((SECONDS - t0))
+  after=$(find "$artifacts" -maxdepth 1 -type f ! -name '*.log' | wc -l)
+  found=$((after - before))
+  if [ "$rc" -ne 0 ] && [ "$found" -eq 0 ]; then found="rc=$rc"; fi
+  [ "$found" != 0 ] && crashed=1
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  last=$(grep -E '^#[0-9]+' "$log" | grep -E ' cov: ' | tail -1 || true)
+  cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+  ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+  printf '%-18s %8s %10s %8s %7s %7s %8s\n' "$t" "$took" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found"
+  if [ "$found" != 0 ]; then
+    grep -E 'panicked at|^==[0-9]+==ERROR|Test unit written to' "$log" | head -5 | sed 's/^/    /'
+  fi
+done
+echo "== ${#targets[@]} targets, ${seconds}s each: $((SECONDS - started))s in all (build ${built}s)"
+exit "$crashed"
