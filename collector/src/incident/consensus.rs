@@ -7,6 +7,9 @@
 //! judges the monitor after each instant. Results that arrive late (an
 //! agent's buffer replayed after a cut) are inserted in their place in the
 //! [`Series`] and the next sweep puts their incidents where they happened.
+//! The engine keeps each monitor's [`Sweep`] and [`Sweep::advance`]s it over
+//! results newer than what it judged last, so a result costs one judgement,
+//! not a replay of the monitor's history; a late result starts it over.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -113,12 +116,15 @@ impl Rules {
 #[derive(Debug, Default, Clone)]
 pub struct Series {
     locs: BTreeMap<String, VecDeque<Obs>>,
+    /// The earliest check time inserted since [`Series::take_inserted_from`].
+    inserted_from: Option<i64>,
 }
 
 impl Series {
     /// Inserts `obs` in its place by check time; one with the same time at
     /// the same location (a resend) replaces it. Returns false for a resend.
     pub fn insert(&mut self, location: &str, obs: Obs) -> bool {
+        self.inserted_from = Some(self.inserted_from.map_or(obs.ts_ms, |t| t.min(obs.ts_ms)));
         let q = match self.locs.get_mut(location) {
             Some(q) => q,
             None => self.locs.entry(location.to_owned()).or_default(),
@@ -155,8 +161,28 @@ impl Series {
         self.locs.is_empty()
     }
 
+    /// The earliest check time inserted (or resent) since the last call: a
+    /// [`Sweep`] that judged past it must start over.
+    pub fn take_inserted_from(&mut self) -> Option<i64> {
+        self.inserted_from.take()
+    }
+
     pub fn len(&self) -> usize {
         self.locs.values().map(VecDeque::len).sum()
+    }
+
+    /// Up to when the results are in, as far as one can tell: the oldest of
+    /// the newest results of the locations that reported within `recent_ms`
+    /// of `now_ms` (each location sends in check-time order, so what comes
+    /// next from them is newer). A location silent for longer is not waited
+    /// for. Judging past this instant is provisional.
+    pub fn settled_to(&self, now_ms: i64, recent_ms: i64) -> i64 {
+        self.latest()
+            .map(|(_, t)| t)
+            .filter(|t| *t >= now_ms.saturating_sub(recent_ms))
+            .min()
+            .unwrap_or(now_ms)
+            .min(now_ms)
     }
 
     /// The newest check time at each location.
@@ -243,7 +269,7 @@ pub struct Outcome {
 /// One location during a sweep.
 #[derive(Debug, Clone)]
 struct Run {
-    name: String,
+    name: std::sync::Arc<str>,
     public: bool,
     /// Unknown until the first success or `consecutive_down` failures.
     state: LocState,
@@ -302,7 +328,7 @@ impl Run {
                 .map(|o| reason_name(o.reason)),
         };
         LocationView {
-            location: self.name.clone(),
+            location: self.name.to_string(),
             state,
             reason,
             down_since_ms: (state == LocState::Down).then_some(self.streak_start),
@@ -312,6 +338,7 @@ impl Run {
 }
 
 /// The sliding window of the rate rule.
+#[derive(Debug, Clone)]
 struct Window {
     degraded_is_down: bool,
     ms: i64,
@@ -350,74 +377,157 @@ impl Window {
 
 /// Judges `series` under `rules` from its oldest result to `now_ms`.
 pub fn sweep(series: &Series, rules: &Rules, now_ms: i64) -> Outcome {
-    let mut runs: Vec<Run> = series
-        .locs
-        .keys()
-        .map(|name| Run {
-            name: name.clone(),
-            public: name.starts_with("public:"),
-            state: LocState::Unknown,
-            fails: 0,
-            oks: 0,
-            streak_start: 0,
-            last: None,
-            last_failure: None,
-        })
-        .collect();
-    // Every result, and every instant a location turns stale, by time.
-    // A stale instant sorts before a result at the same time (`false` first).
-    let mut events: Vec<(i64, bool, usize, Obs)> = Vec::with_capacity(series.len() * 2);
-    for (i, q) in series.locs.values().enumerate() {
-        for (j, o) in q.iter().enumerate() {
-            if o.ts_ms > now_ms {
-                break;
-            }
-            events.push((o.ts_ms, true, i, *o));
-            let stale = o.ts_ms.saturating_add(rules.stale_ms);
-            let next = q.get(j + 1).map_or(i64::MAX, |n| n.ts_ms);
-            if stale <= next && stale <= now_ms {
-                events.push((stale, false, i, *o));
-            }
+    let mut s = Sweep::start(series, rules);
+    s.advance(series, now_ms);
+    s.outcome(now_ms)
+}
+
+/// A judgement of one monitor that goes on: every result and staleness up
+/// to [`Sweep::judged_to`] is judged, and what it found is kept, so newer
+/// results are judged without replaying the ones before.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    rules: Rules,
+    runs: Vec<Run>,
+    window: Option<Window>,
+    /// Closed incidents, in order of opening.
+    closed: Vec<Span>,
+    open: Option<Span>,
+    /// Every instant up to this one is judged.
+    upto: i64,
+}
+
+impl Sweep {
+    /// A sweep of `series` that has judged nothing yet.
+    pub fn start(series: &Series, rules: &Rules) -> Sweep {
+        Sweep {
+            rules: rules.clone(),
+            runs: series
+                .locs
+                .keys()
+                .map(|name| Run {
+                    name: name.as_str().into(),
+                    public: name.starts_with("public:"),
+                    state: LocState::Unknown,
+                    fails: 0,
+                    oks: 0,
+                    streak_start: 0,
+                    last: None,
+                    last_failure: None,
+                })
+                .collect(),
+            window: rules.failure_rate.map(|(pct, ms)| Window {
+                degraded_is_down: rules.degraded_is_down,
+                ms,
+                pct,
+                checks: VecDeque::new(),
+                failed: 0,
+            }),
+            closed: Vec::new(),
+            open: None,
+            upto: i64::MIN,
         }
     }
-    events.sort_by_key(|e| (e.0, e.1, e.2));
-    let mut window = rules.failure_rate.map(|(pct, ms)| Window {
-        degraded_is_down: rules.degraded_is_down,
-        ms,
-        pct,
-        checks: VecDeque::new(),
-        failed: 0,
-    });
-    let mut spans: Vec<Span> = Vec::new();
-    let mut open: Option<Span> = None;
-    let mut k = 0;
-    while k < events.len() {
-        let t = events[k].0;
-        while k < events.len() && events[k].0 == t {
-            let (_, is_result, i, o) = events[k];
-            if is_result {
-                runs[i].feed(o, rules);
-                if let Some(w) = window.as_mut().filter(|_| !o.blocked()) {
-                    w.push(&o);
+
+    pub fn judged_to(&self) -> i64 {
+        self.upto
+    }
+
+    /// Whether advancing this sweep over `series` judges it as a fresh sweep
+    /// would: the same rules, the same locations, and nothing inserted at or
+    /// before what is judged (`inserted_from`, from
+    /// [`Series::take_inserted_from`]).
+    pub fn can_go_on(&self, series: &Series, rules: &Rules, inserted_from: Option<i64>) -> bool {
+        self.rules == *rules
+            && inserted_from.is_none_or(|t| t > self.upto)
+            && self.runs.len() == series.locs.len()
+            && self
+                .runs
+                .iter()
+                .zip(series.locs.keys())
+                .all(|(r, n)| *r.name == **n)
+    }
+
+    /// Judges the results of `series`, and the instants its locations turn
+    /// stale, after what is judged and up to `now_ms`.
+    pub fn advance(&mut self, series: &Series, now_ms: i64) {
+        let lo = self.upto;
+        if now_ms <= lo {
+            return;
+        }
+        let stale_ms = self.rules.stale_ms;
+        // Every result, and every instant a location turns stale, by time.
+        // A stale instant sorts before a result at the same time (`false` first).
+        let mut events: Vec<(i64, bool, usize, Obs)> = Vec::new();
+        for (i, q) in series.locs.values().enumerate() {
+            // Results judged already whose staleness is still ahead, then new ones.
+            let from = q.partition_point(|o| o.ts_ms.saturating_add(stale_ms) <= lo);
+            for j in from..q.len() {
+                let o = q[j];
+                if o.ts_ms > now_ms {
+                    break;
+                }
+                if o.ts_ms > lo {
+                    events.push((o.ts_ms, true, i, o));
+                }
+                let stale = o.ts_ms.saturating_add(stale_ms);
+                let next = q.get(j + 1).map_or(i64::MAX, |n| n.ts_ms);
+                if stale > lo && stale <= next && stale <= now_ms {
+                    events.push((stale, false, i, o));
                 }
             }
-            k += 1;
         }
-        if let Some(w) = window.as_mut() {
-            w.advance(t);
+        events.sort_unstable_by_key(|e| (e.0, e.1, e.2));
+        let mut k = 0;
+        while k < events.len() {
+            let t = events[k].0;
+            while k < events.len() && events[k].0 == t {
+                let (_, is_result, i, o) = events[k];
+                if is_result {
+                    self.runs[i].feed(o, &self.rules);
+                    if let Some(w) = self.window.as_mut().filter(|_| !o.blocked()) {
+                        w.push(&o);
+                    }
+                }
+                k += 1;
+            }
+            if let Some(w) = self.window.as_mut() {
+                w.advance(t);
+            }
+            judge(
+                &self.runs,
+                &self.rules,
+                self.window.as_ref(),
+                t,
+                &mut self.open,
+                &mut self.closed,
+            );
         }
-        judge(&runs, rules, window.as_ref(), t, &mut open, &mut spans);
+        self.upto = now_ms;
     }
-    let next_stale_ms = runs
-        .iter()
-        .filter_map(|r| r.last.map(|l| l.ts_ms.saturating_add(rules.stale_ms)))
-        .filter(|s| *s > now_ms)
-        .min();
-    spans.extend(open);
-    Outcome {
-        spans,
-        now: runs.iter().map(|r| r.view(now_ms, rules)).collect(),
-        next_stale_ms,
+
+    /// Forgets incidents that closed before `from_ms`.
+    pub fn forget_closed_before(&mut self, from_ms: i64) {
+        self.closed
+            .retain(|s| s.close_ms.is_none_or(|c| c >= from_ms));
+    }
+
+    /// What is judged, with every location at `now_ms`.
+    pub fn outcome(&self, now_ms: i64) -> Outcome {
+        let rules = &self.rules;
+        let next_stale_ms = self
+            .runs
+            .iter()
+            .filter_map(|r| r.last.map(|l| l.ts_ms.saturating_add(rules.stale_ms)))
+            .filter(|s| *s > now_ms)
+            .min();
+        let mut spans = self.closed.clone();
+        spans.extend(self.open.clone());
+        Outcome {
+            spans,
+            now: self.runs.iter().map(|r| r.view(now_ms, rules)).collect(),
+            next_stale_ms,
+        }
     }
 }
 

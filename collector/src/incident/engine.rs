@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::consensus::{self, LocState, LocationView, Obs, Rules, Series, Span};
+use super::consensus::{LocState, LocationView, Obs, Outcome, Rules, Series, Span, Sweep};
 use super::{Delivery, Incident, Kind, Phase};
 use crate::monitors::Monitor;
 use crate::monitors::registry::MonitorRegistry;
@@ -144,6 +144,8 @@ pub struct MonitorStatus {
 struct Feed {
     series: HashMap<String, Series>,
     dirty: HashSet<String>,
+    /// Per monitor: the judgement so far, advanced by new results.
+    sweeps: HashMap<String, Sweep>,
 }
 
 #[derive(Default)]
@@ -289,7 +291,7 @@ impl IncidentEngine {
         let horizon = crate::store::ms(self.shared.config.horizon);
         let max = self.shared.config.max_per_location;
         let mut feed = lock(&self.shared.feed);
-        let Feed { series, dirty } = &mut *feed;
+        let Feed { series, dirty, .. } = &mut *feed;
         for s in samples {
             let obs = Obs::of(&s.result);
             let series = match series.get_mut(&s.monitor_id) {
@@ -346,20 +348,17 @@ impl IncidentEngine {
         due.sort();
         for name in due {
             let Some(monitor) = self.shared.monitors.get(&name) else {
-                lock(&self.shared.feed).series.remove(&name);
+                let mut feed = lock(&self.shared.feed);
+                feed.series.remove(&name);
+                feed.sweeps.remove(&name);
+                drop(feed);
                 lock(&self.shared.book).status.remove(&name);
                 continue;
             };
-            let series = {
-                let mut feed = lock(&self.shared.feed);
-                let Some(s) = feed.series.get_mut(&name) else {
-                    continue;
-                };
-                s.trim(now_ms - horizon, self.shared.config.max_per_location);
-                s.clone()
-            };
             let rules = Rules::for_monitor(&monitor);
-            let outcome = consensus::sweep(&series, &rules, now_ms);
+            let Some(outcome) = self.judge(&name, &rules, now_ms - horizon, now_ms) else {
+                continue;
+            };
             let mut book = lock(&self.shared.book);
             book.status
                 .insert(name.clone(), (outcome.now.clone(), outcome.next_stale_ms));
@@ -377,6 +376,40 @@ impl IncidentEngine {
         self.settle_all(&mut book, now_ms);
         book.incidents
             .retain(|_, i| i.resolved_ms.is_none_or(|r| r >= now_ms - horizon));
+    }
+
+    /// Judges monitor `name` at `now_ms`. Its sweep is kept up to where the
+    /// results are in ([`Series::settled_to`]) and a copy goes on to `now_ms`,
+    /// so a step costs the results since then, not a replay of the history.
+    /// A late result, a rule change or a new location starts the sweep over
+    /// on a copy of the series (outside the lock: ingest goes on). None: no
+    /// results.
+    fn judge(&self, name: &str, rules: &Rules, from_ms: i64, now_ms: i64) -> Option<Outcome> {
+        let mut feed = lock(&self.shared.feed);
+        let Feed { series, sweeps, .. } = &mut *feed;
+        let Some(s) = series.get_mut(name) else {
+            sweeps.remove(name);
+            return None;
+        };
+        s.trim(from_ms, self.shared.config.max_per_location);
+        let inserted_from = s.take_inserted_from();
+        let settled = s.settled_to(now_ms, rules.stale_ms);
+        if let Some(w) = sweeps
+            .get_mut(name)
+            .filter(|w| now_ms >= w.judged_to() && w.can_go_on(s, rules, inserted_from))
+        {
+            w.advance(s, settled);
+            w.forget_closed_before(from_ms);
+            return Some(provisional(w, s, now_ms));
+        }
+        let copy = s.clone();
+        drop(feed);
+        let mut w = Sweep::start(&copy, rules);
+        w.advance(&copy, settled);
+        w.forget_closed_before(from_ms);
+        let outcome = provisional(&w, &copy, now_ms);
+        lock(&self.shared.feed).sweeps.insert(name.to_owned(), w);
+        Some(outcome)
     }
 
     /// Turns a sweep's spans into incident changes.
@@ -856,6 +889,17 @@ impl Hold {
             parent: None,
         }
     }
+}
+
+/// What `w` says at `now_ms` once it has judged the rest of `series`,
+/// leaving `w` where it is.
+fn provisional(w: &Sweep, series: &Series, now_ms: i64) -> Outcome {
+    if now_ms <= w.judged_to() {
+        return w.outcome(now_ms);
+    }
+    let mut ahead = w.clone();
+    ahead.advance(series, now_ms);
+    ahead.outcome(now_ms)
 }
 
 /// Does the recorded incident cover some of the span's time?

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use portwatch_proto::v1 as pb;
 
-use super::consensus::{LocState, Obs, Rules, Series, diagnose, sweep};
+use super::consensus::{LocState, Obs, Rules, Series, Sweep, diagnose, sweep};
 use super::engine::{
     AgentPresence, Clock, EngineConfig, IncidentEngine, NoAgents, NoMaintenance, Outbound, Outbox,
     Presence, Silencer,
@@ -1043,4 +1043,113 @@ fn after_a_restart_a_notification_not_confirmed_is_sent_again_to_the_channels_th
     r.engine.delivered(id, report("pager", "delivered"));
     r.engine.resume_deliveries();
     assert!(r.sent.take().is_empty());
+}
+
+/// A sweep kept where results are in and advanced, at uneven instants, judges exactly
+/// as a fresh sweep of everything would: same incidents, same picture now.
+/// Several rule sets over pseudo-random flapping, gaps (stale locations)
+/// and results arriving out of order (which start the sweep over).
+#[test]
+fn a_sweep_advanced_step_by_step_judges_as_a_full_sweep() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let rule_sets = [
+        rules(2, 1),
+        rules(1, 2),
+        Rules {
+            failure_rate: Some((50, 60 * S)),
+            ..rules(1, 1)
+        },
+        Rules {
+            locations_down: Some(1),
+            degraded_is_down: true,
+            ..rules(3, 1)
+        },
+        Rules {
+            expect_closed: true,
+            ..rules(1, 1)
+        },
+    ];
+    let locations = ["agent:a", "agent:b", "public:eu"];
+    let mut restarts = 0;
+    let mut compared = 0;
+    for r in &rule_sets {
+        let mut s = Series::default();
+        let mut kept: Option<Sweep> = None;
+        let mut t = 0i64;
+        for _ in 0..600 {
+            t += 1 + (next() % 4) as i64;
+            let loc = locations[(next() % 3) as usize];
+            // Mostly in order; one in twenty lands 30 s in the past.
+            let at = if next() % 20 == 0 { t - 30 } else { t };
+            // Long runs of one state, and now and then a silent spell.
+            let status = match (t / 40 + next() as i64 % 2) % 4 {
+                0 | 1 => pb::Status::Up,
+                2 => pb::Status::Down,
+                _ => pb::Status::Degraded,
+            };
+            if next() % 50 == 0 {
+                t += 60;
+            }
+            let reason = if status == pb::Status::Down {
+                pb::Reason::Refused
+            } else {
+                pb::Reason::Ok
+            };
+            s.insert(loc, obs(at, status, reason));
+            if next() % 3 != 0 {
+                continue;
+            }
+            let now = T0 + (t + (next() % 20) as i64) * S;
+            let inserted_from = s.take_inserted_from();
+            let w = match kept.as_mut() {
+                Some(w) if now >= w.judged_to() && w.can_go_on(&s, r, inserted_from) => w,
+                _ => {
+                    restarts += 1;
+                    kept.insert(Sweep::start(&s, r))
+                }
+            };
+            // As the engine does: keep it where the results are in, and
+            // judge the rest on a copy.
+            w.advance(&s, s.settled_to(now, r.stale_ms));
+            let mut ahead = w.clone();
+            ahead.advance(&s, now);
+            assert_eq!(
+                ahead.outcome(now),
+                sweep(&s, r, now),
+                "at {now} under {r:?}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 500, "only {compared} comparisons");
+    // Both paths ran: most steps went on, late results started over.
+    assert!(
+        restarts > 20 && restarts < compared / 2,
+        "{restarts} restarts in {compared}"
+    );
+}
+
+/// A late result, a changed rule or a new location cannot go on.
+#[test]
+fn a_sweep_starts_over_on_a_late_result_a_rule_change_or_a_new_location() {
+    let r = rules(2, 1);
+    let mut s = Series::default();
+    feed(&mut s, "agent:a", 0, "UUDDUU");
+    s.take_inserted_from();
+    let mut w = Sweep::start(&s, &r);
+    w.advance(&s, T0 + 55 * S);
+    feed(&mut s, "agent:a", 60, "D");
+    assert!(w.can_go_on(&s, &r, s.clone().take_inserted_from()));
+    feed(&mut s, "agent:a", 45, "D");
+    assert!(!w.can_go_on(&s, &r, s.clone().take_inserted_from()));
+    s.take_inserted_from();
+    assert!(!w.can_go_on(&s, &rules(3, 1), None));
+    feed(&mut s, "public:eu", 70, "U");
+    assert!(!w.can_go_on(&s, &r, None));
 }
