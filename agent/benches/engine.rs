@@ -82,6 +82,9 @@ fn main() {
     let fire = raw_fire_and_forget(addr, d.raw);
     fire.print("raw connect+close (non-blocking, not awaited)");
     listener.settle();
+    let awaited = raw_epoll(addr, d.raw, 64);
+    awaited.print("raw connect, handshake awaited with epoll, 64 in flight, close");
+    listener.settle();
 
     let connect_only = connect_throughput(addr, d.engine, 64);
     connect_only.print("probe::tcp::connect alone, 64 in flight, current_thread");
@@ -89,11 +92,18 @@ fn main() {
     let engine = engine_throughput(addr, d.engine, 64);
     engine.print("engine Engine::run tcp connect, 64 in flight, current_thread");
     listener.settle();
-    if fire.ok > 0 {
+    if fire.ok > 0 && awaited.ok > 0 {
         println!(
             "engine / raw connect+close: {:.0}% (goal >= 50%); tcp::connect alone / raw: {:.0}%",
             100.0 * engine.rate() / fire.rate(),
             100.0 * connect_only.rate() / fire.rate()
+        );
+        println!(
+            "engine / raw epoll loop (same work as a check): {:.0}% by rate, {:.0}% per CPU second ({:.0} vs {:.0} checks per CPU second)",
+            100.0 * engine.rate() / awaited.rate(),
+            100.0 * (engine.ok as f64 / engine.cpu) / (awaited.ok as f64 / awaited.cpu),
+            engine.ok as f64 / engine.cpu,
+            awaited.ok as f64 / awaited.cpu,
         );
     }
     versus_blackbox_exporter(addr, &engine, d.engine);
@@ -314,6 +324,83 @@ fn raw_fire_and_forget(addr: SocketAddr, dur: Duration) -> Tally {
         drop(sock);
     }
     t.elapsed = start.elapsed();
+    t
+}
+
+/// The limit of a complete connect check on one thread: `depth`
+/// non-blocking connect()s in flight, each awaited with epoll until the
+/// handshake is done, its SO_ERROR read, then closed and replaced. The
+/// engine's work without the engine: no runtime, no timer, no allocation.
+fn raw_epoll(addr: SocketAddr, dur: Duration, depth: usize) -> Tally {
+    use rustix::event::epoll;
+    use rustix::io::Errno;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socket_with, sockopt};
+    use std::os::fd::OwnedFd;
+
+    let mut t = Tally::default();
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create");
+    let open = |slot: usize| -> Result<OwnedFd, String> {
+        let fd = socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) | Err(Errno::INPROGRESS) => {}
+            Err(e) => return Err(format!("connect: {e}")),
+        }
+        epoll::add(
+            &ep,
+            &fd,
+            epoll::EventData::new_u64(slot as u64),
+            epoll::EventFlags::OUT | epoll::EventFlags::ONESHOT,
+        )
+        .map_err(|e| format!("epoll_ctl: {e}"))?;
+        Ok(fd)
+    };
+    let cpu0 = blackbox::thread_cpu_seconds();
+    let start = Instant::now();
+    let mut slots: Vec<Option<OwnedFd>> = Vec::with_capacity(depth);
+    for slot in 0..depth {
+        slots.push(open(slot).map_err(|e| t.fail(e)).ok());
+    }
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(depth);
+    let timeout = rustix::event::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    let mut done: u64 = 0;
+    while done < MAX_ITERATIONS && start.elapsed() < dur {
+        events.clear();
+        if let Err(e) = epoll::wait(
+            &ep,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&timeout),
+        ) {
+            t.fail(format!("epoll_wait: {e}"));
+            continue;
+        }
+        if events.is_empty() {
+            t.fail("no handshake finished within 1 s".into());
+            break;
+        }
+        for ev in &events {
+            let slot = ev.data.u64() as usize;
+            if let Some(fd) = slots[slot].take() {
+                match sockopt::socket_error(&fd) {
+                    Ok(Ok(())) => t.ok += 1,
+                    Ok(Err(e)) => t.fail(format!("handshake: {e}")),
+                    Err(e) => t.fail(format!("SO_ERROR: {e}")),
+                }
+                done += 1;
+            }
+            slots[slot] = open(slot).map_err(|e| t.fail(e)).ok();
+        }
+    }
+    t.elapsed = start.elapsed();
+    t.cpu = blackbox::thread_cpu_seconds() - cpu0;
     t
 }
 
