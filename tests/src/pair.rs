@@ -109,6 +109,10 @@ impl Pair {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     pub rss_kib: u64,
+    /// Of `rss_kib`: anonymous memory (heap, stacks), and pages of files
+    /// (the program's own code, shared libraries).
+    pub anon_kib: u64,
+    pub file_kib: u64,
     /// Peak resident memory (VmHWM).
     pub peak_kib: u64,
     /// User + system CPU seconds since it started.
@@ -140,6 +144,8 @@ pub fn usage(pid: u32) -> Usage {
     };
     Usage {
         rss_kib: kib("VmRSS:"),
+        anon_kib: kib("RssAnon:"),
+        file_kib: kib("RssFile:") + kib("RssShmem:"),
         peak_kib: kib("VmHWM:"),
         // USER_HZ is 100 on Linux.
         cpu_s: (ticks(11) + ticks(12)) as f64 / 100.0,

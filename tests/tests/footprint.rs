@@ -137,11 +137,13 @@ fn measure(n: usize, interval: Duration, window: Duration) {
     let checks = k1 - k0;
     let expected = n as f64 * secs / interval.as_secs_f64();
     println!(
-        "{n} monitors @ {label}: agent RSS {:.1} MiB (peak {:.1} MiB), CPU {:.1}% of one core; \
+        "{n} monitors @ {label}: agent RSS {:.1} MiB (peak {:.1} MiB; heap and stacks {:.1} MiB, code {:.1} MiB), CPU {:.1}% of one core; \
          {checks} checks in {secs:.0} s ({:.0}/s, {:.0}% of the {expected:.0} due); lateness p50 {:.3} ms, \
          p99 {:.3} ms, max {:.3} ms; skipped {} (goals: RSS < 20 MB at 10k, p99 < 5 ms) | collector CPU {:.1}%, RSS {:.1} MiB",
         a1.rss_kib as f64 / 1024.0,
         a1.peak_kib as f64 / 1024.0,
+        a1.anon_kib as f64 / 1024.0,
+        a1.file_kib as f64 / 1024.0,
         100.0 * (a1.cpu_s - a0.cpu_s) / secs,
         checks as f64 / secs,
         100.0 * checks as f64 / expected,
