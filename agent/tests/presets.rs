@@ -606,7 +606,9 @@ async fn sshd_is_up_with_its_software_version_and_logs_no_error() {
     let log = sshd.log();
     let ours = &log[before..];
     assert!(
-        ours.contains("Connection closed by 127.0.0.1") && ours.contains("[preauth]"),
+        (ours.contains("Connection closed by 127.0.0.1")
+            || ours.contains("Connection reset by 127.0.0.1"))
+            && ours.contains("[preauth]"),
         "{log}"
     );
     assert!(!ours.contains("kex_exchange_identification"), "{log}");
