@@ -747,7 +747,11 @@ impl Session {
 /// makes the whole batch suspect: it is rejected (the agent keeps it and
 /// retries), never half stored. A seq jump is not checked here: seqs are the
 /// agent's own, and only its watermark would suffer.
-fn check_batch(batch: &pb::ResultBatch) -> Result<(), String> {
+///
+/// Public, though hidden, only as the entry point of the `proto` fuzz target
+/// (`tests/fuzz`).
+#[doc(hidden)]
+pub fn check_batch(batch: &pb::ResultBatch) -> Result<(), String> {
     let mut last = 0u64;
     for (i, sr) in batch.results.iter().enumerate() {
         if sr.seq <= last {

@@ -282,9 +282,10 @@ pub fn csr(data: &[u8]) {
 
 /// Every message an agent can send the collector, decoded as tonic decodes
 /// it (the first byte picks the message type); a decoded message re-encodes
-/// to bytes that decode to the same message. The collector has no pure
-/// validation of a decoded batch yet (ingest stores what decodes); the
-/// other direction, an assignment turned into checks by the agent, has one.
+/// to bytes that decode to the same message. A result batch then goes
+/// through the collector's validation before anything is stored
+/// (`ingest::check_batch`), and the other direction, an assignment turned
+/// into checks by the agent, through its conversion.
 pub fn proto(data: &[u8]) {
     use portwatch_proto::v1 as pb;
     let Some((&kind, bytes)) = data.split_first() else {
@@ -292,7 +293,12 @@ pub fn proto(data: &[u8]) {
     };
     match kind % 4 {
         0 => {
-            let _ = roundtrip::<pb::AgentMessage>(bytes);
+            let Some(m) = roundtrip::<pb::AgentMessage>(bytes) else {
+                return;
+            };
+            if let Some(pb::agent_message::Msg::Results(batch)) = m.msg {
+                result_batch(&batch);
+            }
         }
         1 => {
             let _ = roundtrip::<pb::EnrollRequest>(bytes);
@@ -311,6 +317,48 @@ pub fn proto(data: &[u8]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The collector accepts exactly the batches an agent's buffer can produce,
+/// so a good batch is never refused (the agent would retry it forever) and a
+/// stored one holds what ingest and incidents rely on: seqs above 0 and
+/// strictly increasing, every result with a body, a monitor and a status
+/// judged by the rules (up, degraded or down), every gap a real range. A
+/// refusal says why, in short printable text (it ends the agent's stream).
+fn result_batch(batch: &portwatch_proto::v1::ResultBatch) {
+    use portwatch_proto::v1 as pb;
+    let seqs_increase = batch
+        .results
+        .iter()
+        .try_fold(0u64, |last, sr| (sr.seq > last).then_some(sr.seq))
+        .is_some();
+    let results_whole = batch.results.iter().all(|sr| {
+        sr.result.as_ref().is_some_and(|r| {
+            !r.monitor_id.is_empty()
+                && matches!(
+                    pb::Status::try_from(r.status),
+                    Ok(pb::Status::Up | pb::Status::Degraded | pb::Status::Down)
+                )
+        })
+    });
+    let gaps_real = batch
+        .gaps
+        .iter()
+        .all(|g| 1 <= g.from_seq && g.from_seq <= g.to_seq);
+    let valid = seqs_increase && results_whole && gaps_real;
+    match portwatch_collector::ingest::check_batch(batch) {
+        Ok(()) => assert!(
+            valid,
+            "an impossible batch was accepted (seqs increase: {seqs_increase}, \
+             results whole: {results_whole}, gaps real: {gaps_real})"
+        ),
+        Err(why) => {
+            assert!(!valid, "a good batch was refused: {why}");
+            assert!(!why.is_empty(), "a refusal without a reason");
+            assert!(why.len() < 512, "unbounded refusal ({} bytes)", why.len());
+            assert_printable("refusal", &why);
         }
     }
 }
