@@ -195,8 +195,11 @@ locations = ["site=lab", "public"]
     // dnsmasq stopped: ICMP port unreachable, so refused, not a timeout.
     dnsmasq.kill();
     let killed = Instant::now();
+    let killed_ms = lab::now_ms();
+    // A query in flight at the kill goes unanswered (no_reply): judge a
+    // check that began after it.
     let r = wait_result(&lab, "dns", Duration::from_secs(10), |r| {
-        r["status"] == "down"
+        r["status"] == "down" && r["scheduled_at_unix_ms"].as_i64() >= Some(killed_ms)
     });
     assert_eq!(r["reason"], "refused", "{r}");
     let page = h::wait_for(Duration::from_secs(10), || lab.hooks.find("dns", "opened"))
