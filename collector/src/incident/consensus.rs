@@ -436,9 +436,16 @@ impl Sweep {
     /// Whether advancing this sweep over `series` judges it as a fresh sweep
     /// would: the same rules, the same locations, and nothing inserted at or
     /// before what is judged (`inserted_from`, from
-    /// [`Series::take_inserted_from`]).
-    pub fn can_go_on(&self, series: &Series, rules: &Rules, inserted_from: Option<i64>) -> bool {
-        self.rules == *rules
+    /// [`Series::take_inserted_from`]), and a clock that did not go back.
+    pub fn can_go_on(
+        &self,
+        series: &Series,
+        rules: &Rules,
+        inserted_from: Option<i64>,
+        now_ms: i64,
+    ) -> bool {
+        now_ms >= self.upto
+            && self.rules == *rules
             && inserted_from.is_none_or(|t| t > self.upto)
             && self.runs.len() == series.locs.len()
             && self

@@ -396,7 +396,7 @@ impl IncidentEngine {
         let settled = s.settled_to(now_ms, rules.stale_ms);
         if let Some(w) = sweeps
             .get_mut(name)
-            .filter(|w| now_ms >= w.judged_to() && w.can_go_on(s, rules, inserted_from))
+            .filter(|w| w.can_go_on(s, rules, inserted_from, now_ms))
         {
             w.advance(s, settled);
             w.forget_closed_before(from_ms);

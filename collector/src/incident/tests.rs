@@ -1108,7 +1108,7 @@ fn a_sweep_advanced_step_by_step_judges_as_a_full_sweep() {
             let now = T0 + (t + (next() % 20) as i64) * S;
             let inserted_from = s.take_inserted_from();
             let w = match kept.as_mut() {
-                Some(w) if now >= w.judged_to() && w.can_go_on(&s, r, inserted_from) => w,
+                Some(w) if w.can_go_on(&s, r, inserted_from, now) => w,
                 _ => {
                     restarts += 1;
                     kept.insert(Sweep::start(&s, r))
@@ -1145,11 +1145,11 @@ fn a_sweep_starts_over_on_a_late_result_a_rule_change_or_a_new_location() {
     let mut w = Sweep::start(&s, &r);
     w.advance(&s, T0 + 55 * S);
     feed(&mut s, "agent:a", 60, "D");
-    assert!(w.can_go_on(&s, &r, s.clone().take_inserted_from()));
+    assert!(w.can_go_on(&s, &r, s.clone().take_inserted_from(), T0 + 70 * S));
     feed(&mut s, "agent:a", 45, "D");
-    assert!(!w.can_go_on(&s, &r, s.clone().take_inserted_from()));
+    assert!(!w.can_go_on(&s, &r, s.clone().take_inserted_from(), T0 + 70 * S));
     s.take_inserted_from();
-    assert!(!w.can_go_on(&s, &rules(3, 1), None));
+    assert!(!w.can_go_on(&s, &rules(3, 1), None, T0 + 70 * S));
     feed(&mut s, "public:eu", 70, "U");
-    assert!(!w.can_go_on(&s, &r, None));
+    assert!(!w.can_go_on(&s, &r, None, T0 + 70 * S));
 }
