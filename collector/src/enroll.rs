@@ -11,10 +11,9 @@
 //! identity chosen here, then consume the token and register the agent in one
 //! transaction: a certificate is only returned if that transaction committed.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use portwatch_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
@@ -24,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::agents::{AgentRecord, AgentRegistry};
 use crate::ca::{Ca, CaError, DEFAULT_AGENT_CERT_LIFETIME};
+use crate::ratelimit::RateLimiter;
 use crate::state::{hex, random_bytes, unix_ms};
 use crate::token::{RedeemError, TokenStore};
 
@@ -36,8 +36,6 @@ pub const INVALID_TOKEN: &str = "invalid or expired token";
 pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest token id or secret looked at; anything longer is not ours.
 const MAX_TOKEN_FIELD: usize = 128;
-/// Source addresses remembered by the rate limiter before stale ones are dropped.
-const MAX_TRACKED_SOURCES: usize = 10_000;
 
 /// Settings of the enrollment service.
 #[derive(Debug, Clone)]
@@ -72,7 +70,7 @@ struct Inner {
     tokens: TokenStore,
     agents: AgentRegistry,
     config: EnrollConfig,
-    limiter: RateLimiter,
+    limiter: RateLimiter<IpAddr>,
     clock: Clock,
     requests: AtomicU64,
 }
@@ -134,7 +132,7 @@ impl Enrollment for EnrollService {
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let req = request.into_inner();
         let token_id = printable(&req.token_id);
-        if !self.inner.limiter.allow(source, Instant::now()) {
+        if !self.inner.limiter.allow(&source, Instant::now()) {
             tracing::warn!(token = %token_id, %source, "enrollment rate limited");
             return Err(Status::resource_exhausted(
                 "too many enrollment attempts from this address, try again in a minute",
@@ -260,37 +258,6 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// Fixed-window attempt counter per source address.
-struct RateLimiter {
-    limit: u32,
-    window: Duration,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl RateLimiter {
-    fn new(limit: u32, window: Duration) -> Self {
-        RateLimiter {
-            limit,
-            window,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts one attempt from `ip`; false once it is over the limit.
-    fn allow(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_TRACKED_SOURCES {
-            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-        }
-        let entry = seen.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        entry.1 <= self.limit
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerTlsError {
     #[error("issuing the collector's server certificate: {0}")]
@@ -318,18 +285,6 @@ pub fn server_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_is_per_source_and_resets_after_the_window() {
-        let l = RateLimiter::new(3, Duration::from_secs(60));
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let t0 = Instant::now();
-        assert!((0..3).all(|_| l.allow(a, t0)));
-        assert!(!l.allow(a, t0 + Duration::from_secs(59)));
-        assert!(l.allow(b, t0), "another source has its own budget");
-        assert!(l.allow(a, t0 + Duration::from_secs(60)), "a new window");
-    }
 
     #[test]
     fn agent_ids_are_valid_whatever_the_name() {

@@ -9,6 +9,10 @@
 //!   [`IngestConfig::recheck`] on a live stream, and [`Ingest::revoke`] closes
 //!   one at once.
 //! - **One live stream per agent**: a new stream closes the older one (`Aborted`).
+//!   An identity opening streams in a storm (a crash-looping or cloned agent)
+//!   gets `Unavailable` past [`IngestConfig::streams_per_window`] new streams
+//!   per [`IngestConfig::stream_window`], before it replaces anything: the
+//!   live stream goes on, and the agent's backoff slows it down.
 //! - **Assignment**: after the agent's `Hello`, the collector sends the monitors
 //!   [`Assignments`] gives that agent, and again whenever they change.
 //! - **Results**: a `ResultBatch` is filtered (results for monitors not assigned
@@ -43,7 +47,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +59,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ca;
+use crate::ratelimit::RateLimiter;
 use crate::store::{Sample, SourceGap, Store};
 
 /// Default bound on one decoded agent message.
@@ -165,6 +170,10 @@ pub struct IngestConfig {
     pub hello_timeout: Duration,
     /// How often a live stream asks the [`AgentDirectory`] again.
     pub recheck: Duration,
+    /// New streams one agent may open per `stream_window`. A healthy agent
+    /// opens one per reconnect, with backoff from 1 s between failures.
+    pub streams_per_window: u32,
+    pub stream_window: Duration,
 }
 
 impl Default for IngestConfig {
@@ -173,6 +182,8 @@ impl Default for IngestConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             hello_timeout: Duration::from_secs(10),
             recheck: Duration::from_secs(2),
+            streams_per_window: 10,
+            stream_window: Duration::from_secs(60),
         }
     }
 }
@@ -267,6 +278,10 @@ struct Inner {
     stats: Mutex<HashMap<String, AgentLinkStats>>,
     next_id: AtomicU64,
     renewer: std::sync::OnceLock<Arc<dyn Renewer>>,
+    /// New streams per agent identity.
+    limiter: RateLimiter<String>,
+    /// Stream tasks running, live or winding down.
+    open: Arc<AtomicUsize>,
 }
 
 /// The `AgentLink` service and the handle to its live streams. Cheap to clone.
@@ -286,6 +301,7 @@ impl Ingest {
     ) -> Ingest {
         Ingest {
             inner: Arc::new(Inner {
+                limiter: RateLimiter::new(config.streams_per_window, config.stream_window),
                 store,
                 directory,
                 assignments,
@@ -294,6 +310,7 @@ impl Ingest {
                 stats: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 renewer: std::sync::OnceLock::new(),
+                open: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -341,6 +358,12 @@ impl Ingest {
                 Status::unavailable("the collector is shutting down"),
             );
         }
+    }
+
+    /// Stream tasks running: live streams and replaced or closed ones not
+    /// yet wound down.
+    pub fn open_streams(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
     }
 
     /// Agents with a live stream now.
@@ -433,6 +456,18 @@ impl AgentLink for Ingest {
                 "agent {agent_id} may not connect: {denied}"
             )));
         }
+        if !self
+            .inner
+            .limiter
+            .allow(&agent_id, tokio::time::Instant::now())
+        {
+            tracing::warn!(agent = %agent_id, "agent stream refused: too many new streams");
+            return Err(Status::unavailable(format!(
+                "too many new streams for agent {agent_id} (over {} in {} s): the live one goes on; retry later",
+                self.inner.config.streams_per_window,
+                self.inner.config.stream_window.as_secs()
+            )));
+        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (close_tx, close_rx) = mpsc::channel(1);
         let (hint_tx, hint_rx) = mpsc::channel(4);
@@ -496,8 +531,25 @@ struct Session {
     acked: u64,
 }
 
+/// Counts a stream task while it runs.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Session {
     async fn run(mut self, inbound: Streaming<pb::AgentMessage>) {
+        let _open = OpenGuard::new(&self.ingest.inner.open);
         let end = self.serve(inbound).await;
         if let Err(status) = end {
             tracing::info!(agent = %self.agent_id, code = ?status.code(), error = %status.message(), "agent stream closed");

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod monitors;
 pub mod notify;
 pub mod public;
+mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod store;

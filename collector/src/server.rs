@@ -341,6 +341,9 @@ pub async fn serve(
         // all). An agent sending results or heartbeats is never pinged.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        // An agent needs one stream (plus a renewal now and then); a client
+        // opening hundreds on one connection waits for its turn instead.
+        .max_concurrent_streams(Some(8))
         .tls_config(tls)
         .map_err(setup)?
         .add_service(enroll.into_server())

@@ -799,6 +799,168 @@ async fn a_second_stream_for_the_same_agent_replaces_the_first() {
     assert_eq!(c.ingest.agent_stats(AGENT).unwrap().sessions, 2);
 }
 
+/// A message with one result of `monitor` at `seq`.
+fn one_result(seq: u64, monitor: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Results(pb::ResultBatch {
+            results: vec![pb::SequencedResult {
+                seq,
+                result: Some(result_for(monitor)),
+            }],
+            gaps: vec![],
+        })),
+    }
+}
+
+/// Sends one result on a raw stream and waits for its ack.
+async fn acked(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    inbound: &mut Streaming<pb::CollectorMessage>,
+    seq: u64,
+    monitor: &str,
+) {
+    tx.send(one_result(seq, monitor)).await.unwrap();
+    loop {
+        match next_msg(inbound).await {
+            pb::collector_message::Msg::Ack(ack) if ack.durable_through_seq >= seq => return,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_streams_with_one_identity_is_limited_and_one_stream_stays_live() {
+    const STORM: usize = 100;
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    s.assignments.set(AGENT, vec![monitor("m1", t)]);
+    s.assignments.set("agent-2", vec![monitor("m2", t)]);
+    let c = s.collector(any_port(), IngestConfig::default()).await;
+    let limit = IngestConfig::default().streams_per_window as usize;
+    let cert = s.pki.agent(AGENT);
+    let ca = s.pki.ca.cert_pem().to_owned();
+    let (_tx0, mut first) = raw_session(c.addr, &ca, Some(&cert)).await.unwrap();
+    assert!(matches!(
+        next_msg(&mut first).await,
+        pb::collector_message::Msg::Assignment(_)
+    ));
+
+    // Every stream of the storm on its own TLS connection, all at once.
+    let storm: Vec<_> = (0..STORM)
+        .map(|_| {
+            let (ca, cert) = (ca.clone(), cert.clone());
+            tokio::spawn(async move { raw_session(c.addr, &ca, Some(&cert)).await })
+        })
+        .collect();
+    // Another agent is served meanwhile.
+    let cert2 = s.pki.agent("agent-2");
+    let (tx2, mut other) = raw_session(c.addr, &ca, Some(&cert2)).await.unwrap();
+    acked(&tx2, &mut other, 1, "m2").await;
+
+    let mut accepted = Vec::new();
+    for task in storm {
+        match task.await.unwrap() {
+            Ok(stream) => accepted.push(stream),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    status.message().contains("too many new streams"),
+                    "{status:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        limit - 1,
+        "the first stream and {} of the storm fit the window",
+        limit - 1
+    );
+    // Each accepted stream replaced the one before: exactly one is live, it
+    // stores results, and every other accepted stream was closed.
+    let mut live = Vec::new();
+    for (tx, mut inbound) in accepted {
+        // A stream replaced at once may end before its assignment.
+        let mut end = None;
+        for _ in 0..2 {
+            match tokio::time::timeout(Duration::from_millis(300), inbound.message()).await {
+                Ok(Ok(Some(pb::CollectorMessage {
+                    msg: Some(pb::collector_message::Msg::Assignment(_)),
+                }))) => {}
+                Ok(other) => {
+                    end = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        match end {
+            None => live.push((tx, inbound)),
+            Some(end) => assert_eq!(end.unwrap_err().code(), Code::Aborted),
+        }
+    }
+    assert_eq!(live.len(), 1, "one live stream per agent");
+    let (tx, mut inbound) = live.pop().unwrap();
+    acked(&tx, &mut inbound, 1, "m1").await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), first.message())
+        .await
+        .expect("the first stream was replaced");
+    assert_eq!(closed.unwrap_err().code(), Code::Aborted);
+    assert_eq!(c.ingest.connected(), [AGENT, "agent-2"]);
+    assert_eq!(c.ingest.agent_stats(AGENT).unwrap().sessions, limit as u64);
+    // Nothing of the storm lingers: two stream tasks, one per agent.
+    wait_until(
+        "the replaced streams wound down",
+        Duration::from_secs(5),
+        || c.ingest.open_streams() == 2,
+    )
+    .await;
+    assert_eq!(results_for(&c.store, "m1").len(), 1);
+    assert_eq!(results_for(&c.store, "m2").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_the_stream_limit_backs_off_and_gets_in_after_the_window() {
+    let s = Setup::new();
+    let (t, _target) = target().await;
+    s.assignments.set(AGENT, vec![monitor("m1", t)]);
+    let config = IngestConfig {
+        streams_per_window: 1,
+        stream_window: Duration::from_secs(2),
+        ..IngestConfig::default()
+    };
+    let c = s.collector(any_port(), config).await;
+    let cert = s.pki.agent(AGENT);
+    let opened = tokio::time::Instant::now();
+    let (tx, mut held) = raw_session(c.addr, s.pki.ca.cert_pem(), Some(&cert))
+        .await
+        .unwrap();
+    let buffer = open_buffer(&s.path("buffer"));
+    let agent = Agent::start(s.pki.identity(c.addr, AGENT), buffer, link_config());
+    wait_until("the agent is refused", Duration::from_secs(5), || {
+        agent
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("too many new streams"))
+    })
+    .await;
+    // Refused before it replaced anything: the stream already there goes on.
+    assert!(!agent.status().connected);
+    acked(&tx, &mut held, 1, "m1").await;
+    // The refusal is transient: the agent retries and gets in (replacing
+    // the held stream) once the window has passed.
+    wait_until("the agent is connected", Duration::from_secs(15), || {
+        agent.status().connected
+    })
+    .await;
+    assert!(opened.elapsed() >= Duration::from_secs(2));
+    let closed = tokio::time::timeout(Duration::from_secs(5), held.message())
+        .await
+        .expect("the held stream was replaced");
+    assert_eq!(closed.unwrap_err().code(), Code::Aborted);
+    agent.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_change_is_pushed_to_the_live_stream() {
     let s = Setup::new();
