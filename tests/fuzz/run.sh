@@ -57,7 +57,26 @@ max_len() {
   esac
 }
 
-printf '%-18s %8s %10s %8s %7s %7s %8s\n' target seconds execs exec/s cov ft crashes
+# libFuzzer's status lines carry no time: a sampler beside each run writes
+# "seconds cov ft" every 10 s to coverage.tsv, and the table shows what the
+# last third of the run added (+0/+0: the target reached its plateau).
+sample() {
+  local log="$1" out="$2" t0=$SECONDS line
+  : >"$out"
+  while sleep 10; do
+    line=$(grep -aE '^#[0-9]+.* cov: ' "$log" | tail -1 || true)
+    [ -n "$line" ] && printf '%s %s %s\n' $((SECONDS - t0)) \
+      "$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$line")" \
+      "$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$line")" >>"$out"
+  done
+}
+
+# cov and ft at two thirds of the run, from coverage.tsv.
+at_two_thirds() {
+  awk -v t=$(($2 * 2 / 3)) '$1 <= t { c = $2; f = $3 } END { print (c == "" ? "? ?" : c " " f) }' "$1"
+}
+
+printf '%-18s %8s %10s %8s %7s %7s %12s %8s\n' target seconds execs exec/s cov ft 'last 1/3' crashes
 crashed=0
 for t in "${targets[@]}"; do
   corpus="$corpus_root/$t"
@@ -69,12 +88,16 @@ for t in "${targets[@]}"; do
   before=$(find "$artifacts" -maxdepth 1 -type f ! -name '*.log' | wc -l)
   t0=$SECONDS
   rc=0
+  sample "$log" "$artifacts/coverage.tsv" &
+  sampler=$!
   # -jobs is not used: one process, one core. -timeout catches a hang on one
   # input; -rss_limit_mb a memory blow-up.
   "$target_dir/$triple/release/$t" "$corpus" "${seeds[@]}" \
     -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || rc=$?
   took=$((SECONDS - t0))
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
   after=$(find "$artifacts" -maxdepth 1 -type f ! -name '*.log' | wc -l)
   found=$((after - before))
   if [ "$rc" -ne 0 ] && [ "$found" -eq 0 ]; then found="rc=$rc"; fi
@@ -84,7 +107,10 @@ for t in "${targets[@]}"; do
   last=$(grep -E '^#[0-9]+' "$log" | grep -E ' cov: ' | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
-  printf '%-18s %8s %10s %8s %7s %7s %8s\n' "$t" "$took" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$found"
+  read -r cov23 ft23 < <(at_two_thirds "$artifacts/coverage.tsv" "$took")
+  gain='?'
+  if [ "$cov23" != '?' ] && [ -n "$cov" ]; then gain="+$((cov - cov23))/+$((ft - ft23))"; fi
+  printf '%-18s %8s %10s %8s %7s %7s %12s %8s\n' "$t" "$took" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$gain" "$found"
   if [ "$found" != 0 ]; then
     grep -E 'panicked at|^==[0-9]+==ERROR|Test unit written to' "$log" | head -5 | sed 's/^/    /'
   fi
