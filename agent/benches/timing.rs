@@ -27,7 +27,7 @@ use portwatch_agent::check::CheckSpec;
 use portwatch_agent::probe::Engine;
 use portwatch_agent::resolve::Resolver;
 use portwatch_agent::result::Reason;
-use portwatch_harness::netns::Netns;
+use portwatch_harness::netns::{self, Netns};
 
 // Shared with the engine bench; each uses part of it.
 #[allow(dead_code)]
@@ -95,27 +95,7 @@ fn main() {
         ("first SYN dropped (1 s retransmit)", slow_n, true),
     ] {
         if slow {
-            ns.iptables(&[
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &PORT.to_string(),
-                "--tcp-flags",
-                "SYN,ACK,RST",
-                "SYN",
-                "-m",
-                "statistic",
-                "--mode",
-                "nth",
-                "--every",
-                "2",
-                "--packet",
-                "0",
-                "-j",
-                "DROP",
-            ]);
+            ns.rule("-A", &netns::drop_nth_syn(PORT, 2));
         }
         println!("\n{case}: {n} checks each, one at a time");
         let engine_says = ns.within(|| portwatch_checks(target, n));

@@ -91,9 +91,7 @@ impl Lab {
     }
 
     fn site_iptables(&self, rule: &[&str]) {
-        let mut args = vec!["-w"];
-        args.extend_from_slice(rule);
-        self.site.exec("iptables", &args);
+        self.site.iptables(rule);
     }
 }
 
@@ -185,28 +183,9 @@ fn reject_with_tcp_reset_is_refused_and_icmp_rejects_are_unreachable() {
 #[test]
 fn first_syn_dropped_makes_a_slow_handshake() {
     let lab = Lab::new();
-    let port = lab.port.to_string();
     // Drop every other SYN: each connect loses its first SYN and the kernel's
     // 1 s retransmit sets the handshake time.
-    lab.site_iptables(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        &port,
-        "--syn",
-        "-m",
-        "statistic",
-        "--mode",
-        "nth",
-        "--every",
-        "2",
-        "--packet",
-        "0",
-        "-j",
-        "DROP",
-    ]);
+    lab.site.rule("-A", &netns::drop_nth_syn(lab.port, 2));
     let (code, v) = lab.check(&lab.target(), &["--timeout", "3s", "--degraded-ms", "500"]);
     assert_eq!(
         (code, v["status"].as_str(), v["reason"].as_str()),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use portwatch_e2e::lab::{self, AGENT_LOC, Lab, SITE_ADDR, text};
 use portwatch_harness as h;
+use portwatch_harness::netns;
 use serde_json::Value;
 
 /// A monitor of a site service, checked by the agent every second.
@@ -435,29 +436,9 @@ fn slow_handshakes_degrade_and_lone_losses_open_no_incident() {
     }
     // Every other SYN to these ports is dropped: each connect's first SYN
     // (no other client talks to them), so each handshake takes ~1 s.
-    let slow = |port: &'static str| {
-        vec![
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            port,
-            "--syn",
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "2",
-            "--packet",
-            "0",
-            "-j",
-            "DROP",
-        ]
-    };
-    lab.site
-        .iptables(&[&["-I"][..], &slow("6379")[..]].concat());
-    lab.site.iptables(&[&["-I"][..], &slow("22")[..]].concat());
+    let slow = |port| netns::drop_nth_syn(port, 2);
+    lab.site.rule("-I", &slow(6379));
+    lab.site.rule("-I", &slow(22));
     let from = lab::now_ms();
     let r = wait_result(&lab, "redis-slow", Duration::from_secs(15), |r| {
         r["scheduled_at_unix_ms"].as_i64() > Some(from)
@@ -483,32 +464,14 @@ fn slow_handshakes_degrade_and_lone_losses_open_no_incident() {
     }));
     assert!(lab.incidents(Some("redis-slow")).is_empty());
     assert!(lab.hooks.about("redis-slow").is_empty());
-    lab.site
-        .iptables(&[&["-D"][..], &slow("6379")[..]].concat());
-    lab.site.iptables(&[&["-D"][..], &slow("22")[..]].concat());
+    lab.site.rule("-D", &slow(6379));
+    lab.site.rule("-D", &slow(22));
     lab.wait_state("redis-slow", "up", Duration::from_secs(15));
 
     // Every fourth SYN lost: with a 500 ms timeout that check fails, but
     // never two in a row, so consecutive_down 2 opens nothing.
-    let lossy = [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "5432",
-        "--syn",
-        "-m",
-        "statistic",
-        "--mode",
-        "nth",
-        "--every",
-        "4",
-        "--packet",
-        "0",
-        "-j",
-        "DROP",
-    ];
-    lab.site.iptables(&[&["-I"][..], &lossy[..]].concat());
+    let lossy = netns::drop_nth_syn(5432, 4);
+    lab.site.rule("-I", &lossy);
     let from = lab::now_ms();
     assert!(
         h::poll_until(Duration::from_secs(30), || {
@@ -521,7 +484,7 @@ fn slow_handshakes_degrade_and_lone_losses_open_no_incident() {
         "the lost SYNs were not seen: {:?}",
         reasons_since(&lab, "postgres-lossy", from)
     );
-    lab.site.iptables(&[&["-D"][..], &lossy[..]].concat());
+    lab.site.rule("-D", &lossy);
     // 1 % of every packet of the port lost at random, for 20 checks.
     let random = [
         "INPUT",

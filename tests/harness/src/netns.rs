@@ -48,9 +48,20 @@ impl Netns {
         c
     }
 
-    /// `iptables ARGS` inside the namespace, panicking on failure.
+    /// `iptables ARGS` inside the namespace, panicking on failure. It waits
+    /// for the xtables lock (`-w`), which every namespace shares.
     pub fn iptables(&self, args: &[&str]) -> String {
-        self.exec("iptables", args)
+        let mut all = vec!["-w"];
+        all.extend_from_slice(args);
+        self.exec("iptables", &all)
+    }
+
+    /// `iptables OP RULE` inside the namespace, for a rule made by one of
+    /// the functions below (`op`: `-A`, `-I` or `-D`).
+    pub fn rule(&self, op: &str, rule: &[String]) -> String {
+        let mut args = vec![op];
+        args.extend(rule.iter().map(String::as_str));
+        self.iptables(&args)
     }
 
     /// Runs `f` on a thread that has entered this namespace: every socket it
@@ -126,4 +137,33 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, prefix: u8) {
     b.ip(&["addr", "add", &format!("{b_addr}/{prefix}"), "dev", "dn0"]);
     a.ip(&["link", "set", "up0", "up"]);
     b.ip(&["link", "set", "dn0", "up"]);
+}
+
+/// The INPUT rule that drops every `every`-th SYN to TCP `port`: a failure
+/// mode made for real (this kernel has no netem). With `every` 2 and one
+/// client at a time, each connection loses its first SYN and the kernel's
+/// 1 s retransmit sets the handshake time; with 4, one connect in four
+/// waits 1 s, never two in a row. Use with [`Netns::rule`].
+pub fn drop_nth_syn(port: u16, every: u32) -> Vec<String> {
+    let (port, every) = (port.to_string(), every.to_string());
+    [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "--syn",
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        &every,
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
+    ]
+    .map(String::from)
+    .to_vec()
 }
