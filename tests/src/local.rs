@@ -68,9 +68,14 @@ impl Collector {
             .expect("run portwatch-collector")
     }
 
-    /// A one-time token for agent `name` (labels `k=v,...`): its join string.
+    /// A one-time token for agent `name` (labels `k=v,...`, or none when
+    /// empty): its join string.
     pub fn token(&self, name: &str, labels: &str) -> String {
-        let o = self.cli(&["token", "create", "--name", name, "--labels", labels]);
+        let mut args = vec!["token", "create", "--name", name];
+        if !labels.is_empty() {
+            args.extend(["--labels", labels]);
+        }
+        let o = self.cli(&args);
         assert!(o.status.success(), "token create: {}", text(&o));
         String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -116,9 +121,9 @@ impl Collector {
     }
 }
 
-/// `portwatch-agent run` with the identity in `agent_dir`, logging into `dir`.
-pub fn run_agent(dir: &Path, agent_dir: &Path) -> Service {
+/// `portwatch-agent run ARGS` with the identity in `agent_dir`, logging into `dir`.
+pub fn run_agent(dir: &Path, agent_dir: &Path, args: &[&str]) -> Service {
     let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
-    cmd.arg("run").arg("--data-dir").arg(agent_dir);
+    cmd.arg("run").arg("--data-dir").arg(agent_dir).args(args);
     Service::spawn("agent", cmd, dir)
 }

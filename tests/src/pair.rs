@@ -3,20 +3,17 @@
 //! process (the binaries cargo built for this profile), as the measurements
 //! (replay, footprint) run them. Only 127.0.0.1 is contacted.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use portwatch_harness::{self as h, Service};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+use crate::local::{Collector, run_agent};
 
 pub struct Pair {
     /// Holds both data dirs; removed with the pair.
     pub dir: tempfile::TempDir,
-    /// The collector's data dir.
-    pub data: PathBuf,
+    pub collector: Collector,
     pub agent_dir: PathBuf,
-    pub collector: Service,
     pub agent: Option<Service>,
 }
 
@@ -26,80 +23,28 @@ impl Pair {
     /// The agent is not started: see [`Pair::start_agent`].
     pub fn enrolled(config: &str, agent: &str) -> Pair {
         let dir = h::temp_dir();
-        let data = dir.path().join("collector");
         let agent_dir = dir.path().join("agent");
-        let (agent_port, http_port) = (h::free_tcp_port(), h::free_tcp_port());
-        let config_path = dir.path().join("collector.toml");
-        std::fs::write(&config_path, config).expect("write collector.toml");
-        let mut cmd = Command::new(h::cargo_bin("portwatch-collector"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config_path)
-            .args([
-                "--agent-addr",
-                &format!("127.0.0.1:{agent_port}"),
-                "--http-addr",
-                &format!("127.0.0.1:{http_port}"),
-            ]);
-        let mut collector = Service::spawn("collector", cmd, dir.path());
-        collector.wait_tcp(([127, 0, 0, 1], http_port).into(), Duration::from_secs(60));
-        assert!(
-            h::poll_until(Duration::from_secs(10), || data
-                .join("collector.json")
-                .exists()),
-            "the collector wrote no collector.json"
-        );
-        let pair = Pair {
+        let collector = Collector::serve(dir.path(), config);
+        collector.enroll(agent, "", &agent_dir);
+        Pair {
             dir,
-            data,
-            agent_dir,
             collector,
+            agent_dir,
             agent: None,
-        };
-        let o = pair.cli(&["token", "create", "--name", agent]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let join = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .expect("a join string")
-            .to_owned();
-        let o = Command::new(h::cargo_bin("portwatch-agent"))
-            .args(["enroll", &join, "--data-dir"])
-            .arg(&pair.agent_dir)
-            .output()
-            .expect("run portwatch-agent enroll");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        pair
+        }
     }
 
     /// `portwatch-agent run` on the enrolled data dir, with `args`.
     pub fn start_agent(&mut self, args: &[&str]) -> u32 {
-        let mut cmd = Command::new(h::cargo_bin("portwatch-agent"));
-        cmd.arg("run")
-            .arg("--data-dir")
-            .arg(&self.agent_dir)
-            .args(args);
-        let agent = Service::spawn("agent", cmd, self.dir.path());
+        let agent = run_agent(self.dir.path(), &self.agent_dir, args);
         let pid = agent.pid();
         self.agent = Some(agent);
         pid
     }
 
-    /// `portwatch-collector ARGS --data-dir DATA`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(h::cargo_bin("portwatch-collector"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .output()
-            .expect("run portwatch-collector")
-    }
-
     /// The one agent, as `agents --json` shows it.
     pub fn agent_info(&self) -> Option<Value> {
-        let o = self.cli(&["agents", "--json"]);
+        let o = self.collector.cli(&["agents", "--json"]);
         let v: Value = serde_json::from_slice(&o.stdout).ok()?;
         v.as_array()?.first().cloned()
     }

@@ -96,7 +96,7 @@ secret = "webhook-secret-for-bench-only"
     );
     let agent_dir = dir.path().join("agent");
     collector.enroll("bench-1", "site=bench", &agent_dir);
-    let agent = run_agent(dir.path(), &agent_dir);
+    let agent = run_agent(dir.path(), &agent_dir, &[]);
     assert!(
         h::poll_until(Duration::from_secs(30), || collector
             .status()

@@ -100,7 +100,7 @@ fn measure(n: usize, interval: Duration, window: Duration) {
     let label = humantime::format_duration(interval).to_string();
     let mut pair = Pair::enrolled(&config(n, &label, listener.addr), "footprint");
     let agent = pair.start_agent(&[]);
-    let collector = pair.collector.pid();
+    let collector = pair.collector.service.pid();
 
     // Running every monitor: the heartbeat (every 20 s) says so.
     let ready = h::wait_for(Duration::from_secs(90), || {

@@ -81,7 +81,7 @@ fn replay_a_large_backlog_between_real_processes() {
     let took = start.elapsed();
     peak = peak.max(usage(pid).peak_kib);
     assert!(drained, "the backlog did not drain");
-    let collector_peak = usage(pair.collector.pid()).peak_kib;
+    let collector_peak = usage(pair.collector.service.pid()).peak_kib;
     drop(pair);
     println!(
         "replayed {n} results between real processes in {took:.2?}: {:.0} results/s (buffer fill {fill:.2?}); agent peak RSS {} MiB, collector peak RSS {} MiB",
