@@ -171,7 +171,9 @@ pub struct IngestConfig {
     /// How often a live stream asks the [`AgentDirectory`] again.
     pub recheck: Duration,
     /// New streams one agent may open per `stream_window`. A healthy agent
-    /// opens one per reconnect, with backoff from 1 s between failures.
+    /// opens one per reconnect, with backoff from 1 s between failures; one
+    /// restarted by systemd, one per 10 s. The default (30 a minute) leaves
+    /// room for an agent killed and restarted by hand in a loop.
     pub streams_per_window: u32,
     pub stream_window: Duration,
 }
@@ -182,7 +184,7 @@ impl Default for IngestConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             hello_timeout: Duration::from_secs(10),
             recheck: Duration::from_secs(2),
-            streams_per_window: 10,
+            streams_per_window: 30,
             stream_window: Duration::from_secs(60),
         }
     }
