@@ -89,12 +89,44 @@ pub fn wait_for<T>(within: Duration, mut find: impl FnMut() -> Option<T>) -> Opt
     found
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the kernel will not hand it out again soon).
+/// The next port to try for a server of a test: below the kernel's
+/// ephemeral range (`ip_local_port_range`, 32768-60999 by default), so no
+/// outgoing connection of a parallel test can take it between our check and
+/// the server's bind (a port from `bind(0)` can: that range is where the
+/// kernel picks both). Each process walks its own order, seeded by its pid.
+fn next_candidate() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static RANGE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let (low, span) = *RANGE.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        let low = 10_000.min(ephemeral_low / 2);
+        (low, ephemeral_low.saturating_sub(low).max(1))
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // 7919 is prime, so the walk covers the span before it repeats (unless
+    // the span is a multiple of it).
+    let start = std::process::id().wrapping_mul(7919);
+    u16::try_from(low + start.wrapping_add(n.wrapping_mul(7919)) % span).unwrap_or(0)
+}
+
+/// A port on 127.0.0.1 that `free` says is free, from [`next_candidate`].
+fn free_port(what: &str, free: impl Fn(u16) -> bool) -> u16 {
+    for _ in 0..1000 {
+        let p = next_candidate();
+        if p != 0 && free(p) {
+            return p;
+        }
+    }
+    panic!("no free {what} port on 127.0.0.1 after 1000 tries");
+}
+
+/// A free TCP port on 127.0.0.1 for a test's server (checked by binding it,
+/// then released; see [`next_candidate`] for why it is not `bind(0)`).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    free_port("tcp", |p| TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A TCP port that is certainly closed: bound by this guard but not listening,
@@ -135,21 +167,14 @@ impl ClosedPort {
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("bind udp 127.0.0.1:0")
+    free_port("udp", |p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A port free for both TCP and UDP on 127.0.0.1 (for DNS servers, which bind both).
 pub fn free_port_both() -> u16 {
-    for _ in 0..100 {
-        let p = free_udp_port();
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no port free for both tcp and udp after 100 tries");
+    free_port("tcp+udp", |p| {
+        UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
+    })
 }
 
 /// A fresh temporary directory, removed on drop.
