@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use portwatch_agent::link::LinkConfig;
 use portwatch_agent::probe::{AddressPolicy, AllowAll, Engine, Registry};
 use portwatch_agent::resolve::Resolver;
-use portwatch_collector::admin::{AdminToken, Discovery};
+use portwatch_collector::admin::AdminToken;
 use portwatch_collector::store::{HOUR_MS, Sample};
 use portwatch_proto::v1 as pb;
 
@@ -166,14 +166,7 @@ locations = ["site-a"]
     ));
     let running = RunningLink::spawn(r.link("site-a", &id, LinkConfig::default()), engine);
     let data = r.dir.path().join("collector");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let discovery = loop {
-        if let Ok(d) = Discovery::read(&data) {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no collector.json");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let discovery = r.discovery().await;
     let token = AdminToken::read(&data.join("admin.token")).unwrap();
     let secret = token.secret().to_owned();
     let url = discovery.url.clone();
@@ -454,14 +447,7 @@ tags = ["<svg/onload=alert('tag')>"]
     ));
     let running = RunningLink::spawn(r.link(AGENT_NAME, &id, LinkConfig::default()), engine);
     let data = r.dir.path().join("collector");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let discovery = loop {
-        if let Ok(d) = Discovery::read(&data) {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no collector.json");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let discovery = r.discovery().await;
     let secret = AdminToken::read(&data.join("admin.token"))
         .unwrap()
         .secret()
@@ -598,15 +584,7 @@ locations = ["site-a"]
 "#
     ))
     .await;
-    let data = r.dir.path().join("collector");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let url = loop {
-        if let Ok(d) = Discovery::read(&data) {
-            break d.url;
-        }
-        assert!(Instant::now() < deadline, "no collector.json");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let url = r.discovery().await.url;
     let url1 = url.clone();
     tokio::task::spawn_blocking(move || {
         let p = Browser::new(&url1).get("/status");

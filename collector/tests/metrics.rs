@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use portwatch_agent::link::LinkConfig;
 use portwatch_agent::probe::{AddressPolicy, AllowAll, Engine, Registry};
 use portwatch_agent::resolve::Resolver;
-use portwatch_collector::admin::{AdminToken, Discovery};
+use portwatch_collector::admin::AdminToken;
 
 mod support;
 
@@ -60,14 +60,7 @@ locations = ["site-a"]
     ));
     let running = RunningLink::spawn(r.link("site-a", &id, LinkConfig::default()), engine);
     let data = r.dir.path().join("collector");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let discovery = loop {
-        if let Ok(d) = Discovery::read(&data) {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no collector.json");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let discovery = r.discovery().await;
     let token = AdminToken::read(&data.join("admin.token")).unwrap();
     let url = discovery.url.clone();
     let secret = token.secret().to_owned();

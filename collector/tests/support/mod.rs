@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use portwatch_agent::buffer::SledBuffer;
 use portwatch_agent::enroll::{EnrollOptions, enroll};
@@ -16,11 +16,13 @@ use portwatch_agent::identity::AgentIdentity;
 use portwatch_agent::join::JoinString;
 use portwatch_agent::link::{Link, LinkConfig, LinkError, LinkIdentity, LinkStatus};
 use portwatch_agent::probe::Engine;
+use portwatch_collector::admin::Discovery;
 use portwatch_collector::config::Config;
 use portwatch_collector::server::{self, Collector};
 use portwatch_collector::token::TokenSpec;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A collector serving on loopback until dropped.
@@ -78,6 +80,20 @@ async fn start_in(dir: tempfile::TempDir, config: Config) -> Running {
 }
 
 impl Running {
+    /// What the collector wrote to `collector.json` (its addresses), once it
+    /// has (serving starts in the background).
+    pub async fn discovery(&self) -> Discovery {
+        let data = self.dir.path().join("collector");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(d) = Discovery::read(&data) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "no collector.json");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("collector.toml")
     }
