@@ -10,7 +10,7 @@
 # A target may carry its own time (proto:1200); all are built once, up front.
 #
 # Environment: PW_FUZZ_CORPUS (corpus root, default tests/fuzz/corpus, not in
-# git), PW_FUZZ_ARTIFACTS (default tests/fuzz/artifacts), PW_FUZZ_TARGET_DIR
+# git; when missing, it starts from corpus-min.tar.xz, see pack-corpus.sh), PW_FUZZ_ARTIFACTS (default tests/fuzz/artifacts), PW_FUZZ_TARGET_DIR
 # (build dir, default $CARGO_TARGET_DIR/libfuzzer or tests/fuzz/target),
 # PW_FUZZ_SANITIZER (none, the default, builds on stable Rust; address needs
 # nightly features, so it sets RUSTC_BOOTSTRAP=1).
@@ -42,6 +42,13 @@ fi
 echo "== build (${build[*]})"
 "${build[@]}"
 built=$((SECONDS - started))
+
+# No local corpus yet (a new machine): start from the minimized corpus in git.
+if [ ! -d "$corpus_root" ] && [ -f "$here/corpus-min.tar.xz" ]; then
+  mkdir -p "$corpus_root"
+  tar -xJf "$here/corpus-min.tar.xz" -C "$corpus_root" --strip-components=1
+  echo "== corpus: started from tests/fuzz/corpus-min.tar.xz"
+fi
 
 if [ "$#" -gt 0 ]; then
   targets=("$@")

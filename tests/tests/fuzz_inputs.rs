@@ -2,8 +2,9 @@
 //! libFuzzer runs) over every saved input, in the ordinary test build: the
 //! seeds in `tests/fuzz/seeds/<target>/` (real replies captured from the
 //! servers, hand-made edge cases), the minimized corpus the plateau
-//! campaigns reached (`tests/fuzz/corpus-min/<target>/`), and a local
-//! corpus when one exists (`PW_FUZZ_CORPUS`, default `tests/fuzz/corpus`).
+//! campaigns reached (`tests/fuzz/corpus-min.tar.xz`, packed by
+//! `pack-corpus.sh`), and a local corpus when one exists (`PW_FUZZ_CORPUS`,
+//! default `tests/fuzz/corpus`).
 //! So what fuzzing once reached is checked on every CI run, with the
 //! drivers' own checks (escaped text, split-independent verdicts, round
 //! trips), without the instrumented build a fuzzing run needs.
@@ -14,6 +15,7 @@ mod drivers;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use portwatch_agent::check::TcpPreset;
 
@@ -73,14 +75,32 @@ fn every_saved_fuzz_input_passes_its_driver() {
         .unwrap()
         .count();
     assert_eq!(listed, TARGETS.len(), "a fuzz target without a driver here");
+    // The packed corpus, unpacked with Debian's tar and xz.
+    let unpacked = tempfile::tempdir().unwrap();
+    let status = Command::new("tar")
+        .arg("-xJf")
+        .arg(here.join("corpus-min.tar.xz"))
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "unpacking corpus-min.tar.xz: {status}");
     let mut failed = Vec::new();
     let mut total = 0;
     for (name, driver) in TARGETS {
-        let files: Vec<PathBuf> = [here.join("seeds"), here.join("corpus-min"), local.clone()]
+        let roots = [
+            here.join("seeds"),
+            unpacked.path().join("corpus-min"),
+            local.clone(),
+        ];
+        let files: Vec<PathBuf> = roots
             .iter()
             .flat_map(|root| inputs(&root.join(name)))
             .collect();
-        assert!(!files.is_empty(), "{name}: no seeds");
+        assert!(
+            !inputs(&roots[1].join(name)).is_empty(),
+            "{name}: nothing in corpus-min.tar.xz (tests/fuzz/pack-corpus.sh packs it)"
+        );
         for f in &files {
             // A running fuzzer replaces corpus files as it goes.
             let Ok(data) = std::fs::read(f) else { continue };
