@@ -12,6 +12,7 @@ declare -A need=(
   [iptables]=iptables
   [ip]=iproute2
   [openssl]=openssl
+  [xz]=xz-utils
   [memcached]=memcached
   [mosquitto]=mosquitto
   [sshd]=openssh-server
