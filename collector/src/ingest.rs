@@ -283,7 +283,7 @@ struct Inner {
     /// New streams per agent identity.
     limiter: RateLimiter<String>,
     /// Stream tasks running, live or winding down.
-    open: Arc<AtomicUsize>,
+    open: AtomicUsize,
 }
 
 /// The `AgentLink` service and the handle to its live streams. Cheap to clone.
@@ -312,7 +312,7 @@ impl Ingest {
                 stats: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 renewer: std::sync::OnceLock::new(),
-                open: Arc::new(AtomicUsize::new(0)),
+                open: AtomicUsize::new(0),
             }),
         }
     }
@@ -533,25 +533,25 @@ struct Session {
     acked: u64,
 }
 
-/// Counts a stream task while it runs.
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts a stream task in [`Ingest::open_streams`] while it runs.
+struct OpenGuard(Ingest);
 
 impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>) -> OpenGuard {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard(open.clone())
+    fn new(ingest: &Ingest) -> OpenGuard {
+        ingest.inner.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(ingest.clone())
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.inner.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Session {
     async fn run(mut self, inbound: Streaming<pb::AgentMessage>) {
-        let _open = OpenGuard::new(&self.ingest.inner.open);
+        let _open = OpenGuard::new(&self.ingest);
         let end = self.serve(inbound).await;
         if let Err(status) = end {
             tracing::info!(agent = %self.agent_id, code = ?status.code(), error = %status.message(), "agent stream closed");
