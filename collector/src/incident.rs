@@ -123,6 +123,18 @@ pub struct Incident {
     pub notified_open_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified_resolve_ms: Option<i64>,
+    /// The newest check time at which a location succeeded before the
+    /// failing began: the last time the service was seen healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<i64>,
+    /// What changed at the latest change of kind while open (an outside
+    /// block that became a full outage), said in an update message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// When the update message for `change` was sent (or the change was
+    /// covered by the opening message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_update_ms: Option<i64>,
     /// The last outcome per (channel, phase).
     #[serde(default)]
     pub deliveries: Vec<Delivery>,
@@ -158,6 +170,9 @@ impl Incident {
             suppressed_by: None,
             notified_open_ms: None,
             notified_resolve_ms: None,
+            last_ok_ms: None,
+            change: None,
+            notified_update_ms: None,
             deliveries: Vec::new(),
             silent: false,
         }

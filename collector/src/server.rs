@@ -451,6 +451,7 @@ impl Presence for LinkPresence {
                     connected,
                     since_ms: since.map(unix_ms),
                     revoked: a.revoked,
+                    enrolled_ms: a.enrolled_at_unix_ms,
                 }
             })
             .collect()

@@ -1164,6 +1164,7 @@ fn populated() -> Arc<Memory> {
         state: LocState::Down,
         reason: Some("refused".into()),
         down_since_ms: Some(1_000),
+        up_since_ms: None,
         last_check_ms: Some(2_000),
     };
     backend

@@ -10,6 +10,12 @@
 //! The engine keeps each monitor's [`Sweep`] and [`Sweep::advance`]s it over
 //! results newer than what it judged last, so a result costs one judgement,
 //! not a replay of the monitor's history; a late result starts it over.
+//!
+//! A location's result speaks only for the time its check ran. So a verdict
+//! (open, kind, diagnosis, a change of kind, close) is taken on a *settled*
+//! picture: every live location has reported a check that ran after the
+//! change began, or a settle deadline has passed (`verdict`). An "up" from
+//! before the failing began never outvotes a fresh failure.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -18,6 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Kind, reason_name};
 use crate::monitors::Monitor;
+
+mod verdict;
+
+pub use verdict::diagnose;
 
 /// What incident detection keeps of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +80,22 @@ pub struct Rules {
     pub degraded_is_down: bool,
     /// A location whose newest result is this old is unknown.
     pub stale_ms: i64,
+    /// How long a verdict waits for a live location that has not reported a
+    /// check run after the change began: one interval, the check's timeout
+    /// and the link's batching. Past it the location is "not seen".
+    pub settle_ms: i64,
 }
 
 /// Results younger than two intervals plus this are current: covers the
 /// agent's send batching and a reconnect.
 pub const STALE_SLACK_MS: i64 = 15_000;
+
+/// The settle deadline beyond an interval plus a timeout: the agent's send
+/// batching, the stream and the engine's step.
+pub const SETTLE_SLACK_MS: i64 = 2_000;
+
+/// A check's timeout when the monitor sets none (the probe engine's default).
+const DEFAULT_TIMEOUT_MS: i64 = 3_000;
 
 /// The rate rule needs at least this many checks in its window.
 pub const RATE_MIN_CHECKS: usize = 3;
@@ -94,6 +115,14 @@ impl Rules {
             expect_closed: m.spec.options.as_ref().is_some_and(|o| o.expect_closed),
             degraded_is_down: m.alert.degraded_is_down,
             stale_ms: 2 * interval + STALE_SLACK_MS,
+            settle_ms: interval
+                + m.spec
+                    .options
+                    .as_ref()
+                    .map(|o| i64::from(o.timeout_ms))
+                    .filter(|t| *t > 0)
+                    .unwrap_or(DEFAULT_TIMEOUT_MS)
+                + SETTLE_SLACK_MS,
         }
     }
 
@@ -229,6 +258,9 @@ pub struct LocationView {
     /// When the current failing streak began, while down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_since_ms: Option<i64>,
+    /// When the current run of successes began, while up or degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_since_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_ms: Option<i64>,
 }
@@ -237,18 +269,29 @@ pub struct LocationView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
     pub kind: Kind,
-    /// The check time at which the rule was met.
+    /// The check time at which the rule was met on a settled picture.
     pub open_ms: i64,
     /// When the failing began: the earliest failing streak among the
     /// locations that count.
     pub since_ms: i64,
-    /// The check time at which every location succeeded again.
+    /// The check time at which every location succeeded again (or the
+    /// locations still failing were found to be a standing condition of
+    /// their own).
     pub close_ms: Option<i64>,
     pub diagnosis: String,
     /// The dominant failure reason among the failing locations.
     pub reason: Option<String>,
-    /// The locations at the last judgement while open.
+    /// The locations at the last judgement while open (at closing: who
+    /// succeeds now, since when, and who still fails).
     pub locations: Vec<LocationView>,
+    /// The kind it opened as: an outside block that became a full outage
+    /// opened as `Edge` and is `Down` now.
+    pub first_kind: Kind,
+    /// The latest change of kind while open: when, and what changed.
+    pub change: Option<(i64, String)>,
+    /// The newest successful check of a failing location before its
+    /// failing began: the last time the service was seen healthy.
+    pub last_ok_ms: Option<i64>,
     /// Opened on public results alone: no agent location had a current
     /// result then (e.g. it had not reported yet).
     pub outside_only: bool,
@@ -261,7 +304,8 @@ pub struct Outcome {
     pub spans: Vec<Span>,
     /// Every location at `now_ms`.
     pub now: Vec<LocationView>,
-    /// The next instant a location turns unknown without a new result: the
+    /// The next instant the picture changes without a new result (a
+    /// location turns unknown, a verdict's settle deadline passes): the
     /// engine sweeps again then.
     pub next_stale_ms: Option<i64>,
 }
@@ -275,12 +319,39 @@ struct Run {
     state: LocState,
     fails: u32,
     oks: u32,
+    /// When the current failing streak began.
     streak_start: i64,
+    /// When the current run of successes began.
+    up_start: i64,
+    /// The check times of the newest failures of the current streak (at
+    /// most `consecutive_down`): whether a location is down *again* after
+    /// some instant.
+    fail_times: VecDeque<i64>,
+    /// The newest success before the current failing streak.
+    ok_before_streak: Option<i64>,
+    last_ok: Option<i64>,
     last: Option<Obs>,
     last_failure: Option<Obs>,
 }
 
 impl Run {
+    fn new(name: &str) -> Run {
+        Run {
+            name: name.into(),
+            public: name.starts_with("public:"),
+            state: LocState::Unknown,
+            fails: 0,
+            oks: 0,
+            streak_start: 0,
+            up_start: 0,
+            fail_times: VecDeque::new(),
+            ok_before_streak: None,
+            last_ok: None,
+            last: None,
+            last_failure: None,
+        }
+    }
+
     fn feed(&mut self, o: Obs, r: &Rules) {
         if o.blocked() {
             self.last = Some(o);
@@ -289,16 +360,26 @@ impl Run {
         if o.failing(r.degraded_is_down) {
             if self.fails == 0 {
                 self.streak_start = o.ts_ms;
+                self.ok_before_streak = self.last_ok;
+                self.fail_times.clear();
             }
             self.fails += 1;
             self.oks = 0;
+            self.fail_times.push_back(o.ts_ms);
+            if self.fail_times.len() > r.consecutive_down as usize {
+                self.fail_times.pop_front();
+            }
             self.last_failure = Some(o);
             if self.state != LocState::Down && self.fails >= r.consecutive_down {
                 self.state = LocState::Down;
             }
         } else {
+            if self.oks == 0 {
+                self.up_start = o.ts_ms;
+            }
             self.oks += 1;
             self.fails = 0;
+            self.last_ok = Some(o.ts_ms);
             if self.state != LocState::Down || self.oks >= r.consecutive_up {
                 self.state = LocState::Up;
             }
@@ -332,6 +413,8 @@ impl Run {
             state,
             reason,
             down_since_ms: (state == LocState::Down).then_some(self.streak_start),
+            up_since_ms: matches!(state, LocState::Up | LocState::Degraded)
+                .then_some(self.up_start),
             last_check_ms: self.last.map(|o| o.ts_ms),
         }
     }
@@ -343,20 +426,21 @@ struct Window {
     degraded_is_down: bool,
     ms: i64,
     pct: u8,
-    checks: VecDeque<(i64, bool)>,
+    /// (check time, failed, reason) of every check in the window.
+    checks: VecDeque<(i64, bool, i32)>,
     failed: usize,
 }
 
 impl Window {
     fn push(&mut self, o: &Obs) {
         let failed = o.failing(self.degraded_is_down);
-        self.checks.push_back((o.ts_ms, failed));
+        self.checks.push_back((o.ts_ms, failed, o.reason));
         self.failed += usize::from(failed);
     }
 
     /// Forgets checks that left the window ending at `t` (it is `(t-ms, t]`).
     fn advance(&mut self, t: i64) {
-        while let Some(&(ts, failed)) = self.checks.front() {
+        while let Some(&(ts, failed, _)) = self.checks.front() {
             if ts > t - self.ms {
                 break;
             }
@@ -365,13 +449,44 @@ impl Window {
         }
     }
 
+    /// The share of failed checks reaches the threshold: opens.
     fn over(&self) -> bool {
+        self.share_at_least(u32::from(self.pct) * 2)
+    }
+
+    /// An open rate incident holds until the share falls below half the
+    /// threshold: a steady failure rate near the threshold does not flap.
+    fn holds(&self) -> bool {
+        self.share_at_least(u32::from(self.pct))
+    }
+
+    /// `failed / checks >= half_pct / 200`.
+    fn share_at_least(&self, half_pct: u32) -> bool {
         self.checks.len() >= RATE_MIN_CHECKS
-            && self.failed * 100 >= usize::from(self.pct) * self.checks.len()
+            && self.failed * 200 >= half_pct as usize * self.checks.len()
     }
 
     fn first_failure(&self) -> Option<i64> {
         self.checks.iter().find(|c| c.1).map(|c| c.0)
+    }
+
+    /// The most frequent reason among the failed checks in the window.
+    fn dominant_reason(&self) -> Option<i32> {
+        let mut counts: Vec<(i32, usize)> = Vec::new();
+        for c in self.checks.iter().filter(|c| c.1) {
+            match counts.iter_mut().find(|x| x.0 == c.2) {
+                Some(x) => x.1 += 1,
+                None => counts.push((c.2, 1)),
+            }
+        }
+        // Ties go to the reason seen first.
+        counts
+            .iter()
+            .fold(None::<(i32, usize)>, |best, c| match best {
+                Some(b) if b.1 >= c.1 => Some(b),
+                _ => Some(*c),
+            })
+            .map(|c| c.0)
     }
 }
 
@@ -393,6 +508,8 @@ pub struct Sweep {
     /// Closed incidents, in order of opening.
     closed: Vec<Span>,
     open: Option<Span>,
+    /// A verdict waits for locations to report until this instant.
+    wake: Option<i64>,
     /// Every instant up to this one is judged.
     upto: i64,
 }
@@ -402,20 +519,7 @@ impl Sweep {
     pub fn start(series: &Series, rules: &Rules) -> Sweep {
         Sweep {
             rules: rules.clone(),
-            runs: series
-                .locs
-                .keys()
-                .map(|name| Run {
-                    name: name.as_str().into(),
-                    public: name.starts_with("public:"),
-                    state: LocState::Unknown,
-                    fails: 0,
-                    oks: 0,
-                    streak_start: 0,
-                    last: None,
-                    last_failure: None,
-                })
-                .collect(),
+            runs: series.locs.keys().map(|name| Run::new(name)).collect(),
             window: rules.failure_rate.map(|(pct, ms)| Window {
                 degraded_is_down: rules.degraded_is_down,
                 ms,
@@ -425,6 +529,7 @@ impl Sweep {
             }),
             closed: Vec::new(),
             open: None,
+            wake: None,
             upto: i64::MIN,
         }
     }
@@ -455,8 +560,9 @@ impl Sweep {
                 .all(|(r, n)| *r.name == **n)
     }
 
-    /// Judges the results of `series`, and the instants its locations turn
-    /// stale, after what is judged and up to `now_ms`.
+    /// Judges the results of `series`, the instants its locations turn
+    /// stale and the instants waiting verdicts settle, after what is judged
+    /// and up to `now_ms`.
     pub fn advance(&mut self, series: &Series, now_ms: i64) {
         let lo = self.upto;
         if now_ms <= lo {
@@ -486,8 +592,16 @@ impl Sweep {
         }
         events.sort_unstable_by_key(|e| (e.0, e.1, e.2));
         let mut k = 0;
-        while k < events.len() {
-            let t = events[k].0;
+        loop {
+            let next_event = events.get(k).map(|e| e.0);
+            // A settle deadline that passes before the next result is an
+            // instant of its own: the verdict waiting on it is taken then.
+            let t = match (self.wake.filter(|w| *w > lo && *w <= now_ms), next_event) {
+                (Some(w), Some(e)) => w.min(e),
+                (Some(w), None) => w,
+                (None, Some(e)) => e,
+                (None, None) => break,
+            };
             while k < events.len() && events[k].0 == t {
                 let (_, is_result, i, o) = events[k];
                 if is_result {
@@ -501,7 +615,7 @@ impl Sweep {
             if let Some(w) = self.window.as_mut() {
                 w.advance(t);
             }
-            judge(
+            self.wake = verdict::judge(
                 &self.runs,
                 &self.rules,
                 self.window.as_ref(),
@@ -526,6 +640,7 @@ impl Sweep {
             .runs
             .iter()
             .filter_map(|r| r.last.map(|l| l.ts_ms.saturating_add(rules.stale_ms)))
+            .chain(self.wake)
             .filter(|s| *s > now_ms)
             .min();
         let mut spans = self.closed.clone();
@@ -536,199 +651,4 @@ impl Sweep {
             next_stale_ms,
         }
     }
-}
-
-/// Judges the monitor at `t`: opens, updates or closes the current span.
-fn judge(
-    runs: &[Run],
-    rules: &Rules,
-    window: Option<&Window>,
-    t: i64,
-    open: &mut Option<Span>,
-    spans: &mut Vec<Span>,
-) {
-    let started: Vec<(&Run, LocState)> = runs
-        .iter()
-        .filter(|r| r.last.is_some())
-        .map(|r| (r, r.at(t, rules)))
-        .collect();
-    let n = started.len();
-    let known = started
-        .iter()
-        .filter(|(_, s)| *s != LocState::Unknown)
-        .count();
-    let down: Vec<&Run> = started
-        .iter()
-        .filter(|(_, s)| *s == LocState::Down)
-        .map(|(r, _)| *r)
-        .collect();
-    let failing = match window {
-        Some(w) => w.over(),
-        None => n > 0 && down.len() >= rules.quorum(n),
-    };
-    let edge = rules.edge && !rules.expect_closed && {
-        let publics: Vec<LocState> = started
-            .iter()
-            .filter(|(r, _)| r.public)
-            .map(|(_, s)| *s)
-            .collect();
-        let agents: Vec<LocState> = started
-            .iter()
-            .filter(|(r, _)| !r.public)
-            .map(|(_, s)| *s)
-            .collect();
-        !publics.is_empty()
-            && publics.iter().all(|s| *s == LocState::Down)
-            && agents
-                .iter()
-                .any(|s| matches!(s, LocState::Up | LocState::Degraded))
-            && !agents.contains(&LocState::Down)
-    };
-    let clear = known > 0 && down.is_empty() && window.is_none_or(|w| !w.over());
-    let views = || -> Vec<LocationView> { started.iter().map(|(r, _)| r.view(t, rules)).collect() };
-    let since = |only_public: bool| -> i64 {
-        let streaks = down
-            .iter()
-            .filter(|r| !only_public || r.public)
-            .map(|r| r.streak_start)
-            .min();
-        let rate = window.and_then(Window::first_failure);
-        match (streaks, rate) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(t),
-        }
-    };
-    let kind = if rules.expect_closed {
-        Kind::Exposure
-    } else {
-        Kind::Down
-    };
-    let outside_only = !started
-        .iter()
-        .any(|(r, s)| !r.public && *s != LocState::Unknown);
-    let new_span = |kind: Kind, since_ms: i64| {
-        let locations = views();
-        let (diagnosis, reason) = diagnose(&locations, rules.expect_closed);
-        Span {
-            kind,
-            open_ms: t,
-            since_ms,
-            close_ms: None,
-            diagnosis,
-            reason,
-            locations,
-            outside_only,
-        }
-    };
-    match open.take() {
-        None if failing => *open = Some(new_span(kind, since(false))),
-        None if edge => *open = Some(new_span(Kind::Edge, since(true))),
-        None => {}
-        // An outside-only problem that became a quorum: a new, graver incident.
-        Some(mut s) if s.kind == Kind::Edge && failing => {
-            s.close_ms = Some(t);
-            spans.push(s);
-            *open = Some(new_span(kind, since(false)));
-        }
-        // The outside alone made the quorum because no agent had reported
-        // yet; now the agents see the service answer while the outside
-        // still fails: it was never down, so the down incident ends and an
-        // edge incident says what it is. (An inside that recovers before
-        // the outside does is a recovery in progress, not this.)
-        Some(mut s) if s.kind == Kind::Down && s.outside_only && !failing && edge => {
-            s.close_ms = Some(t);
-            spans.push(s);
-            *open = Some(new_span(Kind::Edge, since(true)));
-        }
-        Some(mut s) if clear => {
-            s.close_ms = Some(t);
-            spans.push(s);
-        }
-        Some(mut s) => {
-            // Still open: keep what it looks like now (when nothing is
-            // known any more, keep the last picture).
-            if known > 0 {
-                s.locations = views();
-                let (diagnosis, reason) = diagnose(&s.locations, rules.expect_closed);
-                s.diagnosis = diagnosis;
-                s.reason = reason.or(s.reason);
-            }
-            *open = Some(s);
-        }
-    }
-}
-
-/// The diagnosis of an incident from where it fails and where it does not,
-/// and the dominant reason among the failing locations.
-pub fn diagnose(locations: &[LocationView], expect_closed: bool) -> (String, Option<String>) {
-    let names = |f: &dyn Fn(&LocationView) -> bool| -> Vec<&str> {
-        locations
-            .iter()
-            .filter(|l| f(l))
-            .map(|l| l.location.as_str())
-            .collect()
-    };
-    let down = names(&|l| l.state == LocState::Down);
-    let up = names(&|l| matches!(l.state, LocState::Up | LocState::Degraded));
-    let unknown = names(&|l| l.state == LocState::Unknown);
-    let public = |n: &&str| n.starts_with("public:");
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for l in locations.iter().filter(|l| l.state == LocState::Down) {
-        if let Some(r) = l.reason.as_deref() {
-            match counts.iter_mut().find(|c| c.0 == r) {
-                Some(c) => c.1 += 1,
-                None => counts.push((r, 1)),
-            }
-        }
-    }
-    // Most frequent; ties go to the first seen (locations are sorted).
-    let reason = counts
-        .iter()
-        .fold(None::<(&str, usize)>, |best, c| match best {
-            Some(b) if b.1 >= c.1 => Some(b),
-            _ => Some(*c),
-        })
-        .map(|c| c.0.to_owned());
-    let mut text = if expect_closed {
-        format!(
-            "exposed: the port is open but must be closed, seen from {}",
-            down.join(", ")
-        )
-    } else if down.is_empty() {
-        "failing checks across locations".to_owned()
-    } else if up.is_empty() {
-        if down.len() > 1 {
-            format!("service down: every location fails ({})", down.join(", "))
-        } else {
-            format!("service down, seen from {}", down[0])
-        }
-    } else if down.iter().all(public) && !up.iter().any(public) {
-        format!(
-            "reachable inside only: edge, firewall or routing (down from {}, up from {})",
-            down.join(", "),
-            up.join(", ")
-        )
-    } else if !down.iter().any(public) && up.iter().all(public) {
-        format!(
-            "reachable from outside only: the inside network or the agent's host (down from {}, up from {})",
-            down.join(", "),
-            up.join(", ")
-        )
-    } else if down.iter().all(public) {
-        format!(
-            "regional path: down from {}, up from {}",
-            down.join(", "),
-            up.join(", ")
-        )
-    } else {
-        format!(
-            "partial: down from {}, up from {}",
-            down.join(", "),
-            up.join(", ")
-        )
-    };
-    if !unknown.is_empty() {
-        text.push_str(&format!("; no current results from {}", unknown.join(", ")));
-    }
-    (text, reason)
 }

@@ -64,6 +64,9 @@ pub struct AgentPresence {
     /// since the collector started).
     pub since_ms: Option<i64>,
     pub revoked: bool,
+    /// When it enrolled: one that never connected is offline from here (or
+    /// from the collector's start, whichever is later).
+    pub enrolled_ms: i64,
 }
 
 /// Where the engine learns which agents exist and which are connected.
@@ -146,6 +149,10 @@ struct Feed {
     dirty: HashSet<String>,
     /// Per monitor: the judgement so far, advanced by new results.
     sweeps: HashMap<String, Sweep>,
+    /// Per monitor and agent location: the newest check time loaded from
+    /// the store at start. Until each agent reports past it (or its offline
+    /// grace passes) the monitor is not judged: a restart is quiet.
+    loaded: HashMap<String, HashMap<String, i64>>,
 }
 
 #[derive(Default)]
@@ -224,6 +231,14 @@ impl IncidentEngine {
                 s.insert(&r.location, Obs::of(&r.result));
             }
             s.trim(now - horizon, config.max_per_location);
+            let agents: HashMap<String, i64> = s
+                .latest()
+                .filter(|(l, _)| !l.starts_with("public:"))
+                .map(|(l, t)| (l.to_owned(), t))
+                .collect();
+            if !agents.is_empty() {
+                feed.loaded.insert(m.name.clone(), agents);
+            }
             if !s.is_empty() {
                 feed.dirty.insert(m.name.clone());
                 feed.series.insert(m.name, s);
@@ -359,10 +374,22 @@ impl IncidentEngine {
             let Some(outcome) = self.judge(&name, &rules, now_ms - horizon, now_ms) else {
                 continue;
             };
+            let warming = self.warming(&name, now_ms);
             let mut book = lock(&self.shared.book);
-            book.status
-                .insert(name.clone(), (outcome.now.clone(), outcome.next_stale_ms));
-            self.reconcile(&mut book, &monitor, outcome.spans, now_ms);
+            book.status.insert(
+                name.clone(),
+                (
+                    outcome.now.clone(),
+                    // Judged again when the warm-up ends at the latest.
+                    match warming {
+                        Some(end) => Some(outcome.next_stale_ms.map_or(end, |t| t.min(end))),
+                        None => outcome.next_stale_ms,
+                    },
+                ),
+            );
+            if warming.is_none() {
+                self.reconcile(&mut book, &monitor, outcome.spans, now_ms);
+            }
         }
         let mut book = lock(&self.shared.book);
         if book
@@ -412,6 +439,34 @@ impl IncidentEngine {
         Some(outcome)
     }
 
+    /// Until when monitor `name` is not judged after the collector started:
+    /// an agent whose results were loaded from the store has not reported
+    /// since, and its offline grace has not passed. Recorded incidents
+    /// continue meanwhile; nothing opens, closes or is sent on a picture
+    /// that is missing locations that are merely reconnecting.
+    fn warming(&self, name: &str, now_ms: i64) -> Option<i64> {
+        let end = self.shared.started_ms + crate::store::ms(self.shared.config.agent_offline_after);
+        let mut feed = lock(&self.shared.feed);
+        if now_ms >= end {
+            feed.loaded.clear();
+            return None;
+        }
+        let Feed { series, loaded, .. } = &mut *feed;
+        let at_start = loaded.get_mut(name)?;
+        if let Some(s) = series.get(name) {
+            for (loc, t) in s.latest() {
+                if at_start.get(loc).is_some_and(|t0| t > *t0) {
+                    at_start.remove(loc);
+                }
+            }
+        }
+        if at_start.is_empty() {
+            loaded.remove(name);
+            return None;
+        }
+        Some(end)
+    }
+
     /// Turns a sweep's spans into incident changes.
     fn reconcile(&self, book: &mut Book, monitor: &Monitor, spans: Vec<Span>, now_ms: i64) {
         let recorded: Vec<u64> = book
@@ -422,10 +477,14 @@ impl IncidentEngine {
             .collect();
         let mut matched: HashSet<u64> = HashSet::new();
         for span in spans {
+            // The same kind, or the other kind of a span that changed kind
+            // while open (edge <-> down): one incident either way.
             let found = recorded.iter().copied().find(|id| {
                 !matched.contains(id) && {
                     let i = &book.incidents[id];
-                    i.kind == span.kind && overlaps(i, &span)
+                    (i.kind == span.kind
+                        || (span.first_kind != span.kind && i.kind == span.first_kind))
+                        && overlaps(i, &span)
                 }
             });
             match found {
@@ -446,7 +505,15 @@ impl IncidentEngine {
                     if inc.notified_resolve_ms.is_none() {
                         inc.resolved_ms = span.close_ms;
                     }
+                    if inc.kind != span.kind && inc.is_open() {
+                        inc.kind = span.kind;
+                        inc.change = span.change.map(|(_, what)| what);
+                        // An incident already paged is told the change;
+                        // one still held opens with its current kind.
+                        inc.notified_update_ms = None;
+                    }
                     inc.since_ms = inc.since_ms.min(span.since_ms);
+                    inc.last_ok_ms = inc.last_ok_ms.or(span.last_ok_ms);
                     inc.diagnosis = span.diagnosis;
                     inc.reason = span.reason.or(inc.reason);
                     inc.locations = span.locations;
@@ -485,6 +552,7 @@ impl IncidentEngine {
         let inc = Incident {
             resolved_ms: span.close_ms,
             locations: span.locations,
+            last_ok_ms: span.last_ok_ms,
             // Results normally arrive well within a second of their check.
             backfilled: span.close_ms.is_some() || now_ms - span.open_ms > LATE_MS,
             ..Incident::new(
@@ -562,7 +630,9 @@ impl IncidentEngine {
                 .values()
                 .find(|i| i.kind == Kind::AgentOffline && i.monitor == a.location && i.is_open())
                 .cloned();
-            let since = a.since_ms.unwrap_or(self.shared.started_ms);
+            let since = a
+                .since_ms
+                .unwrap_or(self.shared.started_ms.max(a.enrolled_ms));
             match open {
                 None if a.revoked || (!a.connected && now_ms - since >= grace) => {
                     let (diagnosis, reason) = if a.revoked {
@@ -653,6 +723,10 @@ impl IncidentEngine {
                     Hold::No => {
                         next.held = None;
                         next.notified_open_ms = Some(now_ms);
+                        // The opening message shows the kind as it is now.
+                        if next.change.is_some() {
+                            next.notified_update_ms = Some(now_ms);
+                        }
                         send.push(Phase::Opened);
                     }
                     Hold::For {

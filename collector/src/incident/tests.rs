@@ -28,6 +28,7 @@ fn rules(cd: u32, cu: u32) -> Rules {
         expect_closed: false,
         degraded_is_down: false,
         stale_ms: 2 * 10 * S + 15 * S,
+        settle_ms: 10 * S + 3 * S + 2 * S,
     }
 }
 
@@ -158,7 +159,9 @@ fn quorum_and_window_rules() {
                 ("public:y", 3, "UUUU"),
             ],
             now_s: 35,
-            want: &[(Kind::Down, 22, Some(32))],
+            // Three are down at 22; y's newest success (13) ran before the
+            // third failure, so the verdict waits for y's check at 23.
+            want: &[(Kind::Down, 23, Some(32))],
         },
         Case {
             name: "explicit locations_down 1 of 3",
@@ -196,7 +199,8 @@ fn quorum_and_window_rules() {
             rules: rules(2, 1),
             locations: &[("agent:a", 0, "UUUDDDU"), ("public:x", 1, "UDDDDDU")],
             now_s: 65,
-            want: &[(Kind::Edge, 21, Some(40)), (Kind::Down, 40, Some(61))],
+            // One incident: opened as edge, down from 40, over at 61.
+            want: &[(Kind::Down, 21, Some(61))],
         },
         Case {
             name: "failure rate 20% over 2 min: 1 failure in 12 is not",
@@ -216,9 +220,21 @@ fn quorum_and_window_rules() {
             },
             locations: &[("agent:a", 0, "UDUUDUUDUUUUUUUUUUUUUUU")],
             now_s: 225,
-            // 1 of 3 at 20 s is 33 %; at 130 s the window (10, 130] holds
-            // 2 failures in 12 (17 %) and the location is up: closed.
-            want: &[(Kind::Down, 20, Some(130))],
+            // 1 of 3 at 20 s is 33 %; an open rate incident holds down to
+            // half its threshold: (10, 130] holds 2 failures in 12 (17 %),
+            // (40, 160] 1 in 12 (8 %) and the location is up: closed.
+            want: &[(Kind::Down, 20, Some(160))],
+        },
+        Case {
+            name: "failure rate 20%: a steady rate near the threshold does not flap",
+            rules: Rules {
+                failure_rate: Some((20, 120 * S)),
+                ..rules(2, 1)
+            },
+            // One check in five fails: 17-25 % of any 2 min window.
+            locations: &[("agent:a", 0, "UUUUDUUUUDUUUUDUUUUDUUUUDUUUUDUUUUDUUUUD")],
+            now_s: 395,
+            want: &[(Kind::Down, 40, None)],
         },
         Case {
             name: "an expect-closed port found open: exposure from one location",
@@ -324,39 +340,53 @@ fn results_that_arrive_late_land_where_the_checks_ran() {
 #[test]
 fn a_down_incident_whose_inside_answers_becomes_an_edge_incident() {
     // The outside alone reports first (the agent joins late): 1 of 1 down
-    // is a quorum. Once the agent sees the service up, the service is not
-    // down; the outside still cannot reach it.
+    // is a quorum. Once the agent sees the service up and the outside is
+    // down again after that, the service is not down; the outside still
+    // cannot reach it: the same incident, now an edge incident.
     let mut s = Series::default();
     feed(&mut s, "public:x", 0, "TTTTTTTT");
     feed(&mut s, "agent:a", 41, "UUUU");
-    assert_eq!(
-        spans(&s, &rules(2, 1), 75),
-        vec![(Kind::Down, 10, Some(41)), (Kind::Edge, 41, None)]
-    );
+    assert_eq!(spans(&s, &rules(2, 1), 75), vec![(Kind::Edge, 10, None)]);
     let out = sweep(&s, &rules(2, 1), T0 + 75 * S);
+    let span = &out.spans[0];
+    assert_eq!(span.first_kind, Kind::Down);
     assert!(
-        out.spans[1].diagnosis.starts_with("reachable inside only"),
+        span.diagnosis.starts_with("reachable inside only"),
         "{}",
-        out.spans[1].diagnosis
+        span.diagnosis
     );
-    assert_eq!(
-        out.spans[1].since_ms, T0,
-        "the outside fails since its first check"
+    let (at, what) = span.change.clone().expect("the change of kind is said");
+    assert_eq!(at, T0 + 60 * S, "the outside failed twice after 41");
+    assert!(
+        what.starts_with("the service answers inside again"),
+        "{what}"
     );
-    // With edge incidents off, the down incident just stays open.
+    assert_eq!(span.since_ms, T0, "the outside fails since its first check");
+    // With edge incidents off, the outside alone failing is below the
+    // quorum: the down incident closes once that stands.
     let no_edge = Rules {
         edge: false,
         ..rules(2, 1)
     };
-    assert_eq!(spans(&s, &no_edge, 75), vec![(Kind::Down, 10, None)]);
-    // Both failed, then the inside recovers first: a recovery in progress,
-    // the same incident until the outside answers too.
+    assert_eq!(spans(&s, &no_edge, 75), vec![(Kind::Down, 10, Some(60))]);
+    // Both failed, then the inside recovers first (31) and the outside at
+    // its next check: a recovery in progress, one incident.
     let mut s = Series::default();
-    feed(&mut s, "public:x", 0, "TTTTTTU");
+    feed(&mut s, "public:x", 0, "TTTTUUU");
     feed(&mut s, "agent:a", 1, "DDDUUUU");
     assert_eq!(
         spans(&s, &rules(2, 1), 75),
-        vec![(Kind::Down, 11, Some(60))]
+        vec![(Kind::Down, 11, Some(40))]
+    );
+    // The outside keeps failing after the inside recovered: the outage is
+    // over (closed at 50, once the outside failed twice after 31) and a
+    // standing outside block is an edge incident of its own.
+    let mut s = Series::default();
+    feed(&mut s, "public:x", 0, "TTTTTTTU");
+    feed(&mut s, "agent:a", 1, "DDDUUUUU");
+    assert_eq!(
+        spans(&s, &rules(2, 1), 75),
+        vec![(Kind::Down, 11, Some(50)), (Kind::Edge, 50, Some(70))]
     );
 }
 
@@ -399,6 +429,7 @@ fn a_diagnosis_says_where_and_why() {
                 state: *s,
                 reason: (!r.is_empty()).then(|| (*r).into()),
                 down_since_ms: None,
+                up_since_ms: None,
                 last_check_ms: None,
             })
             .collect()
@@ -752,6 +783,7 @@ fn an_offline_agent_raises_one_incident_and_its_monitors_show_unknown() {
         connected: true,
         since_ms: Some(T0),
         revoked: false,
+        enrolled_ms: T0 - 3600 * S,
     }];
     let r = rig_with(REDIS, agents.clone(), Arc::new(NoMaintenance), None);
     r.result("redis", "agent:agent-a", 0, true);
@@ -762,6 +794,7 @@ fn an_offline_agent_raises_one_incident_and_its_monitors_show_unknown() {
         connected: false,
         since_ms: Some(T0 + 5 * S),
         revoked: false,
+        enrolled_ms: T0 - 3600 * S,
     };
     r.step(30);
     assert!(r.incidents().is_empty(), "inside the grace period");
@@ -785,6 +818,7 @@ fn an_offline_agent_raises_one_incident_and_its_monitors_show_unknown() {
         connected: true,
         since_ms: Some(T0 + 125 * S),
         revoked: false,
+        enrolled_ms: T0 - 3600 * S,
     };
     r.step(126);
     assert_eq!(r.incidents()[0].resolved_ms, Some(T0 + 125 * S));
