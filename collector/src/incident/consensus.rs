@@ -308,6 +308,9 @@ pub struct Outcome {
     /// location turns unknown, a verdict's settle deadline passes): the
     /// engine sweeps again then.
     pub next_stale_ms: Option<i64>,
+    /// A verdict is waiting for locations to report: what is not decided
+    /// yet must not undo what was recorded.
+    pub waiting: bool,
 }
 
 /// One location during a sweep.
@@ -508,8 +511,8 @@ pub struct Sweep {
     /// Closed incidents, in order of opening.
     closed: Vec<Span>,
     open: Option<Span>,
-    /// A verdict waits for locations to report until this instant.
-    wake: Option<i64>,
+    /// A verdict waits for locations to report (until a settle deadline).
+    wake: verdict::Waiting,
     /// Every instant up to this one is judged.
     upto: i64,
 }
@@ -529,7 +532,7 @@ impl Sweep {
             }),
             closed: Vec::new(),
             open: None,
-            wake: None,
+            wake: verdict::Waiting::default(),
             upto: i64::MIN,
         }
     }
@@ -596,7 +599,10 @@ impl Sweep {
             let next_event = events.get(k).map(|e| e.0);
             // A settle deadline that passes before the next result is an
             // instant of its own: the verdict waiting on it is taken then.
-            let t = match (self.wake.filter(|w| *w > lo && *w <= now_ms), next_event) {
+            let t = match (
+                self.wake.until.filter(|w| *w > lo && *w <= now_ms),
+                next_event,
+            ) {
                 (Some(w), Some(e)) => w.min(e),
                 (Some(w), None) => w,
                 (None, Some(e)) => e,
@@ -640,7 +646,7 @@ impl Sweep {
             .runs
             .iter()
             .filter_map(|r| r.last.map(|l| l.ts_ms.saturating_add(rules.stale_ms)))
-            .chain(self.wake)
+            .chain(self.wake.until)
             .filter(|s| *s > now_ms)
             .min();
         let mut spans = self.closed.clone();
@@ -649,6 +655,7 @@ impl Sweep {
             spans,
             now: self.runs.iter().map(|r| r.view(now_ms, rules)).collect(),
             next_stale_ms,
+            waiting: self.wake.waiting,
         }
     }
 }

@@ -371,7 +371,8 @@ impl IncidentEngine {
                 continue;
             };
             let rules = Rules::for_monitor(&monitor);
-            let Some(outcome) = self.judge(&name, &rules, now_ms - horizon, now_ms) else {
+            let Some((outcome, settled)) = self.judge(&name, &rules, now_ms - horizon, now_ms)
+            else {
                 continue;
             };
             let warming = self.warming(&name, now_ms);
@@ -388,7 +389,7 @@ impl IncidentEngine {
                 ),
             );
             if warming.is_none() {
-                self.reconcile(&mut book, &monitor, outcome.spans, now_ms);
+                self.reconcile(&mut book, &monitor, &outcome, settled, now_ms);
             }
         }
         let mut book = lock(&self.shared.book);
@@ -411,7 +412,14 @@ impl IncidentEngine {
     /// A late result, a rule change or a new location starts the sweep over
     /// on a copy of the series (outside the lock: ingest goes on). None: no
     /// results.
-    fn judge(&self, name: &str, rules: &Rules, from_ms: i64, now_ms: i64) -> Option<Outcome> {
+    /// Also returns up to when the results are in ([`Series::settled_to`]).
+    fn judge(
+        &self,
+        name: &str,
+        rules: &Rules,
+        from_ms: i64,
+        now_ms: i64,
+    ) -> Option<(Outcome, i64)> {
         let mut feed = lock(&self.shared.feed);
         let Feed { series, sweeps, .. } = &mut *feed;
         let Some(s) = series.get_mut(name) else {
@@ -427,7 +435,7 @@ impl IncidentEngine {
         {
             w.advance(s, settled);
             w.forget_closed_before(from_ms);
-            return Some(provisional(w, s, now_ms));
+            return Some((provisional(w, s, now_ms), settled));
         }
         let copy = s.clone();
         drop(feed);
@@ -436,7 +444,7 @@ impl IncidentEngine {
         w.forget_closed_before(from_ms);
         let outcome = provisional(&w, &copy, now_ms);
         lock(&self.shared.feed).sweeps.insert(name.to_owned(), w);
-        Some(outcome)
+        Some((outcome, settled))
     }
 
     /// Until when monitor `name` is not judged after the collector started:
@@ -468,7 +476,14 @@ impl IncidentEngine {
     }
 
     /// Turns a sweep's spans into incident changes.
-    fn reconcile(&self, book: &mut Book, monitor: &Monitor, spans: Vec<Span>, now_ms: i64) {
+    fn reconcile(
+        &self,
+        book: &mut Book,
+        monitor: &Monitor,
+        outcome: &Outcome,
+        settled_ms: i64,
+        now_ms: i64,
+    ) {
         let recorded: Vec<u64> = book
             .incidents
             .values()
@@ -476,17 +491,25 @@ impl IncidentEngine {
             .map(|i| i.id)
             .collect();
         let mut matched: HashSet<u64> = HashSet::new();
-        for span in spans {
+        for span in outcome.spans.iter().cloned() {
             // The same kind, or the other kind of a span that changed kind
-            // while open (edge <-> down): one incident either way.
-            let found = recorded.iter().copied().find(|id| {
+            // while open (edge <-> down): one incident either way. An open
+            // incident first: one that was told over stays over, and a span
+            // it no longer covers must not make a new incident every step.
+            let candidate = |id: &u64| {
                 !matched.contains(id) && {
                     let i = &book.incidents[id];
                     (i.kind == span.kind
                         || (span.first_kind != span.kind && i.kind == span.first_kind))
                         && overlaps(i, &span)
                 }
-            });
+            };
+            let found = recorded
+                .iter()
+                .copied()
+                .filter(candidate)
+                .find(|id| book.incidents[id].is_open())
+                .or_else(|| recorded.iter().copied().find(candidate));
             match found {
                 Some(id) => {
                     matched.insert(id);
@@ -495,8 +518,12 @@ impl IncidentEngine {
                     if inc.resolved_ms.is_some() && span.close_ms.is_none() {
                         if inc.notified_resolve_ms.is_some() {
                             // Told it was over: late results that say it was
-                            // not are a new incident.
-                            self.create(book, monitor, span, now_ms);
+                            // not are a new incident, once every location has
+                            // reported past that end (a backlog still being
+                            // replayed says nothing yet about after it).
+                            if settled_ms >= inc.resolved_ms.unwrap_or(i64::MAX) {
+                                self.create(book, monitor, span, now_ms);
+                            }
                             continue;
                         }
                         inc.resolved_ms = None;
@@ -530,7 +557,11 @@ impl IncidentEngine {
             }
         }
         // Open incidents no span supports any more (late results cleared
-        // them, or the collector restarted after the service recovered).
+        // them, or the collector restarted after the service recovered);
+        // not while a verdict is still waiting for locations to report.
+        if outcome.waiting {
+            return;
+        }
         for id in recorded {
             if matched.contains(&id) {
                 continue;

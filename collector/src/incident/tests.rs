@@ -14,6 +14,8 @@ use crate::monitors::registry::MonitorRegistry;
 use crate::monitors::{Located, Monitor, Origin, Parents, RawMonitor, validate_all};
 use crate::store::{IncidentQuery, RedbStore, Sample, Store, StoreConfig};
 
+mod model;
+
 const S: i64 = 1000;
 /// A fixed start: 2026-11-28T10:00:00Z.
 const T0: i64 = 1_795_860_000_000;

@@ -203,14 +203,16 @@ impl<'a> Picture<'a> {
     /// The locations still failing are down again after the latest
     /// recovery among the others: a standing condition, not a recovery
     /// in progress.
-    fn remainder_stands(&self) -> Ready {
+    /// Only a recovery after the failing began (`since`) counts: a quorum
+    /// broken by a location going silent is not a recovery.
+    fn remainder_stands(&self, since: i64) -> Ready {
         let recovered = self
             .live
             .iter()
             .filter(|r| !self.failing(r))
             .map(|r| r.up_start)
             .max();
-        let Some(recovered) = recovered else {
+        let Some(recovered) = recovered.filter(|t| *t > since) else {
             return Ready::No;
         };
         if self
@@ -286,6 +288,14 @@ impl<'a> Picture<'a> {
         s
     }
 
+    /// At closing: the diagnosis stays what the trouble was; the locations
+    /// show the recovery (who succeeds now and since when, who still fails).
+    fn show_recovery(&self, s: &mut Span) {
+        if !self.live.is_empty() {
+            s.locations = self.views(s.since_ms).0;
+        }
+    }
+
     /// Puts the picture at this instant on `s` (when nothing is known any
     /// more, the last picture stays).
     fn describe(&self, s: &mut Span) {
@@ -309,8 +319,15 @@ impl<'a> Picture<'a> {
     }
 }
 
+/// Whether a verdict is waiting for results, and until when at the latest.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Waiting {
+    pub waiting: bool,
+    pub until: Option<i64>,
+}
+
 /// Judges the monitor at `t`: opens, changes or closes the current span.
-/// Returns the settle deadline a waiting verdict is taken at, if any.
+/// Returns whether a verdict waits for results (and its settle deadline).
 pub(super) fn judge(
     runs: &[Run],
     rules: &Rules,
@@ -318,7 +335,7 @@ pub(super) fn judge(
     t: i64,
     open: &mut Option<Span>,
     spans: &mut Vec<Span>,
-) -> Option<i64> {
+) -> Waiting {
     let started: Vec<&Run> = runs.iter().filter(|r| r.last.is_some()).collect();
     let live = started
         .iter()
@@ -337,12 +354,13 @@ pub(super) fn judge(
     } else {
         Kind::Down
     };
-    let mut wake = None;
+    let mut wake = Waiting::default();
     let mut wait = |ready: Ready| {
-        if let Ready::Wait(Some(w)) = ready
-            && w > t
-        {
-            wake = Some(wake.map_or(w, |x: i64| x.min(w)));
+        if let Ready::Wait(until) = ready {
+            wake.waiting = true;
+            if let Some(w) = until.filter(|w| *w > t) {
+                wake.until = Some(wake.until.map_or(w, |x| x.min(w)));
+            }
         }
     };
     match open.take() {
@@ -361,7 +379,7 @@ pub(super) fn judge(
             }
         }
         Some(mut s) if p.clear() => {
-            p.describe(&mut s);
+            p.show_recovery(&mut s);
             s.close_ms = Some(t);
             spans.push(s);
         }
@@ -408,22 +426,25 @@ pub(super) fn judge(
                     *open = Some(s);
                 }
                 (Ready::Yes, edge_since) => {
-                    p.describe(&mut s);
+                    p.show_recovery(&mut s);
                     s.close_ms = Some(t);
                     spans.push(s);
                     *open = Some(p.span(Kind::Edge, edge_since));
                 }
                 (Ready::Wait(w), _) => {
-                    p.describe(&mut s);
+                    p.show_recovery(&mut s);
                     wait(Ready::Wait(w));
                     *open = Some(s);
                 }
                 (Ready::No, _) => {
-                    p.describe(&mut s);
-                    if p.window.is_none() && p.remainder_stands() == Ready::Yes {
+                    if p.window.is_none() && p.remainder_stands(s.since_ms) == Ready::Yes {
+                        p.show_recovery(&mut s);
                         s.close_ms = Some(t);
                         spans.push(s);
                     } else {
+                        // A recovery in progress: the diagnosis stays what
+                        // the trouble was.
+                        p.show_recovery(&mut s);
                         *open = Some(s);
                     }
                 }
