@@ -82,7 +82,7 @@ pub fn webhook_body(n: &Notification) -> Value {
         "tags": n.tags,
         "diagnosis": n.diagnosis,
         "reason": n.reason,
-        "since": super::rfc3339(n.since_ms),
+        "since": super::message::rfc3339(n.since_ms),
         "since_ms": n.since_ms,
         "resolved_ms": n.resolved_ms,
         "locations": n.locations,
@@ -163,7 +163,7 @@ pub fn pagerduty_body(n: &Notification, routing_key: &str) -> Value {
                     "summary": truncate(&subject(n), 1024),
                     "source": if n.target.is_empty() { &n.monitor } else { &n.target },
                     "severity": pagerduty_severity(n.severity),
-                    "timestamp": super::rfc3339(n.since_ms),
+                    "timestamp": super::message::rfc3339(n.since_ms),
                     "component": n.monitor,
                     "class": n.kind,
                     "custom_details": {
