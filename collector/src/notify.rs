@@ -7,6 +7,12 @@
 //! file or through the API (the same fields in JSON; [`registry`] keeps both
 //! in one namespace and persists the API's), each with an optional route
 //! (monitor names, tags, minimum severity).
+//!
+//! What a message says is in `message` (subject, text, facts) and `hint`
+//! (the first step per failure reason); `send` shapes it per channel. An
+//! incident sends "opened", at most one "updated" when its picture changes
+//! while open, and "resolved".
+//!
 //! The dispatcher keeps one FIFO worker per channel, so a channel sees an
 //! incident's "opened" before its "resolved" (PagerDuty would otherwise keep
 //! an incident open forever), and a slow or dead channel never holds up the
@@ -25,6 +31,7 @@
 //! themselves) are never logged, never in `Debug` output and never served back
 //! by the API: they are write-only ([`WRITE_ONLY`]).
 
+mod hint;
 mod message;
 pub mod registry;
 mod send;
@@ -43,6 +50,7 @@ use tokio::sync::mpsc;
 
 use crate::monitors::Severity;
 
+pub use hint::hint;
 pub use message::{
     LocationView, Notification, NotifyEvent, TEST_KIND, subject, test_notification, text_body,
 };
