@@ -98,6 +98,7 @@ fn note(id: u64, event: NotifyEvent) -> Notification {
             location: "agent:site-a".into(),
             state: "down".into(),
             reason: Some("refused".into()),
+            since_ms: Some(1_795_860_000_000),
         }],
         diagnosis: "service down, seen from agent:site-a".into(),
         reason: Some("refused".into()),
@@ -105,6 +106,10 @@ fn note(id: u64, event: NotifyEvent) -> Notification {
         resolved_ms: (event == NotifyEvent::Resolved).then_some(1_795_860_060_000),
         runbook: None,
         dashboard_url: None,
+        owner: Some("team-db".into()),
+        last_ok_ms: Some(1_795_859_998_000),
+        change: (event == NotifyEvent::Updated)
+            .then(|| "every location fails now (was: reachable inside only)".into()),
     }
 }
 

@@ -1165,6 +1165,7 @@ fn populated() -> Arc<Memory> {
         reason: Some("refused".into()),
         down_since_ms: Some(1_000),
         last_check_ms: Some(2_000),
+        up_since_ms: None,
     };
     backend
         .incidents

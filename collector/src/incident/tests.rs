@@ -400,6 +400,7 @@ fn a_diagnosis_says_where_and_why() {
                 reason: (!r.is_empty()).then(|| (*r).into()),
                 down_since_ms: None,
                 last_check_ms: None,
+                up_since_ms: None,
             })
             .collect()
     };
