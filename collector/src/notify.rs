@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 
 use crate::monitors::Severity;
 
-pub use hint::hint;
+pub use hint::{first_steps, hint};
 pub use message::{
     LocationView, Notification, NotifyEvent, TEST_KIND, subject, test_notification, text_body,
 };

@@ -57,6 +57,20 @@ pub fn hint(reason: &str) -> Option<&'static str> {
     })
 }
 
+/// `(reason, hint)` for each of `reasons` that has a hint, once each, in
+/// order: the "first steps" of a message or the incident page.
+pub fn first_steps<'a>(reasons: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, &'static str)> {
+    let mut out: Vec<(&str, &'static str)> = Vec::new();
+    for r in reasons {
+        if let Some(h) = hint(r)
+            && !out.iter().any(|(seen, _)| *seen == r)
+        {
+            out.push((r, h));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

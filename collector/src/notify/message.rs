@@ -98,15 +98,7 @@ impl Notification {
             .iter()
             .filter(|l| l.state != "up" && l.state != "unknown")
             .filter_map(|l| l.reason.as_deref());
-        let mut out: Vec<(&str, &'static str)> = Vec::new();
-        for r in failing.chain(self.reason.as_deref()) {
-            if let Some(h) = super::hint(r)
-                && !out.iter().any(|(seen, _)| *seen == r)
-            {
-                out.push((r, h));
-            }
-        }
-        out
+        super::hint::first_steps(failing.chain(self.reason.as_deref()))
     }
 
     /// The short facts a chat card shows beside the text: severity, owner,

@@ -341,6 +341,11 @@ fn an_opened_message_says_who_how_grave_last_healthy_where_why_and_first_steps()
             "is the process running and bound to this address and port?"
         )]
     );
+    // The payloads give no hint for a location that succeeds either.
+    let w = webhook_body(&n);
+    assert_eq!(w["locations"][1]["reason"], "timeout");
+    assert_eq!(w["locations"][1]["hint"], serde_json::Value::Null);
+    assert_eq!(w["locations"][2]["hint"], w["hint"]);
     // Nothing known: no line rather than a guess.
     n.owner = None;
     n.last_ok_ms = None;
