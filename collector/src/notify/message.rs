@@ -119,6 +119,8 @@ impl Notification {
         if let Some(d) = self.duration_ms() {
             out.push(("Outage lasted", human(d)));
         }
+        // Discord refuses a whole message over one empty field value.
+        out.retain(|(_, v)| !v.trim().is_empty());
         out
     }
 }

@@ -575,6 +575,9 @@ fn hostile_owner_and_change_text_stays_text_in_every_card() {
     assert!(!t.contains("<script>") && !t.contains("<b>"), "{t}");
     let d = discord_body(&n);
     assert_eq!(d["allowed_mentions"]["parse"], serde_json::json!([]));
+    // An empty value is left out (Discord refuses the message for one).
+    n.change = Some(" ".into());
+    assert!(n.facts().iter().all(|(k, _)| *k != "Changed"));
     // A change longer than a Discord field holds is cut, not refused.
     n.change = Some("x".repeat(5000));
     let d = discord_body(&n);
