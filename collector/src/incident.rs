@@ -70,6 +70,8 @@ impl Kind {
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Opened,
+    /// The picture of an open incident changed (kind or diagnosis).
+    Updated,
     Resolved,
 }
 
@@ -142,6 +144,17 @@ pub struct Incident {
     /// or over inside a maintenance window or under its parent).
     #[serde(default)]
     pub silent: bool,
+    /// The newest check time at which a location succeeded before the
+    /// failing began: the last time the monitor was known healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<i64>,
+    /// What changed, one line, set when the open incident's picture changed
+    /// (its "update" notification says it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// When the latest update was handed to the dispatcher (engine-owned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_update_ms: Option<i64>,
 }
 
 impl Incident {
@@ -175,6 +188,9 @@ impl Incident {
             notified_update_ms: None,
             deliveries: Vec::new(),
             silent: false,
+            last_ok_ms: None,
+            change: None,
+            notified_update_ms: None,
         }
     }
 
@@ -211,6 +227,7 @@ pub fn notification(
     crate::notify::Notification {
         event: match out.phase {
             Phase::Opened => crate::notify::NotifyEvent::Opened,
+            Phase::Updated => crate::notify::NotifyEvent::Updated,
             Phase::Resolved => crate::notify::NotifyEvent::Resolved,
         },
         incident_id: inc.id,
@@ -228,6 +245,8 @@ pub fn notification(
                 location: l.location.clone(),
                 state: l.state.as_str().to_owned(),
                 reason: l.reason.clone(),
+                // Only a down location has a down_since.
+                since_ms: l.down_since_ms.or(l.up_since_ms),
             })
             .collect(),
         diagnosis: inc.diagnosis.clone(),
@@ -236,6 +255,10 @@ pub fn notification(
         resolved_ms: inc.resolved_ms,
         runbook: m.and_then(|m| m.runbook.clone()),
         dashboard_url: dashboard_url.map(|u| format!("{u}/incidents/{}", inc.id)),
+        owner: m.and_then(|m| m.owner.clone()),
+        last_ok_ms: inc.last_ok_ms,
+        // The incident keeps its latest change; only the update says it.
+        change: inc.change.clone().filter(|_| out.phase == Phase::Updated),
     }
 }
 
@@ -257,6 +280,7 @@ pub fn delivery(r: &crate::notify::DeliveryReport) -> Delivery {
         channel: r.channel.clone(),
         phase: match r.event {
             crate::notify::NotifyEvent::Opened => Phase::Opened,
+            crate::notify::NotifyEvent::Updated => Phase::Updated,
             crate::notify::NotifyEvent::Resolved => Phase::Resolved,
         },
         attempt: r.attempt,

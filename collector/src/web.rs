@@ -18,6 +18,7 @@
 //! maud, which escapes it.
 
 pub mod chart;
+mod incident;
 pub mod page;
 pub mod session;
 pub mod status;
@@ -83,7 +84,7 @@ pub fn router<B: WebBackend>(backend: B, admin: AdminToken) -> Router {
         .route("/agents", get(agents::<B>))
         .route("/agents/{name}/revoke", post(revoke::<B>))
         .route("/incidents", get(incidents::<B>))
-        .route("/incidents/{id}", get(incident::<B>))
+        .route("/incidents/{id}", get(incident::page::<B>))
         .route(
             "/maintenance",
             get(maintenance::<B>).post(add_maintenance::<B>),
@@ -1262,92 +1263,6 @@ async fn incidents<B: WebBackend>(
         }
     };
     html_page(StatusCode::OK, layout("Incidents", Some(&nav), body))
-}
-
-async fn incident<B: WebBackend>(
-    State(web): State<Arc<Web<B>>>,
-    viewer: Viewer,
-    Path(id): Path<String>,
-) -> Response {
-    let nav = viewer.nav("incidents");
-    let found = match id.parse::<u64>() {
-        Ok(n) => web.backend.incident(n).await.ok(),
-        Err(_) => None,
-    };
-    let Some(i) = found else {
-        return html_page(
-            StatusCode::NOT_FOUND,
-            page::problem(
-                "No such incident",
-                Some(&nav),
-                &format!("There is no incident {id:?}."),
-            ),
-        );
-    };
-    let now = now_ms();
-    let body = html! {
-        h1 {
-            "Incident #" (i.id) " "
-            @if i.resolved_ms.is_some() { span.st.st-up { "resolved" } } @else { span.st.st-down { "open" } }
-        }
-        div.card {
-            p { b { (i.diagnosis) } }
-            dl.kv {
-                dt { "monitor" }
-                dd {
-                    @if i.monitor.starts_with("agent:") { a href="/agents" { (i.monitor) } }
-                    @else { a href={"/monitors/" (urlencode(&i.monitor))} { (i.monitor) } }
-                }
-                dt { "kind" } dd { (i.kind.as_str()) }
-                @if let Some(r) = &i.reason { dt { "reason" } dd { (r) } }
-                dt { "failing since" } dd { (utc(i.since_ms)) " (" (ago(now, i.since_ms)) ")" }
-                dt { "opened" } dd { (utc(i.opened_ms)) }
-                @if let Some(r) = i.resolved_ms { dt { "resolved" } dd { (utc(r)) " after " (span(r - i.since_ms)) } }
-                @if i.backfilled { dt { "backfilled" } dd { "yes: opened from results an agent delivered late" } }
-                @if let Some(m) = &i.maintenance { dt { "maintenance" } dd { (m) } }
-                @if let Some(h) = &i.held { dt { "held" } dd { (h) } }
-                @if let Some(p) = i.suppressed_by { dt { "suppressed by" } dd { a href={"/incidents/" (p)} { "#" (p) } } }
-            }
-        }
-        h2 { "Locations" }
-        table {
-            thead { tr { th { "location" } th { "state" } th { "reason" } th { "down since" } th { "last check" } } }
-            tbody {
-                @for l in &i.locations {
-                    tr {
-                        td { (l.location) } td { (badge(l.state.as_str())) } td { (l.reason.as_deref().unwrap_or("")) }
-                        td { @if let Some(d) = l.down_since_ms { (utc(d)) } }
-                        td { @if let Some(c) = l.last_check_ms { (utc(c)) } }
-                    }
-                }
-            }
-        }
-        h2 { "Notifications" }
-        @if i.deliveries.is_empty() {
-            p.muted { @if i.silent { "Not notified: " (i.held.as_deref().or(i.maintenance.as_deref()).unwrap_or("silenced")) "." } @else { "No delivery yet." } }
-        } @else {
-            table {
-                thead { tr { th { "channel" } th { "phase" } th { "outcome" } th { "attempt" } th { "at" } } }
-                tbody {
-                    @for d in &i.deliveries {
-                        tr {
-                            td { (d.channel) } td { (format!("{:?}", d.phase).to_lowercase()) }
-                            td {
-                                (d.state)
-                                @if let Some(e) = &d.error { ": " span.mono { (untrusted(e, 200)) } }
-                                @if let Some(r) = d.retry_at_ms { span.muted { " (retry " (ago(now, r)) ")" } }
-                            }
-                            td { (d.attempt) } td { (utc(d.at_ms)) }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    html_page(
-        StatusCode::OK,
-        layout(&format!("Incident #{}", i.id), Some(&nav), body),
-    )
 }
 
 // ---- agents ---------------------------------------------------------------------

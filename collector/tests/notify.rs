@@ -98,6 +98,7 @@ fn note(id: u64, event: NotifyEvent) -> Notification {
             location: "agent:site-a".into(),
             state: "down".into(),
             reason: Some("refused".into()),
+            since_ms: Some(1_795_860_000_000),
         }],
         diagnosis: "service down, seen from agent:site-a".into(),
         reason: Some("refused".into()),
@@ -105,7 +106,40 @@ fn note(id: u64, event: NotifyEvent) -> Notification {
         resolved_ms: (event == NotifyEvent::Resolved).then_some(1_795_860_060_000),
         runbook: None,
         dashboard_url: None,
+        owner: Some("team-db".into()),
+        last_ok_ms: Some(1_795_859_998_000),
+        change: (event == NotifyEvent::Updated)
+            .then(|| "every location fails now (was: reachable inside only)".into()),
     }
+}
+
+/// The first step messages give for `refused`.
+const REFUSED_HINT: &str = "is the process running and bound to this address and port?";
+
+/// A mail as its reader sees it: quoted-printable (which the sender picks
+/// for lines of 76 characters or more) undone.
+fn unquote(raw: &str) -> String {
+    let joined = raw.replace("=\r\n", "").replace("=\n", "");
+    let b = joined.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'=', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).replace("\r\n", "\n")
 }
 
 fn quick() -> Backoff {
@@ -391,6 +425,17 @@ to = ["oncall@example.test", "db@example.test"]
             sink.log()
         );
     }
+    // What a responder needs, in the mail as delivered.
+    let mail = unquote(&plain.log());
+    for want in [
+        "Owner:      team-db",
+        "Severity:   high",
+        "Last OK:    2026-11-28T09:59:58Z (the last healthy check, 2s before the failing began)",
+        "agent:site-a                 down (refused) since 2026-11-28T10:00:00Z",
+        &format!("First steps:\n  refused: {REFUSED_HINT}"),
+    ] {
+        assert!(mail.contains(want), "{want:?} not in\n{mail}");
+    }
     // The STARTTLS sink refuses mail without TLS: a channel that does not
     // trust its CA fails (and says why), it never falls back to clear text.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -409,6 +454,143 @@ to = ["oncall@example.test", "db@example.test"]
     assert!(
         matches!(&r[0].outcome, Outcome::Failed { error, .. } if error.starts_with("SMTP")),
         "{r:?}"
+    );
+}
+
+/// An update goes out between "opened" and "resolved" on every channel, in
+/// that order: a webhook that names it, a PagerDuty trigger that merges into
+/// the open alert, chat cards and a mail that say what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_reaches_every_channel_between_opened_and_resolved() {
+    let (recv, url) = Receiver::start().await;
+    let dir = h::temp_dir();
+    let smtp_port = h::free_tcp_port();
+    let sink = h::smtp_sink(dir.path(), smtp_port, None);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Dispatcher::new(
+        channels(&format!(
+            r#"
+[[notifications]]
+name = "hook"
+kind = "webhook"
+url = "{url}/hook"
+secret = "hmac-secret-0123456789"
+
+[[notifications]]
+name = "slack"
+kind = "slack"
+url = "{url}/slack"
+
+[[notifications]]
+name = "discord"
+kind = "discord"
+url = "{url}/discord"
+
+[[notifications]]
+name = "teams"
+kind = "teams"
+url = "{url}/teams"
+
+[[notifications]]
+name = "pd"
+kind = "pagerduty"
+url = "{url}/pd"
+routing_key = "R0UT1NGK3Y"
+
+[[notifications]]
+name = "mail"
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+tls = "none"
+from = "portwatch@example.test"
+to = ["oncall@example.test"]
+"#
+        )),
+        quick(),
+        tx,
+    );
+    for event in [
+        NotifyEvent::Opened,
+        NotifyEvent::Updated,
+        NotifyEvent::Resolved,
+    ] {
+        d.notify(note(11, event));
+    }
+    let reports = reports_until(&mut rx, 18, Duration::from_secs(20)).await;
+    assert_eq!(reports.len(), 18, "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Delivered),
+        "{reports:?}"
+    );
+    let change = "every location fails now (was: reachable inside only)";
+    let got = recv.got();
+    let by = |p: &str| -> Vec<Got> { got.iter().filter(|g| g.path == p).cloned().collect() };
+
+    let hook = by("hook");
+    let events: Vec<String> = hook
+        .iter()
+        .map(|g| g.json()["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["opened", "updated", "resolved"]);
+    verify_signature(&hook[1], "hmac-secret-0123456789");
+    assert_eq!(hook[1].headers["x-portwatch-event"], "updated");
+    let update = hook[1].json();
+    assert_eq!(update["change"], change);
+    assert_eq!(
+        update["subject"],
+        "TCP Port Unreachable (update): redis-main (127.0.0.1:6379)"
+    );
+    assert_eq!(update["locations"][0]["hint"], REFUSED_HINT);
+    let resolved = hook[2].json();
+    assert_eq!(resolved["duration_ms"], 60_000);
+    assert_eq!(resolved["change"], serde_json::Value::Null);
+
+    let pd: Vec<serde_json::Value> = by("pd").iter().map(Got::json).collect();
+    let actions: Vec<&str> = pd
+        .iter()
+        .map(|p| p["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["trigger", "trigger", "resolve"]);
+    assert!(pd.iter().all(|p| p["dedup_key"] == "portwatch-11"));
+    assert_eq!(pd[1]["payload"]["custom_details"]["change"], change);
+    assert_eq!(pd[1]["payload"]["custom_details"]["owner"], "team-db");
+
+    let slack = by("slack")[1].json();
+    assert!(
+        slack["text"].as_str().unwrap().contains("(update)"),
+        "{slack}"
+    );
+    assert!(slack.to_string().contains(change), "{slack}");
+    let discord = by("discord")[1].json();
+    assert!(discord.to_string().contains(change), "{discord}");
+    let teams = by("teams")[1].json();
+    assert!(teams.to_string().contains(change), "{teams}");
+
+    assert!(
+        h::poll_until(Duration::from_secs(10), || sink
+            .log()
+            .contains("Subject: TCP Port Reachable Again")),
+        "{}",
+        sink.log()
+    );
+    let mail = unquote(&sink.log());
+    let (opened_at, update_at, resolved_at) = (
+        mail.find("Subject: TCP Port Unreachable: redis-main")
+            .unwrap(),
+        mail.find("Subject: TCP Port Unreachable (update): redis-main")
+            .unwrap(),
+        mail.find("Subject: TCP Port Reachable Again: redis-main")
+            .unwrap(),
+    );
+    assert!(opened_at < update_at && update_at < resolved_at, "{mail}");
+    assert!(
+        mail[update_at..resolved_at].contains(&format!("Changed:    {change}")),
+        "{mail}"
+    );
+    assert!(
+        mail[resolved_at..].contains("the outage lasted 1m"),
+        "{mail}"
     );
 }
 
@@ -479,10 +661,12 @@ async fn wait_for_post(recv: &Receiver, path: &str, event: &str, within: Duratio
     }
 }
 
-/// The whole journey through a real collector: a webhook channel created
-/// through the API (persisted 0600, its secret never shown) receives a real
-/// incident, signed; a config file reload adds a file channel and keeps the
-/// API's, and both get the resolution.
+/// The whole journey through a real collector: a webhook and a mail channel
+/// created through the API (persisted 0600, the secret never shown) receive
+/// a real incident of a service that was healthy, then refused: signed, with
+/// the owner, severity, last healthy time, each location's reason and the
+/// first step, as the incident page shows them too; a config file reload
+/// adds a file channel and keeps the API's, and all get the resolution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives_a_reload() {
     use portwatch_collector::client::AdminClient;
@@ -490,11 +674,26 @@ async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives
     use std::os::unix::fs::PermissionsExt;
 
     let (recv, hook) = Receiver::start().await;
-    let closed = h::ClosedPort::on("127.0.0.1");
-    let port = closed.port();
+    let smtp_port = h::free_tcp_port();
+    let mail_dir = h::temp_dir();
+    let sink = h::smtp_sink(mail_dir.path(), smtp_port, None);
+    // The service answers at first; the test stops it later.
+    let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = service.local_addr().unwrap().port();
+    let (stop_service, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                Ok((s, _)) = service.accept() => drop(s),
+            }
+        }
+    });
     let r = support::start_from_file("allow_private_targets = true\n").await;
     let data = r.dir.path().join("collector");
     let secret = "hmac-secret-0123456789";
+    let owner = "team-lab (+1 555 0100)";
     let client = {
         let data = data.clone();
         move || {
@@ -525,14 +724,28 @@ async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives
             )
             .unwrap();
         assert_eq!(view.origin, Origin::Api);
+        api.put_channel(
+            "ops-mail",
+            &serde_json::json!({
+                "kind": "email",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": smtp_port,
+                "tls": "none",
+                "from": "portwatch@example.test",
+                "to": ["oncall@example.test"],
+                "monitors": ["lab"],
+            }),
+        )
+        .unwrap();
         let shown = serde_json::to_string(&api.list_channels().unwrap()).unwrap();
         assert!(!shown.contains(secret), "{shown}");
-        // Only now is there something to be down.
         api.put_monitor(&RawMonitor {
             name: "lab".into(),
             target: format!("tcp://127.0.0.1:{port}"),
             interval: Some("1s".into()),
             locations: vec!["public:collector".into()],
+            owner: Some(owner.into()),
+            severity: Some("critical".into()),
             ..Default::default()
         })
         .unwrap();
@@ -548,17 +761,46 @@ async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(stored["channels"][0]["secret"], secret);
 
-    // The closed port opens an incident; the API channel gets it, signed.
+    // Healthy first, then the service stops: refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r
+        .collector
+        .incidents
+        .status_of("lab")
+        .is_none_or(|s| s.state != "up")
+    {
+        assert!(Instant::now() < deadline, "lab never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_service.send(()).unwrap();
+    serving.await.unwrap();
+
+    // An incident opens; the API channels get it, the webhook signed.
     let opened = wait_for_post(&recv, "hook", "opened", Duration::from_secs(20)).await;
     verify_signature(&opened, secret);
     let note = opened.json();
     assert_eq!(note["kind"], "down");
     assert_eq!(note["reason"], "refused");
+    assert_eq!(note["owner"], owner);
+    assert_eq!(note["severity"], "critical");
+    let at = &note["locations"][0];
+    assert_eq!(
+        (&at["location"], &at["state"], &at["reason"], &at["hint"]),
+        (
+            &"public:collector".into(),
+            &"down".into(),
+            &"refused".into(),
+            &REFUSED_HINT.into()
+        ),
+        "{note}"
+    );
+    assert!(at["since_ms"].as_i64().unwrap() >= note["since_ms"].as_i64().unwrap());
+    assert_eq!(note["first_steps"][0], format!("refused: {REFUSED_HINT}"));
     assert_eq!(opened.headers["x-portwatch-event"], "opened");
     let id = note["incident_id"].as_u64().unwrap();
     // And the delivery is written on the incident.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let inc = loop {
         let inc = r
             .collector
             .incidents
@@ -566,18 +808,64 @@ async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives
             .into_iter()
             .find(|i| i.id == id)
             .expect("the incident is open");
-        if inc
-            .deliveries
-            .iter()
-            .any(|d| d.channel == "ops-hook" && d.state == "delivered")
-        {
-            break;
+        if ["ops-hook", "ops-mail"].iter().all(|c| {
+            inc.deliveries
+                .iter()
+                .any(|d| d.channel == *c && d.state == "delivered")
+        }) {
+            break inc;
         }
         assert!(Instant::now() < deadline, "{:?}", inc.deliveries);
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The last healthy time is the engine's to find: every channel says
+    // what it found.
+    assert_eq!(note["last_ok_ms"].as_i64(), inc.last_ok_ms, "{note}");
+
+    // The mail, as delivered, says the same.
+    let mail = unquote(&sink.log());
+    let mut wants = vec![
+        format!("Subject: TCP Port Unreachable: lab (127.0.0.1:{port})"),
+        format!("Owner:      {owner}"),
+        "Severity:   critical".to_owned(),
+        "public:collector             down (refused) since ".to_owned(),
+        format!("First steps:\n  refused: {REFUSED_HINT}"),
+    ];
+    if let Some(ok) = note["last_ok"].as_str() {
+        wants.push(format!("Last OK:    {ok} (the last healthy check"));
+    }
+    for want in &wants {
+        assert!(mail.contains(want.as_str()), "{want:?} not in\n{mail}");
     }
 
-    // A reload brings a file channel; the API's stays, and is still served.
+    // The incident page shows it to whoever follows the message's link.
+    let discovery = r.discovery().await;
+    let token = portwatch_collector::admin::AdminToken::read(&data.join("admin.token")).unwrap();
+    let page_url = format!("{}/incidents/{id}", discovery.url);
+    let bearer = format!("Bearer {}", token.secret());
+    let page = tokio::task::spawn_blocking(move || {
+        ureq::get(&page_url)
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    for want in [
+        "<dt>owner</dt><dd>team-lab (+1 555 0100)</dd>",
+        "<dt>severity</dt><dd>critical</dd>",
+        "<dt>last healthy</dt>",
+        "First steps",
+        REFUSED_HINT,
+        "down since ",
+    ] {
+        assert!(page.contains(want), "{want:?} not in\n{page}");
+    }
+
+    // A reload brings a file channel; the API's stay, and are still served.
     let config = r.config_path();
     let tmp = config.with_extension("toml.new");
     std::fs::write(
@@ -602,12 +890,13 @@ async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives
         listed,
         [
             ("file-hook".to_owned(), Origin::File),
-            ("ops-hook".to_owned(), Origin::Api)
+            ("ops-hook".to_owned(), Origin::Api),
+            ("ops-mail".to_owned(), Origin::Api),
         ]
     );
 
-    // The service comes up: both channels get the resolution.
-    drop(closed);
+    // The service comes up again: every channel gets the resolution, which
+    // says the location succeeds again and how long the outage lasted.
     let service = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -618,7 +907,21 @@ async fn a_channel_created_through_the_api_receives_a_real_incident_and_survives
     });
     let resolved = wait_for_post(&recv, "hook", "resolved", Duration::from_secs(20)).await;
     verify_signature(&resolved, secret);
-    assert_eq!(resolved.json()["incident_id"], id);
+    let done = resolved.json();
+    assert_eq!(done["incident_id"], id);
+    assert_eq!(
+        done["duration_ms"].as_i64(),
+        Some(done["resolved_ms"].as_i64().unwrap() - done["since_ms"].as_i64().unwrap())
+    );
+    assert_eq!(done["first_steps"], serde_json::json!([]));
     let file = wait_for_post(&recv, "file", "resolved", Duration::from_secs(10)).await;
     assert!(file.headers.get("x-portwatch-signature").is_none());
+    assert!(
+        h::poll_until(Duration::from_secs(10), || sink.log().contains(&format!(
+            "Subject: TCP Port Reachable Again: lab (127.0.0.1:{port})"
+        ))),
+        "{}",
+        sink.log()
+    );
+    assert!(unquote(&sink.log()).contains("(the outage lasted "));
 }

@@ -433,6 +433,7 @@ fn a_diagnosis_says_where_and_why() {
                 down_since_ms: None,
                 up_since_ms: None,
                 last_check_ms: None,
+                up_since_ms: None,
             })
             .collect()
     };

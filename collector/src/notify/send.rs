@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::message::rfc3339;
 use super::{Channel, Notification, NotifyEvent, SmtpTls, Target, subject, text_body};
 use crate::monitors::Severity;
 
@@ -40,8 +41,8 @@ impl SendError {
 fn colour(n: &Notification) -> u32 {
     match n.event {
         NotifyEvent::Resolved => 0x2e_b8_86,
-        NotifyEvent::Opened if n.kind == "edge" => 0xe0_a0_00,
-        NotifyEvent::Opened => 0xd0_00_00,
+        NotifyEvent::Opened | NotifyEvent::Updated if n.kind == "edge" => 0xe0_a0_00,
+        NotifyEvent::Opened | NotifyEvent::Updated => 0xd0_00_00,
     }
 }
 
@@ -67,7 +68,34 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// The generic webhook body.
+/// The locations as the JSON payloads carry them: the stored fields plus
+/// `since` (RFC 3339) and the first-step `hint` of a failing location.
+fn locations_json(n: &Notification) -> Value {
+    n.locations
+        .iter()
+        .map(|l| {
+            let failing = l.state != "up" && l.state != "unknown";
+            json!({
+                "location": l.location,
+                "state": l.state,
+                "reason": l.reason,
+                "since_ms": l.since_ms,
+                "since": l.since_ms.map(rfc3339),
+                "hint": l.reason.as_deref().filter(|_| failing).and_then(super::hint),
+            })
+        })
+        .collect()
+}
+
+/// `["refused: is the process running ...", ...]`.
+fn first_steps(n: &Notification) -> Vec<String> {
+    n.first_steps()
+        .iter()
+        .map(|(r, h)| format!("{r}: {h}"))
+        .collect()
+}
+
+/// The generic webhook body (`version` 1: fields are only ever added).
 pub fn webhook_body(n: &Notification) -> Value {
     json!({
         "version": 1,
@@ -79,13 +107,21 @@ pub fn webhook_body(n: &Notification) -> Value {
         "protocol": n.protocol,
         "target": n.target,
         "severity": n.severity.as_str(),
+        "owner": n.owner,
         "tags": n.tags,
         "diagnosis": n.diagnosis,
         "reason": n.reason,
-        "since": super::rfc3339(n.since_ms),
+        "hint": n.reason.as_deref().and_then(super::hint),
+        "change": n.change.as_ref().filter(|_| n.event == NotifyEvent::Updated),
+        "since": rfc3339(n.since_ms),
         "since_ms": n.since_ms,
+        "resolved": n.resolved_ms.map(rfc3339),
         "resolved_ms": n.resolved_ms,
-        "locations": n.locations,
+        "duration_ms": n.duration_ms(),
+        "last_ok": n.last_ok_ms.map(rfc3339),
+        "last_ok_ms": n.last_ok_ms,
+        "locations": locations_json(n),
+        "first_steps": first_steps(n),
         "runbook": n.runbook,
         "dashboard_url": n.dashboard_url,
         "text": text_body(n),
@@ -93,11 +129,17 @@ pub fn webhook_body(n: &Notification) -> Value {
 }
 
 pub fn slack_body(n: &Notification) -> Value {
+    let fields: Vec<Value> = n
+        .facts()
+        .into_iter()
+        .map(|(k, v)| json!({ "title": k, "value": slack_escape(&v), "short": k != "Changed" }))
+        .collect();
     json!({
         "text": slack_escape(&subject(n)),
         "attachments": [{
             "color": format!("#{:06x}", colour(n)),
             "title": slack_escape(&subject(n)),
+            "fields": fields,
             "text": format!("```{}```", slack_escape(&text_body(n))),
             "footer": "portwatch",
         }],
@@ -105,12 +147,21 @@ pub fn slack_body(n: &Notification) -> Value {
 }
 
 pub fn discord_body(n: &Notification) -> Value {
+    // An embed holds at most 6,000 characters in all: title 256 +
+    // description 4,096 + the facts (an owner is at most 128, a change is
+    // cut at 512) stay below.
+    let fields: Vec<Value> = n
+        .facts()
+        .into_iter()
+        .map(|(k, v)| json!({ "name": k, "value": truncate(&v, 512), "inline": k != "Changed" }))
+        .collect();
     json!({
         "content": truncate(&subject(n), 2000),
         "embeds": [{
             "title": truncate(&subject(n), 256),
             "description": truncate(&format!("```\n{}\n```", text_body(n)), 4096),
             "color": colour(n),
+            "fields": fields,
         }],
         // Monitor names are text from a config: never let them ping anyone.
         "allowed_mentions": { "parse": [] },
@@ -118,12 +169,18 @@ pub fn discord_body(n: &Notification) -> Value {
 }
 
 pub fn teams_body(n: &Notification) -> Value {
+    let facts: Vec<Value> = n
+        .facts()
+        .into_iter()
+        .map(|(k, v)| json!({ "name": k, "value": html_escape(&v) }))
+        .collect();
     json!({
         "@type": "MessageCard",
         "@context": "https://schema.org/extensions",
         "summary": html_escape(&subject(n)),
         "themeColor": format!("{:06X}", colour(n)),
         "title": html_escape(&subject(n)),
+        "sections": [{ "facts": facts }],
         "text": format!("<pre>{}</pre>", html_escape(&text_body(n))),
     })
 }
@@ -137,8 +194,9 @@ fn pagerduty_severity(s: Severity) -> &'static str {
     }
 }
 
-/// The PagerDuty Events API v2 body: trigger on open, resolve on close, one
-/// dedup key per incident.
+/// The PagerDuty Events API v2 body, one dedup key per incident: trigger on
+/// open; an update is another trigger with the same key (PagerDuty adds it
+/// to the open alert, it opens no second one); resolve on close.
 pub fn pagerduty_body(n: &Notification, routing_key: &str) -> Value {
     let dedup_key = format!("portwatch-{}", n.incident_id);
     match n.event {
@@ -147,7 +205,7 @@ pub fn pagerduty_body(n: &Notification, routing_key: &str) -> Value {
             "event_action": "resolve",
             "dedup_key": dedup_key,
         }),
-        NotifyEvent::Opened => {
+        NotifyEvent::Opened | NotifyEvent::Updated => {
             let mut links = Vec::new();
             if let Some(r) = &n.runbook {
                 links.push(json!({ "href": r, "text": "Runbook" }));
@@ -163,13 +221,18 @@ pub fn pagerduty_body(n: &Notification, routing_key: &str) -> Value {
                     "summary": truncate(&subject(n), 1024),
                     "source": if n.target.is_empty() { &n.monitor } else { &n.target },
                     "severity": pagerduty_severity(n.severity),
-                    "timestamp": super::rfc3339(n.since_ms),
+                    "timestamp": rfc3339(n.since_ms),
                     "component": n.monitor,
                     "class": n.kind,
                     "custom_details": {
+                        "event": n.event.as_str(),
+                        "change": n.change.as_ref().filter(|_| n.event == NotifyEvent::Updated),
+                        "owner": n.owner,
                         "diagnosis": n.diagnosis,
                         "reason": n.reason,
-                        "locations": n.locations,
+                        "last_ok": n.last_ok_ms.map(rfc3339),
+                        "locations": locations_json(n),
+                        "first_steps": first_steps(n),
                         "tags": n.tags,
                     },
                 },

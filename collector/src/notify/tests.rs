@@ -27,11 +27,13 @@ fn note(event: NotifyEvent) -> Notification {
                 location: "agent:fra-1".into(),
                 state: "down".into(),
                 reason: Some("refused".into()),
+                since_ms: Some(1_795_860_000_000),
             },
             LocationView {
                 location: "public:eu".into(),
                 state: "down".into(),
                 reason: Some("timeout".into()),
+                since_ms: Some(1_795_860_002_000),
             },
         ],
         diagnosis: "service down: every location fails (agent:fra-1, public:eu)".into(),
@@ -40,6 +42,9 @@ fn note(event: NotifyEvent) -> Notification {
         resolved_ms: (event == NotifyEvent::Resolved).then_some(1_795_860_095_000),
         runbook: Some("https://wiki.example/redis".into()),
         dashboard_url: None,
+        owner: Some("team-payments (+49 30 1234)".into()),
+        last_ok_ms: Some(1_795_859_995_000),
+        change: None,
     }
 }
 
@@ -218,7 +223,7 @@ fn subjects_and_bodies_say_what_where_why_and_since_when() {
         "Diagnosis:  service down: every location fails",
         "Reason:     refused",
         "Since:      2026-11-28T10:00:00Z (check time)",
-        "Resolved:   2026-11-28T10:01:35Z (after 1m 35s)",
+        "Resolved:   2026-11-28T10:01:35Z (the outage lasted 1m 35s)",
         "agent:fra-1",
         "down (refused)",
         "Runbook:    https://wiki.example/redis",
@@ -285,4 +290,443 @@ fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"hmac-secret-0123456789");
     ring::hmac::verify(&key, b"1795860000.{\"event\":\"opened\"}", &bytes).unwrap();
     assert!(ring::hmac::verify(&key, b"1795860001.{\"event\":\"opened\"}", &bytes).is_err());
+}
+
+/// The recovery of `note`: both locations succeed again, each since when.
+fn recovered() -> Notification {
+    let mut n = note(NotifyEvent::Resolved);
+    n.locations[0].state = "up".into();
+    n.locations[0].reason = None;
+    n.locations[0].since_ms = Some(1_795_860_090_000);
+    n.locations[1].state = "up".into();
+    n.locations[1].reason = None;
+    n.locations[1].since_ms = Some(1_795_860_095_000);
+    n
+}
+
+/// An outside-only block that became a full outage.
+fn updated() -> Notification {
+    let mut n = note(NotifyEvent::Updated);
+    n.change = Some("every location fails now (was: reachable inside only)".into());
+    n
+}
+
+#[test]
+fn an_opened_message_says_who_how_grave_last_healthy_where_why_and_first_steps() {
+    let body = text_body(&note(NotifyEvent::Opened));
+    for want in [
+        "Owner:      team-payments (+49 30 1234)",
+        "Severity:   high   Tags: db, team=payments",
+        "Last OK:    2026-11-28T09:59:55Z (the last healthy check, 5s before the failing began)",
+        "agent:fra-1                  down (refused) since 2026-11-28T10:00:00Z",
+        "public:eu                    down (timeout) since 2026-11-28T10:00:02Z",
+        "First steps:\n  refused: is the process running and bound to this address and port?\n  timeout: a firewall or routing between this location and the host drops packets\n",
+    ] {
+        assert!(body.contains(want), "{want:?} not in\n{body}");
+    }
+    assert!(!body.contains("Changed:"), "{body}");
+    // A location that is up gives no first step; a reason seen twice, one.
+    let mut n = note(NotifyEvent::Opened);
+    n.locations[1].state = "up".into();
+    n.locations.push(LocationView {
+        location: "agent:ber-1".into(),
+        state: "down".into(),
+        reason: Some("refused".into()),
+        since_ms: None,
+    });
+    assert_eq!(
+        n.first_steps(),
+        vec![(
+            "refused",
+            "is the process running and bound to this address and port?"
+        )]
+    );
+    // The payloads give no hint for a location that succeeds either.
+    let w = webhook_body(&n);
+    assert_eq!(w["locations"][1]["reason"], "timeout");
+    assert_eq!(w["locations"][1]["hint"], serde_json::Value::Null);
+    assert_eq!(w["locations"][2]["hint"], w["hint"]);
+    // Nothing known: no line rather than a guess.
+    n.owner = None;
+    n.last_ok_ms = None;
+    let body = text_body(&n);
+    assert!(
+        !body.contains("Owner:") && !body.contains("Last OK:"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_recovery_says_which_locations_succeed_since_when_and_how_long_it_lasted() {
+    let n = recovered();
+    assert_eq!(
+        subject(&n),
+        "TCP Port Reachable Again: redis-main (10.0.0.5:6379)"
+    );
+    let body = text_body(&n);
+    for want in [
+        "Resolved:   2026-11-28T10:01:35Z (the outage lasted 1m 35s)",
+        "Last OK:    2026-11-28T09:59:55Z",
+        "Locations now:\n  agent:fra-1                  up since 2026-11-28T10:01:30Z\n  public:eu                    up since 2026-11-28T10:01:35Z",
+        "Owner:      team-payments",
+    ] {
+        assert!(body.contains(want), "{want:?} not in\n{body}");
+    }
+    assert!(
+        !body.contains("First steps"),
+        "nothing to do once it is over:\n{body}"
+    );
+    let w = webhook_body(&n);
+    assert_eq!(w["event"], "resolved");
+    assert_eq!(w["duration_ms"], 95_000);
+    assert_eq!(w["resolved"], "2026-11-28T10:01:35Z");
+    assert_eq!(w["locations"][0]["state"], "up");
+    assert_eq!(w["locations"][0]["since"], "2026-11-28T10:01:30Z");
+    assert_eq!(w["locations"][0]["hint"], serde_json::Value::Null);
+    assert_eq!(w["first_steps"], serde_json::json!([]));
+    let facts = n.facts();
+    assert!(
+        facts.contains(&("Outage lasted", "1m 35s".into())),
+        "{facts:?}"
+    );
+    let pd = pagerduty_body(&n, "KEY");
+    assert_eq!(pd["event_action"], "resolve");
+}
+
+#[test]
+fn an_update_says_what_changed_in_every_channel_and_pages_into_the_same_alert() {
+    let n = updated();
+    assert_eq!(
+        subject(&n),
+        "TCP Port Unreachable (update): redis-main (10.0.0.5:6379)"
+    );
+    let mut edge = updated();
+    edge.kind = "edge".into();
+    assert_eq!(
+        subject(&edge),
+        "TCP Port Unreachable from Outside (update): redis-main (10.0.0.5:6379)"
+    );
+    let mut agent = updated();
+    agent.kind = "agent_offline".into();
+    agent.monitor = "agent:fra-1".into();
+    assert_eq!(subject(&agent), "Agent Offline (update): agent:fra-1");
+    let change = "every location fails now (was: reachable inside only)";
+    let body = text_body(&n);
+    assert!(
+        body.contains(&format!("\n\nChanged:    {change}\nMonitor:")),
+        "the change comes first:\n{body}"
+    );
+    assert!(body.contains("First steps:"), "{body}");
+
+    let w = webhook_body(&n);
+    assert_eq!(w["event"], "updated");
+    assert_eq!(w["change"], change);
+    let s = slack_body(&n);
+    assert!(
+        s["attachments"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({ "title": "Changed", "value": change, "short": false })),
+        "{s}"
+    );
+    assert!(s["text"].as_str().unwrap().contains("(update)"));
+    let d = discord_body(&n);
+    assert!(
+        d["embeds"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "Changed" && f["value"] == change),
+        "{d}"
+    );
+    let t = teams_body(&n);
+    assert!(
+        t["sections"][0]["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "Changed" && f["value"] == change),
+        "{t}"
+    );
+    // PagerDuty merges a trigger with the open alert's dedup key.
+    let opened = pagerduty_body(&note(NotifyEvent::Opened), "KEY");
+    let pd = pagerduty_body(&n, "KEY");
+    assert_eq!(pd["event_action"], "trigger");
+    assert_eq!(pd["dedup_key"], opened["dedup_key"]);
+    assert_eq!(pd["payload"]["custom_details"]["event"], "updated");
+    assert_eq!(pd["payload"]["custom_details"]["change"], change);
+    assert!(
+        pd["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("(update)")
+    );
+    // A change kept on the incident is not repeated by other events.
+    let mut later = recovered();
+    later.change = Some(change.into());
+    assert!(!text_body(&later).contains("Changed"));
+    assert_eq!(webhook_body(&later)["change"], serde_json::Value::Null);
+}
+
+#[test]
+fn every_channel_carries_owner_severity_last_healthy_reasons_and_hints() {
+    let n = note(NotifyEvent::Opened);
+    let owner = "team-payments (+49 30 1234)";
+    let refused = "is the process running and bound to this address and port?";
+    let timeout = "a firewall or routing between this location and the host drops packets";
+
+    let w = webhook_body(&n);
+    assert_eq!(w["owner"], owner);
+    assert_eq!(w["severity"], "high");
+    assert_eq!(w["last_ok"], "2026-11-28T09:59:55Z");
+    assert_eq!(w["last_ok_ms"], 1_795_859_995_000_i64);
+    assert_eq!(w["hint"], refused);
+    assert_eq!(w["locations"][1]["reason"], "timeout");
+    assert_eq!(w["locations"][1]["since_ms"], 1_795_860_002_000_i64);
+    assert_eq!(w["locations"][1]["hint"], timeout);
+    assert_eq!(
+        w["first_steps"],
+        serde_json::json!([format!("refused: {refused}"), format!("timeout: {timeout}")])
+    );
+    // The fields receivers already read are all still there.
+    for old in [
+        "version",
+        "event",
+        "subject",
+        "incident_id",
+        "kind",
+        "monitor",
+        "protocol",
+        "target",
+        "severity",
+        "tags",
+        "diagnosis",
+        "reason",
+        "since",
+        "since_ms",
+        "resolved_ms",
+        "locations",
+        "runbook",
+        "dashboard_url",
+        "text",
+    ] {
+        assert!(w.get(old).is_some(), "{old} left the webhook payload");
+    }
+
+    let fact = |v: &serde_json::Value, key: &str, name: &str, value: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f[key] == name && f["value"] == value)
+    };
+    let s = slack_body(&n);
+    let fields = &s["attachments"][0]["fields"];
+    assert!(fact(fields, "title", "Owner", owner), "{s}");
+    assert!(fact(fields, "title", "Severity", "high"), "{s}");
+    assert!(
+        fact(fields, "title", "Last healthy", "2026-11-28T09:59:55Z"),
+        "{s}"
+    );
+    let d = discord_body(&n);
+    assert!(
+        fact(&d["embeds"][0]["fields"], "name", "Owner", owner),
+        "{d}"
+    );
+    let t = teams_body(&n);
+    assert!(
+        fact(&t["sections"][0]["facts"], "name", "Owner", owner),
+        "{t}"
+    );
+    // The text of each card has the reasons per location and the hints.
+    for text in [
+        s["attachments"][0]["text"].as_str().unwrap(),
+        d["embeds"][0]["description"].as_str().unwrap(),
+        t["text"].as_str().unwrap(),
+        w["text"].as_str().unwrap(),
+    ] {
+        for want in [
+            "down (timeout) since",
+            refused,
+            timeout,
+            "Last OK:",
+            "Owner:",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+    }
+
+    let pd = pagerduty_body(&n, "KEY");
+    let details = &pd["payload"]["custom_details"];
+    assert_eq!(details["owner"], owner);
+    assert_eq!(details["last_ok"], "2026-11-28T09:59:55Z");
+    assert_eq!(details["locations"][0]["hint"], refused);
+    assert_eq!(details["first_steps"][1], format!("timeout: {timeout}"));
+    assert_eq!(pd["payload"]["severity"], "error");
+}
+
+#[test]
+fn hostile_owner_and_change_text_stays_text_in_every_card() {
+    let mut n = updated();
+    n.owner = Some("<!channel> @everyone <b>".into());
+    n.change = Some("<script>x</script>".into());
+    let s = slack_body(&n).to_string();
+    assert!(!s.contains("<!channel>"), "{s}");
+    let t = teams_body(&n).to_string();
+    assert!(!t.contains("<script>") && !t.contains("<b>"), "{t}");
+    let d = discord_body(&n);
+    assert_eq!(d["allowed_mentions"]["parse"], serde_json::json!([]));
+    // An empty value is left out (Discord refuses the message for one).
+    n.change = Some(" ".into());
+    assert!(n.facts().iter().all(|(k, _)| *k != "Changed"));
+    // A change longer than a Discord field holds is cut, not refused.
+    n.change = Some("x".repeat(5000));
+    let d = discord_body(&n);
+    let f = d["embeds"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "Changed")
+        .unwrap()
+        .clone();
+    assert!(f["value"].as_str().unwrap().len() <= 512);
+}
+
+/// One monitor as the config file would define it.
+fn monitor(toml_text: &str) -> crate::monitors::Monitor {
+    use crate::monitors::{Located, Origin, Parents, RawMonitor, validate_all};
+    let raw: RawMonitor = toml::from_str(toml_text).expect("test toml parses");
+    let located = Located {
+        raw,
+        line: None,
+        path: "monitors[0]".into(),
+    };
+    validate_all(&[located], "test", Origin::File, &[], Parents::MustExist)
+        .expect("a valid monitor")
+        .remove(0)
+}
+
+#[test]
+fn an_incident_becomes_a_notification_with_owner_last_healthy_and_since_per_location() {
+    use crate::incident::engine::Outbound;
+    use crate::incident::{Incident, Kind, LocState, Phase};
+    let m = monitor(
+        "name = \"redis-main\"\ntarget = \"tcp://10.0.0.5:6379\"\nseverity = \"critical\"\nowner = \"team-payments\"\ntags = [\"db\"]\nlocations = [\"fra-1\", \"public\"]\n",
+    );
+    let location =
+        |name: &str, state, down: Option<i64>, up: Option<i64>| crate::incident::LocationView {
+            location: name.into(),
+            state,
+            reason: down.map(|_| "refused".into()),
+            down_since_ms: down,
+            last_check_ms: Some(1_900),
+            up_since_ms: up,
+        };
+    let mut inc = Incident {
+        id: 42,
+        locations: vec![
+            location("agent:fra-1", LocState::Down, Some(1_000), None),
+            location("public:eu", LocState::Up, None, Some(1_500)),
+        ],
+        last_ok_ms: Some(900),
+        change: Some("the public locations fail too now".into()),
+        ..Incident::new(
+            "redis-main",
+            Kind::Down,
+            2_000,
+            1_000,
+            "service down".into(),
+            Some("refused".into()),
+        )
+    };
+    let out = |phase, inc: &Incident| Outbound {
+        phase,
+        incident: inc.clone(),
+        monitor: Some(m.clone()),
+        skip: Vec::new(),
+    };
+    let n = crate::incident::notification(&out(Phase::Opened, &inc), Some("https://pw.example"));
+    assert_eq!(n.event, NotifyEvent::Opened);
+    assert_eq!(n.owner.as_deref(), Some("team-payments"));
+    assert_eq!(n.severity, Severity::Critical);
+    assert_eq!(n.last_ok_ms, Some(900));
+    assert_eq!(n.change, None, "only an update says what changed");
+    assert_eq!(n.protocol, "TCP");
+    assert_eq!(
+        n.locations.iter().map(|l| l.since_ms).collect::<Vec<_>>(),
+        [Some(1_000), Some(1_500)],
+        "down since while down, up since while up"
+    );
+    assert_eq!(
+        n.dashboard_url.as_deref(),
+        Some("https://pw.example/incidents/42")
+    );
+    let n = crate::incident::notification(&out(Phase::Updated, &inc), None);
+    assert_eq!(n.event, NotifyEvent::Updated);
+    assert_eq!(
+        n.change.as_deref(),
+        Some("the public locations fail too now")
+    );
+    inc.resolved_ms = Some(3_000);
+    let n = crate::incident::notification(&out(Phase::Resolved, &inc), None);
+    assert_eq!(
+        (n.event, n.resolved_ms),
+        (NotifyEvent::Resolved, Some(3_000))
+    );
+
+    // Reports map back to the phase they were about.
+    for (event, phase) in [
+        (NotifyEvent::Opened, Phase::Opened),
+        (NotifyEvent::Updated, Phase::Updated),
+        (NotifyEvent::Resolved, Phase::Resolved),
+    ] {
+        let d = crate::incident::delivery(&DeliveryReport {
+            incident_id: 42,
+            event,
+            channel: "ops".into(),
+            attempt: 1,
+            at_ms: 5,
+            outcome: Outcome::Delivered,
+        });
+        assert_eq!((d.phase, d.state.as_str()), (phase, "delivered"));
+    }
+}
+
+#[test]
+fn incidents_stored_before_the_new_fields_still_parse_and_none_is_not_written() {
+    use crate::incident::{Delivery, Incident, Phase};
+    // An incident row as an older collector wrote it.
+    let old = r#"{"id":3,"monitor":"pg","kind":"down","opened_ms":2000,"since_ms":1000,
+        "diagnosis":"service down","reason":"refused",
+        "locations":[{"location":"agent:a","state":"down","reason":"refused","down_since_ms":1000}],
+        "deliveries":[{"channel":"ops","phase":"opened","attempt":1,"at_ms":2100,"state":"delivered"}]}"#;
+    let inc: Incident = serde_json::from_str(old).expect("an old row parses");
+    assert_eq!(
+        (
+            inc.last_ok_ms,
+            inc.change.as_deref(),
+            inc.notified_update_ms
+        ),
+        (None, None, None)
+    );
+    assert_eq!(inc.locations[0].up_since_ms, None);
+    let again = serde_json::to_string(&inc).unwrap();
+    for new in ["last_ok_ms", "change", "notified_update_ms", "up_since_ms"] {
+        assert!(!again.contains(new), "{new} written as null: {again}");
+    }
+    let mut inc = inc;
+    inc.last_ok_ms = Some(900);
+    inc.change = Some("edge -> down".into());
+    inc.notified_update_ms = Some(2_500);
+    inc.locations[0].up_since_ms = Some(1_800);
+    let back: Incident = serde_json::from_str(&serde_json::to_string(&inc).unwrap()).unwrap();
+    assert_eq!(back, inc);
+    let d: Delivery = serde_json::from_str(
+        r#"{"channel":"ops","phase":"updated","attempt":1,"at_ms":1,"state":"delivered"}"#,
+    )
+    .unwrap();
+    assert_eq!(d.phase, Phase::Updated);
+    assert_eq!(
+        serde_json::to_value(NotifyEvent::Updated).unwrap(),
+        "updated"
+    );
 }
