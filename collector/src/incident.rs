@@ -144,17 +144,6 @@ pub struct Incident {
     /// or over inside a maintenance window or under its parent).
     #[serde(default)]
     pub silent: bool,
-    /// The newest check time at which a location succeeded before the
-    /// failing began: the last time the monitor was known healthy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ok_ms: Option<i64>,
-    /// What changed, one line, set when the open incident's picture changed
-    /// (its "update" notification says it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub change: Option<String>,
-    /// When the latest update was handed to the dispatcher (engine-owned).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notified_update_ms: Option<i64>,
 }
 
 impl Incident {
@@ -188,9 +177,6 @@ impl Incident {
             notified_update_ms: None,
             deliveries: Vec::new(),
             silent: false,
-            last_ok_ms: None,
-            change: None,
-            notified_update_ms: None,
         }
     }
 

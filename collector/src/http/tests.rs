@@ -1166,7 +1166,6 @@ fn populated() -> Arc<Memory> {
         down_since_ms: Some(1_000),
         up_since_ms: None,
         last_check_ms: Some(2_000),
-        up_since_ms: None,
     };
     backend
         .incidents

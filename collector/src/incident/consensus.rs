@@ -263,10 +263,6 @@ pub struct LocationView {
     pub up_since_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_ms: Option<i64>,
-    /// When the current succeeding streak began, while up (the engine
-    /// fills it: a recovery message says when each location recovered).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub up_since_ms: Option<i64>,
 }
 
 /// One incident as a sweep sees it.
@@ -423,7 +419,6 @@ impl Run {
             up_since_ms: matches!(state, LocState::Up | LocState::Degraded)
                 .then_some(self.up_start),
             last_check_ms: self.last.map(|o| o.ts_ms),
-            up_since_ms: None,
         }
     }
 }

@@ -269,6 +269,12 @@ impl IncidentEngine {
         for inc in book.incidents.values() {
             for (phase, sent) in [
                 (Phase::Opened, inc.notified_open_ms),
+                // Not when the opening message covered the change.
+                (
+                    Phase::Updated,
+                    inc.notified_update_ms
+                        .filter(|u| inc.is_open() && Some(*u) > inc.notified_open_ms),
+                ),
                 (Phase::Resolved, inc.notified_resolve_ms),
             ] {
                 if sent.is_none() {
@@ -500,7 +506,7 @@ impl IncidentEngine {
                 !matched.contains(id) && {
                     let i = &book.incidents[id];
                     (i.kind == span.kind
-                        || (span.first_kind != span.kind && i.kind == span.first_kind))
+                        || (span.change.is_some() && matches!(i.kind, Kind::Down | Kind::Edge)))
                         && overlaps(i, &span)
                 }
             };
@@ -740,7 +746,8 @@ impl IncidentEngine {
             .filter(|i| {
                 !i.silent
                     && (i.notified_open_ms.is_none()
-                        || (i.resolved_ms.is_some() && i.notified_resolve_ms.is_none()))
+                        || (i.resolved_ms.is_some() && i.notified_resolve_ms.is_none())
+                        || (i.change.is_some() && i.notified_update_ms.is_none()))
             })
             .map(|i| i.id)
             .collect();
@@ -771,6 +778,17 @@ impl IncidentEngine {
                         // Over before anyone had to be told: it never will be.
                         next.silent = next.resolved_ms.is_some();
                     }
+                }
+            }
+            // A change of kind while open, told once; one that the end
+            // overtook is said by the resolution.
+            if next.notified_open_ms.is_some()
+                && next.change.is_some()
+                && next.notified_update_ms.is_none()
+            {
+                next.notified_update_ms = Some(now_ms);
+                if next.resolved_ms.is_none() {
+                    send.push(Phase::Updated);
                 }
             }
             if next.notified_open_ms.is_some()

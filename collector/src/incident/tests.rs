@@ -433,7 +433,6 @@ fn a_diagnosis_says_where_and_why() {
                 down_since_ms: None,
                 up_since_ms: None,
                 last_check_ms: None,
-                up_since_ms: None,
             })
             .collect()
     };
@@ -1189,4 +1188,69 @@ fn a_sweep_starts_over_on_a_late_result_a_rule_change_or_a_new_location() {
     assert!(!w.can_go_on(&s, &rules(3, 1), None, T0 + 70 * S));
     feed(&mut s, "public:eu", 70, "U");
     assert!(!w.can_go_on(&s, &r, None, T0 + 70 * S));
+}
+
+const EDGE: &str = r#"
+[[monitors]]
+name = "svc"
+target = "tcp://127.0.0.1:6379"
+interval = "10s"
+locations = ["agent-a", "public"]
+"#;
+
+#[test]
+fn an_outside_block_that_becomes_an_outage_is_one_incident_with_updates() {
+    let r = rig(EDGE);
+    // (time s, agent up, public up): the outside is blocked from 11, the
+    // service dies at 30, answers inside again at 50, the block lifts at 71.
+    let timeline = [
+        (0, true, true),
+        (10, true, false),
+        (20, true, false),
+        (30, false, false),
+        (40, false, false),
+        (50, true, false),
+        (60, true, false),
+        (70, true, true),
+    ];
+    let mut sent = Vec::new();
+    for (t, agent, public) in timeline {
+        r.result("svc", "agent:agent-a", t, agent);
+        r.step(t);
+        r.result("svc", "public:lab", t + 1, public);
+        r.step(t + 1);
+        for o in r.sent.0.lock().unwrap().drain(..) {
+            sent.push((o.phase, o.incident.kind, o.incident.change.clone()));
+        }
+    }
+    let phases: Vec<(Phase, Kind)> = sent.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        phases,
+        vec![
+            (Phase::Opened, Kind::Edge),
+            (Phase::Updated, Kind::Down),
+            (Phase::Updated, Kind::Edge),
+            (Phase::Resolved, Kind::Edge),
+        ],
+        "{sent:#?}"
+    );
+    let said = |i: usize| sent[i].2.clone().unwrap_or_default();
+    assert!(
+        said(1).starts_with("the service now fails from inside too"),
+        "{}",
+        said(1)
+    );
+    assert!(
+        said(2).starts_with("the service answers inside again"),
+        "{}",
+        said(2)
+    );
+    let incidents = r.incidents();
+    assert_eq!(incidents.len(), 1, "one incident: {incidents:#?}");
+    assert_eq!(incidents[0].since_ms, T0 + 11 * S);
+    assert_eq!(
+        incidents[0].last_ok_ms,
+        Some(T0 + S),
+        "the public's last success"
+    );
 }
