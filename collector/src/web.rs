@@ -48,10 +48,9 @@ use self::page::{Nav, ago, badge, layout, percent, span, untrusted, utc};
 use self::session::{Session, Sessions};
 use self::status::StatusPage;
 
-/// What the dashboard reads beyond the API's backend.
+/// What the dashboard reads beyond the API's backend (whose store holds
+/// the rollups, summaries, raw results and gaps).
 pub trait WebBackend: AdminBackend {
-    /// The result store (rollups, summaries, raw results, gaps).
-    fn store(&self) -> Arc<dyn Store>;
     /// The public status page's settings.
     fn status_page(&self) -> StatusPage;
     /// Cookies only over https (the dashboard URL says which).
