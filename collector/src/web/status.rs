@@ -16,6 +16,14 @@
 //!
 //! Without groups, one group "Services" shows every monitor. The rendered
 //! page is cached for 10 s so a busy public page costs the store little.
+//!
+//! Maintenance is maintenance here: a monitor inside a window is "under
+//! maintenance", its open incident is shown with the windows rather than
+//! under "Current incidents", an incident that ran wholly inside a window is
+//! not listed, and the bars and the 90-day figure leave out the checks
+//! during windows (a day with nothing else is a maintenance bar) and say how
+//! much they left out. Every one of these reads the same intervals,
+//! [`crate::maintenance::covered`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
