@@ -12,7 +12,9 @@
 //! being documented, nor documented at a path or method it is not served on.
 //!
 //! The handlers talk to an `AdminBackend`, so the HTTP layer knows nothing of
-//! how tokens and agents are stored.
+//! how tokens and agents are stored. `http/uptime.rs` serves uptime.
+
+pub mod uptime;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -417,6 +419,8 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn monitor_registry(&self) -> &MonitorRegistry;
     /// The live maintenance windows, likewise.
     fn maintenance_registry(&self) -> &MaintenanceRegistry;
+    /// The result store: uptime reads its summaries (`http/uptime.rs`).
+    fn store(&self) -> Arc<dyn crate::store::Store>;
     /// The live notification channels, likewise.
     fn channel_registry(&self) -> &ChannelRegistry;
     /// The dashboard's address, for the link in a test notification.
@@ -526,6 +530,7 @@ fn api_routes<B: AdminBackend>() -> OpenApiRouter<Arc<Api<B>>> {
         .routes(routes!(rotate_agent))
         .routes(routes!(results))
         .routes(routes!(rollups))
+        .routes(routes!(uptime::uptime))
         .routes(routes!(events))
         .routes(routes!(list_monitors))
         .routes(routes!(get_monitor, put_monitor, delete_monitor))

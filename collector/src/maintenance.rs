@@ -278,6 +278,44 @@ impl Window {
     }
 }
 
+/// The time `windows` covered the monitor `name` (with `tags`) within
+/// `[from_ms, to_ms)`: every occurrence of every window that selects it,
+/// clipped to the range, overlapping and touching ones merged into one
+/// interval, in order. Every face that leaves maintenance out of an uptime
+/// figure (dashboard, status page, API) asks this, so they agree.
+///
+/// It reads the windows as they are defined now: a window cancelled through
+/// the API no longer covers its past either.
+pub fn covered<'a>(
+    windows: impl IntoIterator<Item = &'a Window>,
+    name: &str,
+    tags: &[String],
+    from_ms: i64,
+    to_ms: i64,
+) -> Vec<(i64, i64)> {
+    let mut all: Vec<(i64, i64)> = windows
+        .into_iter()
+        .filter(|w| w.selects(name, tags))
+        .flat_map(|w| w.occurrences(from_ms, to_ms))
+        .map(|(s, e)| (s.max(from_ms), e.min(to_ms)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    all.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(all.len());
+    for (s, e) in all {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
+/// How long `intervals` (disjoint, as [`covered`] gives them) last together.
+pub fn total_ms(intervals: &[(i64, i64)]) -> i64 {
+    intervals.iter().map(|(s, e)| e - s).sum()
+}
+
 fn parse_day(s: &str) -> Option<Vec<usize>> {
     let d = match s.to_ascii_lowercase().as_str() {
         "daily" | "every day" => return Some((0..7).collect()),

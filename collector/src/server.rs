@@ -765,10 +765,6 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl crate::web::WebBackend for Backend {
-    fn store(&self) -> Arc<dyn Store> {
-        self.0.results.clone()
-    }
-
     fn status_page(&self) -> crate::web::status::StatusPage {
         self.0.status_page.get()
     }
@@ -787,6 +783,10 @@ impl crate::web::WebBackend for Backend {
 }
 
 impl AdminBackend for Backend {
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.results.clone()
+    }
+
     async fn create_token(&self, req: CreateToken) -> Result<CreatedToken, ApiError> {
         let c = &self.0;
         if req.name.is_empty() || req.name.len() > 64 {

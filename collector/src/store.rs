@@ -33,7 +33,9 @@
 //! - **Summaries**: one per (monitor, location, UTC hour), the sum of its
 //!   minutes, updated by the same roll-up transaction by difference (the
 //!   minute's old rollup out, the new one in), so they always equal the sum
-//!   of the minutes. Daily figures fold 24 hours.
+//!   of the minutes. Daily figures fold 24 hours. Uptime figures read them
+//!   through [`summaries_excluding`], which leaves out the minutes a
+//!   maintenance window touched (from those minutes' rollups).
 //! - **Retention** is per UTC day: raw results and rollups live in one
 //!   partition per day, dropped whole by [`Store::retain`] once the day is
 //!   older than the retention (7 days raw, 90 days rollups by default).
@@ -463,6 +465,84 @@ pub struct SummaryQuery {
     pub from_ms: i64,
     pub to_ms: i64,
     pub bucket: Bucket,
+}
+
+/// Does any of `intervals` (sorted, disjoint `[start, end)`) overlap `[from_ms, to_ms)`?
+fn overlaps(intervals: &[(i64, i64)], from_ms: i64, to_ms: i64) -> bool {
+    let i = intervals.partition_point(|(_, end)| *end <= from_ms);
+    intervals.get(i).is_some_and(|(start, _)| *start < to_ms)
+}
+
+/// [`Store::summaries`] without the checks of the minutes that `excluded`
+/// touches: the uptime figures' read, with `excluded` the maintenance
+/// windows [`crate::maintenance::covered`] lists (sorted, disjoint
+/// `[start, end)` intervals).
+///
+/// The unit is the rollup's minute. A minute any excluded interval touches
+/// is left out whole: a window from 02:00:30 to 03:00:30 leaves out the
+/// minutes 02:00 to 03:00 inclusive, so no check that ran inside a window is
+/// ever counted, at the price of up to a minute of checks either side of it.
+/// A minute belongs to the range when it starts in `[q.from_ms, q.to_ms)`,
+/// and buckets hold only the range's minutes (a day bucket cut by `from_ms`
+/// holds the rest of that day). Hours whole inside the range and untouched
+/// come from the hourly summaries as they are; only the others read their
+/// minute rollups, so without maintenance this costs what
+/// [`Store::summaries`] costs plus at most two hours of rollups. Buckets
+/// left without checks are left out.
+pub fn summaries_excluding(
+    store: &dyn Store,
+    q: &SummaryQuery,
+    excluded: &[(i64, i64)],
+) -> Result<Vec<Summary>, StoreError> {
+    let hourly = store.summaries(&SummaryQuery {
+        from_ms: Bucket::Hour.start_of(q.from_ms),
+        bucket: Bucket::Hour,
+        ..q.clone()
+    })?;
+    let touched = |minute: i64| overlaps(excluded, minute, minute + MINUTE_MS);
+    let mut out: Vec<Summary> = Vec::new();
+    for hour in hourly {
+        let (from, to) = (
+            hour.start_ms.max(q.from_ms),
+            (hour.start_ms + HOUR_MS).min(q.to_ms),
+        );
+        let whole = from == hour.start_ms && to == hour.start_ms + HOUR_MS;
+        let kept = if whole && !overlaps(excluded, from, to) {
+            hour
+        } else {
+            // The minutes starting in [from, to).
+            let first = minute_of(from + MINUTE_MS - 1);
+            if (first..to).step_by(MINUTE_MS as usize).all(touched) {
+                continue;
+            }
+            let mut part = Summary {
+                start_ms: hour.start_ms,
+                ..Summary::default()
+            };
+            let minutes = store.rollups(&RollupQuery {
+                monitor_id: q.monitor_id.clone(),
+                location: q.location.clone(),
+                from_ms: from,
+                to_ms: to,
+            })?;
+            for r in minutes.iter().filter(|r| !touched(r.minute_start_ms)) {
+                part.add(r);
+            }
+            part
+        };
+        if kept.checks == 0 {
+            continue;
+        }
+        let start = q.bucket.start_of(kept.start_ms);
+        match out.last_mut() {
+            Some(last) if last.start_ms == start => last.merge(&kept),
+            _ => out.push(Summary {
+                start_ms: start,
+                ..kept
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// An incident or audit event. `body` is a JSON document the kind defines.

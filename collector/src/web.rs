@@ -3,11 +3,12 @@
 //!
 //! - `/` the overview: every monitor x every location as a grid of states,
 //!   with the open incident's diagnosis, a 24 h latency sparkline and 24 h
-//!   uptime; filters by text, state, tag and location; paginated, so 10,000
+//!   uptime (maintenance left out); filters by text, state, tag and location; paginated, so 10,000
 //!   monitors cost one page of store reads.
 //! - `/monitors/{name}`: latency per location and the phase breakdown as
-//!   SVG charts (`web/chart.rs`), uptime 24 h / 7 d / 30 d from the hourly
-//!   summaries, incidents, raw results with reasons, maintenance windows.
+//!   SVG charts (`web/chart.rs`), uptime 24 h / 7 d / 30 d (the API's
+//!   uptime report: maintenance left out and said so), incidents, raw
+//!   results with reasons, maintenance windows.
 //! - `/agents`, `/incidents[/{id}]`, `/maintenance` (create and cancel).
 //! - `/status`: the public status page (`web/status.rs`), no sign-in.
 //!
@@ -36,23 +37,23 @@ use portwatch_proto::v1 as pb;
 use serde::Deserialize;
 
 use crate::admin::AdminToken;
+use crate::http::uptime::{self, UptimeReport};
 use crate::http::{AdminBackend, AgentInfo, IncidentsQuery};
 use crate::incident::Incident;
 use crate::incident::engine::MonitorStatus;
-use crate::maintenance::RawWindow;
+use crate::maintenance::{MaintenanceRegistry, RawWindow};
 use crate::store::{
     Bucket, HOUR_MS, MINUTE_MS, Phase, ResultQuery, Rollup, RollupQuery, Store, Summary,
-    SummaryQuery,
+    SummaryQuery, summaries_excluding,
 };
 
 use self::page::{Nav, ago, badge, layout, percent, span, untrusted, utc};
 use self::session::{Session, Sessions};
 use self::status::StatusPage;
 
-/// What the dashboard reads beyond the API's backend.
+/// What the dashboard reads beyond the API's backend (whose store holds
+/// the rollups, summaries, raw results and gaps).
 pub trait WebBackend: AdminBackend {
-    /// The result store (rollups, summaries, raw results, gaps).
-    fn store(&self) -> Arc<dyn Store>;
     /// The public status page's settings.
     fn status_page(&self) -> StatusPage;
     /// Cookies only over https (the dashboard URL says which).
@@ -407,15 +408,26 @@ fn latency_ms(s: &Summary) -> Option<f64> {
         .map(|us| us / 1000.0)
 }
 
-/// One overview row's history: 24 hourly latencies and the 24 h uptime,
-/// over every location.
+/// One overview row's history: 24 hourly latencies over every location,
+/// and the 24 h uptime with the checks during the monitor's maintenance
+/// windows left out.
+struct History {
+    spark: Vec<Option<f64>>,
+    uptime: Option<f64>,
+    /// Maintenance time those 24 h held (its checks are not counted).
+    maintenance_ms: i64,
+}
+
 fn row_history(
     store: &dyn Store,
+    windows: &MaintenanceRegistry,
     monitor: &str,
+    tags: &[String],
     locations: &[String],
     now: i64,
-) -> (Vec<Option<f64>>, Option<f64>) {
+) -> History {
     let first_hour = Bucket::Hour.start_of(now) - 23 * HOUR_MS;
+    let covered = windows.covered(monitor, tags, first_hour, now + 1);
     let mut hours = vec![Summary::default(); 24];
     let mut all = Summary::default();
     for loc in locations {
@@ -431,10 +443,16 @@ fn row_history(
             if let Some(h) = hours.get_mut(i) {
                 h.merge(&s);
             }
+        }
+        for s in summaries_excluding(store, &q, &covered).unwrap_or_default() {
             all.merge(&s);
         }
     }
-    (hours.iter().map(latency_ms).collect(), all.availability())
+    History {
+        spark: hours.iter().map(latency_ms).collect(),
+        uptime: all.availability(),
+        maintenance_ms: crate::maintenance::total_ms(&covered),
+    }
 }
 
 struct Row {
@@ -442,8 +460,7 @@ struct Row {
     target: String,
     tags: Vec<String>,
     diagnosis: Option<String>,
-    spark: Vec<Option<f64>>,
-    uptime: Option<f64>,
+    history: History,
 }
 
 async fn overview<B: WebBackend>(
@@ -552,6 +569,7 @@ async fn overview<B: WebBackend>(
         .map(|(s, target, tags)| (s, target.to_owned(), tags.clone()))
         .collect();
     let store = web.backend.store();
+    let windows = web.backend.maintenance_registry().clone();
     let now = now_ms();
     let rows: Vec<Row> = tokio::task::spawn_blocking(move || {
         visible
@@ -562,14 +580,14 @@ async fn overview<B: WebBackend>(
                     .iter()
                     .map(|l| l.location.clone())
                     .collect();
-                let (spark, uptime) = row_history(store.as_ref(), &status.monitor, &locs, now);
+                let history =
+                    row_history(store.as_ref(), &windows, &status.monitor, &tags, &locs, now);
                 Row {
                     diagnosis: None,
                     status,
                     target,
                     tags,
-                    spark,
-                    uptime,
+                    history,
                 }
             })
             .collect()
@@ -628,7 +646,7 @@ async fn overview<B: WebBackend>(
                     thead { tr {
                         th { "monitor" } th { "state" }
                         @for c in &columns { th.loc title=(c) { (c.strip_prefix("agent:").unwrap_or(c)) } }
-                        th { "latency 24 h" } th.num { "uptime 24 h" }
+                        th { "latency 24 h" } th.num title="checks during maintenance windows are not counted" { "uptime 24 h" }
                     } }
                     tbody {
                         @for r in &rows {
@@ -654,8 +672,13 @@ async fn overview<B: WebBackend>(
                                         }
                                     }
                                 }
-                                td { (chart::sparkline(&r.spark, "average handshake latency per hour")) }
-                                td.num { (percent(r.uptime)) }
+                                td { (chart::sparkline(&r.history.spark, "average handshake latency per hour")) }
+                                td.num {
+                                    (percent(r.history.uptime))
+                                    @if r.history.maintenance_ms > 0 {
+                                        div.muted.excl { "excl. " (span(r.history.maintenance_ms)) " maintenance" }
+                                    }
+                                }
                             }
                         }
                     }
@@ -798,30 +821,14 @@ fn cells(
     out
 }
 
-/// Uptime of one location over the last 24 h, 7 d and 30 d, from one read
-/// of 30 days of hourly summaries.
-fn uptimes(store: &dyn Store, monitor: &str, location: &str, now: i64) -> [Summary; 3] {
-    let q = SummaryQuery {
-        monitor_id: monitor.to_owned(),
-        location: location.to_owned(),
-        from_ms: Bucket::Hour.start_of(now - 30 * 24 * HOUR_MS),
-        to_ms: now + 1,
-        bucket: Bucket::Hour,
-    };
-    let mut out = [Summary::default(); 3];
-    for s in store.summaries(&q).unwrap_or_default() {
-        for (i, days) in [1, 7, 30].into_iter().enumerate() {
-            if s.start_ms >= Bucket::Hour.start_of(now - days * 24 * HOUR_MS) {
-                out[i].merge(&s);
-            }
-        }
-    }
-    out
-}
+/// The monitor page's uptime periods: the last 24 h, 7 d and 30 d (from
+/// the start of the hour).
+const UPTIME_DAYS: [i64; 3] = [1, 7, 30];
 
 struct MonitorData {
     charts: Vec<(String, Vec<Cell>)>,
-    uptimes: Vec<(String, [Summary; 3])>,
+    /// One report per [`UPTIME_DAYS`] period: what `GET /api/v1/uptime` says.
+    uptimes: Vec<UptimeReport>,
     results: Vec<crate::store::StoredResult>,
 }
 
@@ -879,11 +886,13 @@ async fn monitor<B: WebBackend>(
     };
     let from = to - range_ms;
     let data = {
-        let (store, name, shown, locations) = (
+        let (store, name, shown, locations, windows, monitor) = (
             store.clone(),
             name.clone(),
             shown.clone(),
             locations.clone(),
+            web.backend.maintenance_registry().clone(),
+            m.clone(),
         );
         tokio::task::spawn_blocking(move || MonitorData {
             charts: shown
@@ -895,9 +904,20 @@ async fn monitor<B: WebBackend>(
                     )
                 })
                 .collect(),
-            uptimes: locations
+            uptimes: UPTIME_DAYS
                 .iter()
-                .map(|l| (l.clone(), uptimes(store.as_ref(), &name, l, now)))
+                .map(|days| {
+                    let from = Bucket::Hour.start_of(now - days * 24 * HOUR_MS);
+                    uptime::report(
+                        store.as_ref(),
+                        &windows,
+                        &monitor,
+                        &locations,
+                        from,
+                        now + 1,
+                    )
+                    .unwrap_or_default()
+                })
                 .collect(),
             results: store
                 .results(
@@ -1044,12 +1064,6 @@ async fn monitor<B: WebBackend>(
             serde_urlencoded::to_string(&pairs).unwrap_or_default()
         )
     };
-    let mut overall = [Summary::default(); 3];
-    for (_, u) in &data.uptimes {
-        for i in 0..3 {
-            overall[i].merge(&u[i]);
-        }
-    }
     let state = status.as_ref().map_or("unknown", |s| s.state.as_str());
     let body = html! {
         h1 { (m.name) " " (badge(state)) }
@@ -1103,12 +1117,30 @@ async fn monitor<B: WebBackend>(
         table {
             thead { tr { th { "location" } th.num { "24 h" } th.num { "7 d" } th.num { "30 d" } th.num { "checks (30 d)" } } }
             tbody {
-                @for (loc, u) in &data.uptimes {
-                    tr { td { (loc) } @for s in u { td.num { (percent(s.availability())) } } td.num { (u[2].checks) } }
+                @for loc in &locations {
+                    tr {
+                        td { (loc) }
+                        @for r in &data.uptimes {
+                            td.num { (percent(r.locations.iter().find(|l| &l.location == loc).and_then(|l| l.uptime))) }
+                        }
+                        td.num { (data.uptimes.last().and_then(|r| r.locations.iter().find(|l| &l.location == loc)).map_or(0, |l| l.checks)) }
+                    }
                 }
-                tr { td { b { "all locations" } } @for s in &overall { td.num { b { (percent(s.availability())) } } } td.num { (overall[2].checks) } }
+                tr {
+                    td { b { "all locations" } }
+                    @for r in &data.uptimes { td.num { b { (percent(r.uptime)) } } }
+                    td.num { (data.uptimes.last().map_or(0, |r| r.checks)) }
+                }
+                tr.maintenance-excluded {
+                    td.muted { "maintenance excluded" }
+                    @for r in &data.uptimes {
+                        td.num.muted { @if r.maintenance_excluded_ms > 0 { (span(r.maintenance_excluded_ms)) } @else { "none" } }
+                    }
+                    td {}
+                }
             }
         }
+        p.muted { "Uptime is the share of checks not down. Checks during maintenance windows covering this monitor count neither as up nor as down (whole minutes: a window touching a minute leaves it out); " code { "GET /api/v1/uptime" } " gives the same figures." }
         h2 { "Incidents" }
         (incident_table(&incidents, now, false))
         h2 { "Maintenance windows" }
@@ -1606,11 +1638,13 @@ async fn status_page<B: WebBackend>(State(web): State<Arc<Web<B>>>) -> Response 
         .maintenance_registry()
         .upcoming(now, now + 30 * 24 * HOUR_MS);
     let store = web.backend.store();
+    let windows = web.backend.maintenance_registry().clone();
     let markup = tokio::task::spawn_blocking(move || {
         status::render(
             &config,
             &status::Inputs {
                 now_ms: now,
+                windows: &windows,
                 monitors: &monitors,
                 statuses: &statuses,
                 incidents: &incidents,

@@ -25,6 +25,25 @@ struct Memory {
     channels: ChannelRegistry,
     statuses: Mutex<Vec<crate::incident::engine::MonitorStatus>>,
     notifications: Mutex<NotificationsInfo>,
+    /// A real store in a temp dir: uptime reads it.
+    store: TestStore,
+}
+
+struct TestStore {
+    store: Arc<crate::store::RedbStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl Default for TestStore {
+    fn default() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(dir.path(), crate::store::StoreConfig::default())
+            .unwrap();
+        TestStore {
+            store: Arc::new(store),
+            _dir: dir,
+        }
+    }
 }
 
 impl AdminBackend for Arc<Memory> {
@@ -80,6 +99,9 @@ impl AdminBackend for Arc<Memory> {
     }
     fn maintenance_registry(&self) -> &crate::maintenance::MaintenanceRegistry {
         &self.maintenance
+    }
+    fn store(&self) -> Arc<dyn crate::store::Store> {
+        self.store.store.clone()
     }
     fn channel_registry(&self) -> &ChannelRegistry {
         &self.channels
@@ -509,6 +531,101 @@ async fn maintenance_windows_are_added_listed_and_cancelled_through_the_api() {
         assert!(backend.maintenance.active_for("redis", &[], now).is_none());
         let audited: Vec<String> = backend.audited.lock().unwrap().iter().map(|a| a.0.clone()).collect();
         assert_eq!(audited, vec!["maintenance.add", "maintenance.cancel"]);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uptime_leaves_maintenance_out_and_says_how_much() {
+    use crate::store::{HOUR_MS, MINUTE_MS, Sample};
+    use portwatch_proto::v1 as pb;
+    let backend = Arc::new(Memory::default());
+    // Two hours of checks every 10 s at one location, down from 0:60 to
+    // 0:90; a window from 0:59:30 to 0:90:30 covers the outage.
+    let now = crate::state::unix_ms(std::time::SystemTime::now());
+    let t = crate::store::Bucket::Hour.start_of(now) - 3 * HOUR_MS;
+    let down = t + 60 * MINUTE_MS..t + 90 * MINUTE_MS;
+    let samples: Vec<Sample> = (0..720)
+        .map(|i| {
+            let ts = t + i * 10_000;
+            Sample {
+                monitor_id: "redis".into(),
+                location: "agent:bastion-1".into(),
+                seq: i as u64 + 1,
+                result: pb::CheckResult {
+                    monitor_id: "redis".into(),
+                    scheduled_at_unix_ms: ts,
+                    status: if down.contains(&ts) {
+                        pb::Status::Down
+                    } else {
+                        pb::Status::Up
+                    } as i32,
+                    ..Default::default()
+                },
+            }
+        })
+        .collect();
+    let store = backend.store();
+    store.ingest("bastion-1", 0, now, &samples, &[]).unwrap();
+    store.roll_up(now).unwrap();
+    let (url, _) = serve(backend.clone()).await;
+    tokio::task::spawn_blocking(move || {
+        let monitor = serde_json::json!({
+            "name": "redis", "target": "tcp://127.0.0.1:6379", "locations": ["site=fra"],
+        });
+        assert_eq!(
+            call(&url, "PUT", "/api/v1/monitors/redis", true, Some(&monitor)).status,
+            201
+        );
+        let window = serde_json::json!({
+            "name": "redis-patch", "monitors": ["redis"],
+            "start": crate::cli::fmt_ms(t + 59 * MINUTE_MS + 30_000),
+            "end": crate::cli::fmt_ms(t + 90 * MINUTE_MS + 30_000),
+        });
+        assert_eq!(
+            call(&url, "POST", "/api/v1/maintenance", true, Some(&window)).status,
+            201
+        );
+        let path = format!(
+            "/api/v1/uptime?monitor=redis&from={t}&to={}",
+            t + 2 * HOUR_MS
+        );
+        let r = call(&url, "GET", &path, true, None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let report: uptime::UptimeReport = serde_json::from_str(&r.body).unwrap();
+        // Minutes 0:59 to 0:90 are touched: 32 minutes of 6 checks left out.
+        assert_eq!((report.checks, report.failures), (720 - 32 * 6, 0));
+        assert_eq!(report.uptime, Some(1.0));
+        assert_eq!(report.maintenance_excluded_ms, 31 * MINUTE_MS);
+        assert_eq!(
+            report.maintenance,
+            [uptime::Interval {
+                start_ms: t + 59 * MINUTE_MS + 30_000,
+                end_ms: t + 90 * MINUTE_MS + 30_000
+            }]
+        );
+        assert_eq!(report.locations.len(), 1);
+        assert_eq!(report.locations[0].location, "agent:bastion-1");
+        assert_eq!(report.locations[0].uptime, Some(1.0));
+        // Without the window the outage counts: 30 minutes of 120 down.
+        assert_eq!(
+            call(
+                &url,
+                "DELETE",
+                "/api/v1/maintenance/redis-patch",
+                true,
+                None
+            )
+            .status,
+            200
+        );
+        let r = call(&url, "GET", &path, true, None);
+        let report: uptime::UptimeReport = serde_json::from_str(&r.body).unwrap();
+        assert_eq!((report.checks, report.failures), (720, 180));
+        assert_eq!(report.uptime, Some(0.75));
+        assert_eq!(report.maintenance_excluded_ms, 0);
+        assert!(report.maintenance.is_empty());
     })
     .await
     .unwrap();
@@ -1297,6 +1414,7 @@ async fn every_documented_operation_answers_as_documented() {
             ("GET", "/api/v1/events?kind=audit", None),
             ("PUT", "/api/v1/monitors/orders-db", Some(monitor.clone())),
             ("PUT", "/api/v1/monitors/orders-db", Some(monitor)),
+            ("GET", "/api/v1/uptime?monitor=orders-db", None),
             ("GET", "/api/v1/monitors", None),
             ("GET", "/api/v1/monitors/orders-db", None),
             ("GET", "/api/v1/config/status", None),
@@ -1523,6 +1641,15 @@ async fn the_errors_returned_are_the_documented_ones() {
             ("GET", "/api/v1/results", None, 400),
             ("GET", "/api/v1/results?monitor=m&limit=0", None, 400),
             ("GET", "/api/v1/rollups?monitor=m", None, 400),
+            ("GET", "/api/v1/uptime", None, 400),
+            ("GET", "/api/v1/uptime?monitor=m&from=10&to=10", None, 400),
+            (
+                "GET",
+                "/api/v1/uptime?monitor=m&from=0&to=7776000001",
+                None,
+                400,
+            ),
+            ("GET", "/api/v1/uptime?monitor=nope", None, 404),
             ("GET", "/api/v1/events?bogus=1", None, 400),
             ("GET", "/api/v1/incidents?limit=abc", None, 400),
             ("GET", "/api/v1/incidents/abc", None, 400),

@@ -238,6 +238,25 @@ impl MaintenanceRegistry {
             .max_by_key(|a| a.ends_ms)
     }
 
+    /// The intervals windows covered `monitor` (with `tags`) within
+    /// `[from_ms, to_ms)`, merged: see [`super::covered`].
+    pub fn covered(
+        &self,
+        monitor: &str,
+        tags: &[String],
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Vec<(i64, i64)> {
+        let inner = self.lock();
+        super::covered(
+            inner.file.iter().chain(&inner.api),
+            monitor,
+            tags,
+            from_ms,
+            to_ms,
+        )
+    }
+
     /// Every occurrence overlapping `[from_ms, to_ms)`, by start.
     pub fn upcoming(&self, from_ms: i64, to_ms: i64) -> Vec<Occurrence> {
         let inner = self.lock();

@@ -412,3 +412,167 @@ fn api_windows_that_ended_long_ago_are_pruned() {
     let names: Vec<String> = r.list().into_iter().map(|w| w.name).collect();
     assert_eq!(names, vec!["new", "recent"]);
 }
+
+#[test]
+fn covered_follows_a_recurring_window_across_both_dst_changes() {
+    let nightly = ok(r#"name = "nightly"
+                        tags = ["db"]
+                        days = ["daily"]
+                        at = "02:30"
+                        duration = "1h"
+                        time_zone = "Europe/Berlin""#);
+    let db = ["db".to_owned()];
+    // Spring: 02:30 CET, then the skipped 02:30 (03:30 CEST), then 02:30 CEST.
+    assert_eq!(
+        covered(
+            [&nightly],
+            "pg",
+            &db,
+            utc("2026-03-28T00:00:00Z"),
+            utc("2026-03-31T00:00:00Z")
+        ),
+        vec![
+            (utc("2026-03-28T01:30:00Z"), utc("2026-03-28T02:30:00Z")),
+            (utc("2026-03-29T01:30:00Z"), utc("2026-03-29T02:30:00Z")),
+            (utc("2026-03-30T00:30:00Z"), utc("2026-03-30T01:30:00Z")),
+        ]
+    );
+    // Autumn: the repeated 02:30 is the earlier one (CEST), then CET.
+    let autumn = covered(
+        [&nightly],
+        "pg",
+        &db,
+        utc("2026-10-24T00:00:00Z"),
+        utc("2026-10-27T00:00:00Z"),
+    );
+    assert_eq!(
+        autumn,
+        vec![
+            (utc("2026-10-24T00:30:00Z"), utc("2026-10-24T01:30:00Z")),
+            (utc("2026-10-25T00:30:00Z"), utc("2026-10-25T01:30:00Z")),
+            (utc("2026-10-26T01:30:00Z"), utc("2026-10-26T02:30:00Z")),
+        ]
+    );
+    assert_eq!(
+        total_ms(&autumn),
+        3 * 3_600_000,
+        "an hour of elapsed time each"
+    );
+    // Not selected: nothing.
+    assert!(
+        covered(
+            [&nightly],
+            "pg",
+            &[],
+            utc("2026-10-24T00:00:00Z"),
+            utc("2026-10-27T00:00:00Z")
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn covered_merges_overlapping_and_touching_windows_of_every_origin() {
+    let nightly = ok(r#"name = "nightly"
+                        monitors = ["*"]
+                        days = ["daily"]
+                        at = "02:00"
+                        duration = "1h""#);
+    // Overlaps the end of the 2026-11-28 night and runs past it.
+    let patch = ok(r#"name = "patch"
+                      tags = ["db"]
+                      start = "2026-11-28T02:30:00Z"
+                      end = "2026-11-28T04:00:00Z""#);
+    // Starts exactly where patch ends.
+    let reboot = ok(r#"name = "reboot"
+                       monitors = ["pg"]
+                       start = "2026-11-28T04:00:00Z"
+                       duration = "10m""#);
+    // Inside nightly the next night: adds nothing.
+    let inside = ok(r#"name = "inside"
+                       monitors = ["pg"]
+                       start = "2026-11-29T02:10:00Z"
+                       duration = "5m""#);
+    let got = covered(
+        [&reboot, &nightly, &inside, &patch],
+        "pg",
+        &["db".to_owned()],
+        utc("2026-11-28T00:00:00Z"),
+        utc("2026-11-30T00:00:00Z"),
+    );
+    assert_eq!(
+        got,
+        vec![
+            (utc("2026-11-28T02:00:00Z"), utc("2026-11-28T04:10:00Z")),
+            (utc("2026-11-29T02:00:00Z"), utc("2026-11-29T03:00:00Z")),
+        ]
+    );
+    assert_eq!(total_ms(&got), 130 * 60_000 + 3_600_000);
+    // Through the registry: the file's and the API's windows together.
+    let r = MaintenanceRegistry::open(vec![nightly.clone()], None).unwrap();
+    r.add(patch.raw.clone(), utc("2026-11-27T00:00:00Z"))
+        .unwrap();
+    r.add(reboot.raw.clone(), utc("2026-11-27T00:00:00Z"))
+        .unwrap();
+    r.add(inside.raw.clone(), utc("2026-11-27T00:00:00Z"))
+        .unwrap();
+    assert_eq!(
+        r.covered(
+            "pg",
+            &["db".to_owned()],
+            utc("2026-11-28T00:00:00Z"),
+            utc("2026-11-30T00:00:00Z")
+        ),
+        got
+    );
+}
+
+#[test]
+fn covered_clips_windows_that_run_past_either_end_of_the_range() {
+    let w = ok(r#"name = "long"
+                  monitors = ["pg"]
+                  start = "2026-11-28T22:00:00Z"
+                  duration = "4h""#);
+    let from = utc("2026-11-29T00:00:00Z");
+    assert_eq!(
+        covered([&w], "pg", &[], from, from + 3_600_000),
+        vec![(from, from + 3_600_000)],
+        "covers the whole range"
+    );
+    assert_eq!(
+        covered([&w], "pg", &[], from, from + 86_400_000),
+        vec![(from, utc("2026-11-29T02:00:00Z"))],
+        "began before the range"
+    );
+    assert_eq!(
+        covered(
+            [&w],
+            "pg",
+            &[],
+            utc("2026-11-28T00:00:00Z"),
+            utc("2026-11-28T23:00:00Z")
+        ),
+        vec![(utc("2026-11-28T22:00:00Z"), utc("2026-11-28T23:00:00Z"))],
+        "ends after the range"
+    );
+    assert!(
+        covered(
+            [&w],
+            "pg",
+            &[],
+            utc("2026-11-29T02:00:00Z"),
+            utc("2026-11-30T00:00:00Z")
+        )
+        .is_empty()
+    );
+    // A recurring window whose occurrence began the day before the range.
+    let late = ok(r#"name = "late"
+                     monitors = ["pg"]
+                     days = ["sat"]
+                     at = "23:00"
+                     duration = "3h""#);
+    assert_eq!(
+        covered([&late], "pg", &[], from, from + 86_400_000),
+        vec![(from, utc("2026-11-29T02:00:00Z"))]
+    );
+}

@@ -983,3 +983,132 @@ fn summaries_follow_every_recomputed_minute() {
         "only 11:00 starts inside"
     );
 }
+
+/// What [`summaries_excluding`] must give, worked out the slow way: every
+/// minute rollup of the range, the touched minutes dropped, folded by bucket.
+fn by_minutes(s: &RedbStore, q: &SummaryQuery, excluded: &[(i64, i64)]) -> Vec<(i64, u64, u64)> {
+    let all = s
+        .rollups(&RollupQuery {
+            monitor_id: q.monitor_id.clone(),
+            location: q.location.clone(),
+            from_ms: q.from_ms,
+            to_ms: q.to_ms,
+        })
+        .unwrap();
+    let mut out: Vec<(i64, u64, u64)> = Vec::new();
+    for r in all {
+        let m = r.minute_start_ms;
+        if excluded.iter().any(|(a, b)| *a < m + MINUTE_MS && m < *b) {
+            continue;
+        }
+        let start = q.bucket.start_of(m);
+        match out.last_mut() {
+            Some(last) if last.0 == start => {
+                last.1 += u64::from(r.checks);
+                last.2 += u64::from(r.failures);
+            }
+            _ => out.push((start, u64::from(r.checks), u64::from(r.failures))),
+        }
+    }
+    out
+}
+
+/// Uptime without maintenance: minutes a window touches are left out whole,
+/// the rest of every hour and day stays, and ranges cut mid-hour count only
+/// their own minutes; checked against the minute rollups for many windows.
+#[test]
+fn summaries_excluding_leaves_out_exactly_the_touched_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    // Three days from 2026-11-20 00:00: a check every 20 s, down when the
+    // minute of the day is a multiple of 7 (so every hour has some).
+    let samples: Vec<Sample> = (0..3 * 24 * 180)
+        .map(|i: i64| {
+            let ts = t0() + i * 20_000 + 3;
+            let down = (ts.rem_euclid(DAY_MS) / MINUTE_MS) % 7 == 0;
+            let mut smp = sample("m1", A, i as u64 + 1, ts);
+            if down {
+                smp.result.status = pb::Status::Down as i32;
+            }
+            smp
+        })
+        .collect();
+    let end = t0() + 3 * DAY_MS;
+    s.ingest("a", 0, end, &samples, &[]).unwrap();
+    s.roll_up(end).unwrap();
+    let q = |from_ms, to_ms, bucket| SummaryQuery {
+        monitor_id: "m1".into(),
+        location: A.into(),
+        from_ms,
+        to_ms,
+        bucket,
+    };
+    let h = |hours: i64| t0() + hours * HOUR_MS;
+    let cases: Vec<(SummaryQuery, Vec<(i64, i64)>)> = vec![
+        // Nothing excluded: the hourly summaries as they are.
+        (q(t0(), end, Bucket::Hour), vec![]),
+        // A window on whole minutes inside one hour.
+        (
+            q(t0(), end, Bucket::Hour),
+            vec![(h(2) + 10 * MINUTE_MS, h(2) + 40 * MINUTE_MS)],
+        ),
+        // Starting and ending mid-minute: both edge minutes go.
+        (
+            q(t0(), end, Bucket::Hour),
+            vec![(h(5) + 90_500, h(5) + 150_001)],
+        ),
+        // Several hours and a day boundary, plus one whole hour.
+        (
+            q(t0(), end, Bucket::Day),
+            vec![
+                (h(1), h(2)),
+                (h(22) + 30_000, h(26) + 1),
+                (h(50), h(50) + MINUTE_MS),
+            ],
+        ),
+        // The range cut mid-hour at both ends, a window across the cut.
+        (
+            q(
+                h(3) + 25 * MINUTE_MS + 7,
+                h(9) + 5 * MINUTE_MS,
+                Bucket::Hour,
+            ),
+            vec![(h(3), h(4))],
+        ),
+        (
+            q(h(3) + 25 * MINUTE_MS, h(30) + 59 * MINUTE_MS, Bucket::Day),
+            vec![(h(29), h(30) + 30 * MINUTE_MS)],
+        ),
+        // Everything excluded.
+        (q(t0(), end, Bucket::Day), vec![(t0() - 1, end + 1)]),
+    ];
+    for (query, excluded) in &cases {
+        let got: Vec<(i64, u64, u64)> = summaries_excluding(&s, query, excluded)
+            .unwrap()
+            .iter()
+            .map(|x| (x.start_ms, x.checks, x.failures))
+            .collect();
+        assert_eq!(got, by_minutes(&s, query, excluded), "{excluded:?}");
+    }
+    // Without exclusions an hour-aligned range is exactly Store::summaries.
+    let plain = q(t0(), end, Bucket::Day);
+    assert_eq!(
+        summaries_excluding(&s, &plain, &[]).unwrap(),
+        s.summaries(&plain).unwrap()
+    );
+    // The figures a face shows: an hour with 30 of its 60 minutes excluded
+    // keeps 30 minutes of 3 checks; a mid-minute window loses its edges.
+    let hour2 = summaries_excluding(&s, &q(h(2), h(3), Bucket::Hour), &cases[1].1).unwrap();
+    assert_eq!(hour2[0].checks, 30 * 3);
+    let hour5 = summaries_excluding(&s, &q(h(5), h(6), Bucket::Hour), &cases[2].1).unwrap();
+    assert_eq!(
+        hour5[0].checks,
+        58 * 3,
+        "05:01:30.5-05:02:30.001 touches 05:01 and 05:02"
+    );
+    assert!(
+        summaries_excluding(&s, &cases[6].0, &cases[6].1)
+            .unwrap()
+            .is_empty()
+    );
+}

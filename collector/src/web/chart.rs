@@ -42,7 +42,7 @@ impl SpanKind {
         match self {
             SpanKind::Failure => ("#dc2626", "0.55"),
             SpanKind::Incident => ("#dc2626", "0.12"),
-            SpanKind::Maintenance => ("#6366f1", "0.12"),
+            SpanKind::Maintenance => (MAINTENANCE_COLOUR, "0.12"),
         }
     }
 }
@@ -393,9 +393,15 @@ pub fn sparkline(values: &[Option<f64>], title: &str) -> Markup {
 pub struct Bar {
     /// Share of checks not down; None: no data that day.
     pub availability: Option<f64>,
+    /// The day's checks all ran inside maintenance: shown as maintenance,
+    /// neither up nor down.
+    pub maintenance: bool,
     /// Hover text (the date, the figure, incidents).
     pub title: String,
 }
+
+/// A maintenance bar: the dashboard's maintenance colour.
+pub const MAINTENANCE_COLOUR: &str = "#6366f1";
 
 /// The colour of an availability figure.
 pub fn availability_colour(a: Option<f64>) -> &'static str {
@@ -417,7 +423,8 @@ pub fn bars(bars: &[Bar], label: &str) -> Markup {
     html! {
         svg.bars viewBox={"0 0 " (width) " " (BH)} preserveAspectRatio="none" role="img" aria-label=(label) {
             @for (i, b) in bars.iter().enumerate() {
-                rect x=(i as f64 * (BW + GAP)) y="0" width=(BW) height=(BH) rx="1.5" fill=(availability_colour(b.availability)) {
+                @let fill = if b.maintenance { MAINTENANCE_COLOUR } else { availability_colour(b.availability) };
+                rect x=(i as f64 * (BW + GAP)) y="0" width=(BW) height=(BH) rx="1.5" fill=(fill) {
                     title { (b.title) }
                 }
             }
@@ -508,9 +515,20 @@ mod tests {
     fn bars_are_coloured_by_availability() {
         let b = |a| Bar {
             availability: a,
+            maintenance: false,
             title: "d".into(),
         };
         let svg = bars(&[b(Some(1.0)), b(Some(0.5)), b(None)], "90 days").into_string();
         assert!(svg.contains("#16a34a") && svg.contains("#dc2626") && svg.contains("#d1d5db"));
+        assert!(!svg.contains(MAINTENANCE_COLOUR));
+        let maintenance = Bar {
+            maintenance: true,
+            ..b(None)
+        };
+        assert!(
+            bars(&[maintenance], "1 day")
+                .into_string()
+                .contains(MAINTENANCE_COLOUR)
+        );
     }
 }

@@ -16,8 +16,16 @@
 //!
 //! Without groups, one group "Services" shows every monitor. The rendered
 //! page is cached for 10 s so a busy public page costs the store little.
+//!
+//! Maintenance is maintenance here: a monitor inside a window is "under
+//! maintenance", its open incident is shown with the windows rather than
+//! under "Current incidents", an incident that ran wholly inside a window is
+//! not listed, and the bars and the 90-day figure leave out the checks
+//! during windows (a day with nothing else is a maintenance bar) and say how
+//! much they left out. Every one of these reads the same intervals,
+//! [`crate::maintenance::covered`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use maud::{Markup, html};
@@ -27,9 +35,10 @@ use super::chart::{self, Bar};
 use super::page::{ago, layout, percent, span, utc};
 use crate::incident::Incident;
 use crate::incident::engine::MonitorStatus;
+use crate::maintenance::MaintenanceRegistry;
 use crate::maintenance::registry::Occurrence;
 use crate::monitors::Monitor;
-use crate::store::{Bucket, DAY_MS, Store, Summary, SummaryQuery};
+use crate::store::{Bucket, DAY_MS, Store, Summary, SummaryQuery, summaries_excluding};
 
 /// `[status_page]` as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -189,6 +198,8 @@ impl Cache {
 /// What the page is made of.
 pub struct Inputs<'a> {
     pub now_ms: i64,
+    /// Maintenance windows: what a monitor's bars, uptime and incidents leave out.
+    pub windows: &'a MaintenanceRegistry,
     pub monitors: &'a [Monitor],
     pub statuses: &'a [MonitorStatus],
     pub incidents: &'a [Incident],
@@ -211,13 +222,14 @@ fn public_state(state: &str) -> (&'static str, &'static str) {
 }
 
 /// Daily summaries of a monitor over every location, by day index
-/// (0 = the oldest of the 90 days).
+/// (0 = the oldest of the 90 days), without the checks during `maintenance`.
 fn days(
     store: &dyn Store,
     monitor: &str,
     locations: &[String],
     first_day_ms: i64,
     to_ms: i64,
+    maintenance: &[(i64, i64)],
 ) -> Vec<Summary> {
     let mut out = vec![Summary::default(); DAYS as usize];
     for loc in locations {
@@ -228,7 +240,7 @@ fn days(
             to_ms,
             bucket: Bucket::Day,
         };
-        for s in store.summaries(&q).unwrap_or_default() {
+        for s in summaries_excluding(store, &q, maintenance).unwrap_or_default() {
             if let Some(d) = usize::try_from((s.start_ms - first_day_ms) / DAY_MS)
                 .ok()
                 .and_then(|i| out.get_mut(i))
@@ -238,6 +250,21 @@ fn days(
         }
     }
     out
+}
+
+/// How much of `[from_ms, to_ms)` the (merged) `intervals` cover.
+fn covered_within(intervals: &[(i64, i64)], from_ms: i64, to_ms: i64) -> i64 {
+    intervals
+        .iter()
+        .map(|(s, e)| (e.min(&to_ms) - s.max(&from_ms)).max(0))
+        .sum()
+}
+
+/// Did the incident run wholly inside maintenance? Then the page shows it
+/// as maintenance, not as an incident.
+fn during_maintenance(i: &Incident, intervals: &[(i64, i64)], now: i64) -> bool {
+    let end = i.resolved_ms.unwrap_or(now);
+    intervals.iter().any(|(s, e)| *s <= i.since_ms && end <= *e)
 }
 
 fn selects(o: &Occurrence, m: &Monitor) -> bool {
@@ -257,7 +284,25 @@ pub fn render(config: &StatusPage, x: &Inputs<'_>) -> Markup {
         .iter()
         .flat_map(|(_, ms)| ms.iter().map(|m| m.name.as_str()))
         .collect();
+    let shown_monitors: Vec<&Monitor> =
+        groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
+    // Each shown monitor's maintenance over the 90 days, up to now: one
+    // answer for its bars, its incidents and whether it is in maintenance now.
+    let maintenance_of: HashMap<&str, Vec<(i64, i64)>> = shown_monitors
+        .iter()
+        .map(|m| {
+            let covered = x.windows.covered(&m.name, &m.tags, first_day, now + 1);
+            (m.name.as_str(), covered)
+        })
+        .collect();
+    let no_maintenance = Vec::new();
+    let covered_of = |name: &str| maintenance_of.get(name).unwrap_or(&no_maintenance);
+    let in_maintenance_now =
+        |name: &str| covered_of(name).iter().any(|(s, e)| *s <= now && now < *e);
     let state_of = |name: &str| {
+        if in_maintenance_now(name) {
+            return "maintenance";
+        }
         x.statuses
             .iter()
             .find(|s| s.monitor == name)
@@ -276,21 +321,32 @@ pub fn render(config: &StatusPage, x: &Inputs<'_>) -> Markup {
     } else {
         ("up", "All systems operational")
     };
+    // Incidents that ran wholly inside maintenance are maintenance here.
     let relevant: Vec<&Incident> = x
         .incidents
         .iter()
         .filter(|i| shown.contains(i.monitor.as_str()))
+        .filter(|i| !during_maintenance(i, covered_of(&i.monitor), now))
         .collect();
     let open: Vec<&&Incident> = relevant
         .iter()
-        .filter(|i| i.resolved_ms.is_none())
+        .filter(|i| i.resolved_ms.is_none() && !in_maintenance_now(&i.monitor))
+        .collect();
+    // An open incident of a monitor in maintenance now is not current: it
+    // is shown with the window covering it.
+    let held: Vec<&Incident> = x
+        .incidents
+        .iter()
+        .filter(|i| {
+            i.resolved_ms.is_none()
+                && shown.contains(i.monitor.as_str())
+                && in_maintenance_now(&i.monitor)
+        })
         .collect();
     let past: Vec<&&Incident> = relevant
         .iter()
         .filter(|i| i.resolved_ms.is_some_and(|r| r >= now - 14 * DAY_MS))
         .collect();
-    let shown_monitors: Vec<&Monitor> =
-        groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
     let maintenance: Vec<(&Occurrence, Vec<&str>)> = x
         .upcoming
         .iter()
@@ -320,6 +376,12 @@ pub fn render(config: &StatusPage, x: &Inputs<'_>) -> Markup {
             }
             @if !maintenance.is_empty() {
                 h2 { "Scheduled maintenance" }
+                @for i in &held {
+                    div.card.held {
+                        b { (i.monitor) } " " span.st.st-maintenance { "under maintenance" }
+                        div.muted { "down since " (utc(i.since_ms)) ", inside a maintenance window: not an incident" }
+                    }
+                }
                 @for (o, covered) in &maintenance {
                     div.card {
                         b { (o.name) }
@@ -335,18 +397,30 @@ pub fn render(config: &StatusPage, x: &Inputs<'_>) -> Markup {
                     @for m in members {
                         @let status = x.statuses.iter().find(|s| s.monitor == m.name);
                         @let locations: Vec<String> = status.map(|s| s.locations.iter().map(|l| l.location.clone()).collect()).unwrap_or_default();
-                        @let daily = days(x.store, &m.name, &locations, first_day, now + 1);
+                        @let covered = covered_of(&m.name);
+                        @let daily = days(x.store, &m.name, &locations, first_day, now + 1, covered);
                         @let mut total = Summary::default();
                         @let bars: Vec<Bar> = daily.iter().enumerate().map(|(d, s)| {
                             total.merge(s);
                             let day_start = first_day + d as i64 * DAY_MS;
                             let n = relevant.iter().filter(|i| i.monitor == m.name && i.since_ms < day_start + DAY_MS && i.resolved_ms.unwrap_or(now) >= day_start).count();
+                            let maintenance_ms = covered_within(covered, day_start, day_start + DAY_MS);
                             let day = utc(day_start);
-                            let mut title = format!("{}: {}", &day[..10], match s.availability() { Some(_) => format!("{} up ({} checks)", percent(s.availability()), s.checks), None => "no data".into() });
+                            let mut title = format!("{}: {}", &day[..10], match s.availability() {
+                                Some(_) => format!("{} up ({} checks)", percent(s.availability()), s.checks),
+                                None if maintenance_ms > 0 => "maintenance".into(),
+                                None => "no data".into(),
+                            });
+                            if maintenance_ms > 0 && s.checks > 0 {
+                                title.push_str(&format!(", excluding {} of maintenance", span(maintenance_ms)));
+                            } else if maintenance_ms > 0 {
+                                title.push_str(&format!(" ({})", span(maintenance_ms)));
+                            }
                             if n > 0 { title.push_str(&format!(", {n} incident{}", if n == 1 { "" } else { "s" })); }
-                            Bar { availability: s.availability(), title }
+                            Bar { availability: s.availability(), maintenance: s.checks == 0 && maintenance_ms > 0, title }
                         }).collect();
-                        @let (st, words) = public_state(status.map_or("unknown", |s| s.state.as_str()));
+                        @let excluded_ms = crate::maintenance::total_ms(covered);
+                        @let (st, words) = public_state(state_of(&m.name));
                         div.svc {
                             div.head {
                                 span {
@@ -356,7 +430,14 @@ pub fn render(config: &StatusPage, x: &Inputs<'_>) -> Markup {
                                 span class={"st st-" (st)} { (words) }
                             }
                             (chart::bars(&bars, &format!("{} uptime, last {DAYS} days", m.name)))
-                            div.foot { span { (DAYS) " days ago" } span { (percent(total.availability())) " uptime" } span { "today" } }
+                            div.foot {
+                                span { (DAYS) " days ago" }
+                                span {
+                                    (percent(total.availability())) " uptime"
+                                    @if excluded_ms > 0 { " (excluding " (span(excluded_ms)) " of maintenance)" }
+                                }
+                                span { "today" }
+                            }
                         }
                     }
                 }
