@@ -254,24 +254,7 @@ fn dnsmasq_and_chrony_behind_a_rule_dropping_every_second_request() {
     );
     let _chrony = h::chrony_on(host, dir.path(), ntp_port);
     for port in [dns_port, ntp_port] {
-        ns.iptables(&[
-            "-A",
-            "INPUT",
-            "-p",
-            "udp",
-            "--dport",
-            &port.to_string(),
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "2",
-            "--packet",
-            "0",
-            "-j",
-            "DROP",
-        ]);
+        ns.rule("-A", &netns::drop_nth_udp(port, 2));
     }
     let dns = spec(
         "127.0.0.1",
