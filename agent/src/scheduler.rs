@@ -232,7 +232,9 @@ impl Scheduler {
             next_gen: 0,
             runs: JoinSet::new(),
         };
-        core.apply(monitors, FirstRun::AtPhase);
+        // As of the origin itself: a moment later, a monitor of phase 0 would
+        // find its first slot already past and wait a whole interval.
+        core.apply(monitors, FirstRun::AtPhase, origin);
         let task = tokio::spawn(core.run(cmd_rx));
         Ok(SchedulerHandle {
             cmds: cmd_tx,
@@ -450,7 +452,7 @@ impl Core {
                 biased;
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Update(monitors, first, ack)) => {
-                        let _ = ack.send(self.apply(monitors, first));
+                        let _ = ack.send(self.apply(monitors, first, Instant::now()));
                     }
                     Some(Command::Offsets(ack)) => {
                         let _ = ack.send(self.offsets());
@@ -547,9 +549,8 @@ impl Core {
         }
     }
 
-    /// Makes `monitors` the current set; see [`SchedulerHandle::update`].
-    fn apply(&mut self, monitors: Vec<Monitor>, first: FirstRun) -> UpdateSummary {
-        let now = Instant::now();
+    /// Makes `monitors` the current set as of `now`; see [`SchedulerHandle::update`].
+    fn apply(&mut self, monitors: Vec<Monitor>, first: FirstRun, now: Instant) -> UpdateSummary {
         let origin = self.shared.origin;
         let offsets: HashMap<String, Duration> = assign_offsets(&monitors)
             .into_iter()

@@ -775,6 +775,8 @@ async fn real_engine_against_a_local_listener() {
         .collect();
     let (tx, mut rx) = mpsc::channel(256);
     let handle = Scheduler::spawn(set, engine, 8, tx).unwrap();
+    let (_, origin_wall) = handle.origin();
+    let offsets = handle.offsets().await.unwrap();
 
     let mut results = Vec::new();
     let until = Instant::now() + SEC;
@@ -817,6 +819,13 @@ async fn real_engine_against_a_local_listener() {
     }
     assert_eq!(by_monitor.len(), 5);
     for (id, rs) in &by_monitor {
+        // The first run is on the first slot of its phase, even for phase 0
+        // on a real clock (the set is applied as of the origin).
+        assert_eq!(
+            rs[0].scheduled_at,
+            origin_wall + offsets[*id],
+            "{id}'s first run is not its first slot"
+        );
         // Due times come from the monotonic grid: consecutive ones are exactly one interval apart.
         for w in rs.windows(2) {
             assert_eq!(
