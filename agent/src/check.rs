@@ -295,7 +295,7 @@ pub enum StartTls {
 }
 
 /// TLS options of a TCP check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Name for SNI and verification; defaults to the target's host name.
     pub server_name: Option<String>,
@@ -336,6 +336,53 @@ pub enum TcpMode {
     },
 }
 
+/// Two expect regexes are the same when their patterns are: [`compile_regex`]
+/// builds every one with the same settings, so equal text matches the same
+/// replies. This is what lets the scheduler tell a changed spec from an
+/// unchanged one (`regex` has no `PartialEq` of its own).
+fn same_regex(a: &Option<Regex>, b: &Option<Regex>) -> bool {
+    a.as_ref().map(Regex::as_str) == b.as_ref().map(Regex::as_str)
+}
+
+impl PartialEq for TcpMode {
+    fn eq(&self, other: &TcpMode) -> bool {
+        match (self, other) {
+            (TcpMode::Connect, TcpMode::Connect) => true,
+            (TcpMode::Preset(a), TcpMode::Preset(b)) => a == b,
+            (
+                TcpMode::Expect { send, expect },
+                TcpMode::Expect {
+                    send: send2,
+                    expect: expect2,
+                },
+            ) => send == send2 && same_regex(expect, expect2),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TcpMode {}
+
+impl PartialEq for UdpMode {
+    fn eq(&self, other: &UdpMode) -> bool {
+        match (self, other) {
+            (UdpMode::Dns { name }, UdpMode::Dns { name: name2 }) => name == name2,
+            (UdpMode::Ntp { max_offset }, UdpMode::Ntp { max_offset: m2 }) => max_offset == m2,
+            (UdpMode::Syslog, UdpMode::Syslog) => true,
+            (
+                UdpMode::Generic { payload, expect },
+                UdpMode::Generic {
+                    payload: payload2,
+                    expect: expect2,
+                },
+            ) => payload == payload2 && same_regex(expect, expect2),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for UdpMode {}
+
 /// What a UDP check sends and expects.
 #[derive(Debug, Clone)]
 pub enum UdpMode {
@@ -370,8 +417,8 @@ pub const UDP_PRESETS: [&str; 3] = ["dns", "ntp", "syslog"];
 /// Default NTP offset above which a server counts as degraded.
 pub const DEFAULT_NTP_MAX_OFFSET: Duration = Duration::from_millis(100);
 
-/// One check, validated.
-#[derive(Debug, Clone)]
+/// One check, validated. Equal specs run the same check.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckSpec {
     pub target: Target,
     /// The whole check (DNS, connect, TLS, reply) must finish within this.
@@ -722,6 +769,49 @@ mod tests {
         );
         assert_eq!(t("tcp://host:65535").unwrap().port, 65535);
         assert_eq!(t("tcp://host:1").unwrap().port, 1);
+    }
+
+    #[test]
+    fn specs_built_alike_are_equal_and_any_option_tells_them_apart() {
+        let build = |target: &str, o: &CheckOptions| build_spec(target, o).unwrap();
+        let regex = CheckOptions {
+            send: Some(b"PING\r\n".to_vec()),
+            expect_regex: Some("^\\+PONG".into()),
+            ..CheckOptions::default()
+        };
+        assert_eq!(
+            build("tcp://db:6379", &regex),
+            build("tcp://db:6379", &regex)
+        );
+        let other_regex = CheckOptions {
+            expect_regex: Some("^\\+OK".into()),
+            ..regex.clone()
+        };
+        assert_ne!(
+            build("tcp://db:6379", &regex),
+            build("tcp://db:6379", &other_regex)
+        );
+        let udp = |name: &str| CheckOptions {
+            preset: Some("dns".into()),
+            dns_name: Some(name.into()),
+            ..CheckOptions::default()
+        };
+        assert_eq!(
+            build("udp://ns:53", &udp("a.test")),
+            build("udp://ns:53", &udp("a.test"))
+        );
+        assert_ne!(
+            build("udp://ns:53", &udp("a.test")),
+            build("udp://ns:53", &udp("b.test"))
+        );
+        let slower = CheckOptions {
+            timeout: Some(Duration::from_secs(5)),
+            ..CheckOptions::default()
+        };
+        assert_ne!(
+            build("tcp://db:6379", &CheckOptions::default()),
+            build("tcp://db:6379", &slower)
+        );
     }
 
     #[test]

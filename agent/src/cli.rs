@@ -485,7 +485,8 @@ pub async fn run_daemon(args: &RunArgs) -> i32 {
         crate::link::LinkConfig::default(),
     )
     .with_rotation(persist_into(args.data_dir.clone()))
-    .with_public_only_switch(public_only);
+    .with_public_only_switch(public_only)
+    .with_saved_assignment(crate::assignment::SavedAssignment::in_dir(&args.data_dir));
     tracing::info!(agent = %identity.agent_id(), collector = %identity.collector_addr(), "agent starting");
     match link.run(engine, shutdown_signal()).await {
         Ok(()) => {

@@ -8,10 +8,12 @@
 //! - `result`: what a check returns (status, reason, phases, details).
 //! - `scheduler`: runs thousands of monitors on their intervals.
 //! - `join`, `enroll`, `identity`: one-time enrollment and the agent's files.
-//! - `link`: the mTLS stream to the collector (buffer in, acks out).
+//! - `link`: the mTLS stream to the collector (buffer in, acks out);
+//!   `assignment`: the last assignment, kept on disk for a restart offline.
 //! - `cli`: the `portwatch-agent` command line; `config`: `run`'s config file;
 //!   `process`: its own memory and CPU.
 
+pub mod assignment;
 pub mod buffer;
 pub mod check;
 pub mod cli;

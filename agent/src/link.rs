@@ -20,6 +20,14 @@
 //! - Errors are transient (unreachable, reset, timeouts, a stream closed or
 //!   replaced: reconnect with exponential backoff and jitter) or fatal (the
 //!   collector refused this agent, or TLS rejected a certificate: stop and say so).
+//! - With [`Link::with_saved_assignment`], every assignment applied is saved
+//!   (see `crate::assignment`), and at start the saved one is loaded and runs
+//!   at once, before the collector is reached: a restart during a collector
+//!   outage costs no checks. Its `public_only` is restored before the first
+//!   check, and `Hello` reports its version (the version the agent runs); the
+//!   collector sends its current assignment on every new stream regardless,
+//!   which replaces the restored one. A saved assignment that cannot be read
+//!   is logged and ignored: the agent starts empty and waits for the collector.
 //! - With [`Link::with_rotation`], the agent certificate is renewed over the
 //!   link (`Renew`, a fresh key each time) at a jittered 70-90 % of its
 //!   remaining lifetime; the new pair is persisted, then used from the next connect on
@@ -39,9 +47,12 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use crate::assignment::SavedAssignment;
 use crate::buffer::{BufferError, ResultBuffer};
 use crate::check::spec_from_proto;
-use crate::scheduler::{Executor, Monitor, ScheduleError, ScheduledResult, Scheduler, StatsProbe};
+use crate::scheduler::{
+    Executor, FirstRun, Monitor, ScheduleError, ScheduledResult, Scheduler, StatsProbe,
+};
 
 /// Where the collector is and who this agent is.
 #[derive(Clone)]
@@ -132,6 +143,9 @@ pub struct LinkStatus {
     pub monitors: usize,
     /// Monitor specs from the collector this agent could not run, ever.
     pub bad_monitors: u64,
+    /// The assignment running now came from disk at start, not (yet) from
+    /// the collector.
+    pub restored: bool,
     /// Results that could not be written to the buffer, ever (lost).
     pub append_failures: u64,
     /// Streams established, ever.
@@ -184,6 +198,11 @@ pub struct Link {
     /// Set when an assignment says this agent is a public location (see
     /// `probe::policy::Tightenable`); never cleared.
     public_only: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Where assignments are saved and restored from; `None`: not kept.
+    saved: Option<SavedAssignment>,
+    /// SHA-256 of the assignment last saved (or restored), so a resend of
+    /// the same one is not written again.
+    saved_digest: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Link {
@@ -203,7 +222,16 @@ impl Link {
             rotation: None,
             rotate_now: Arc::new(Notify::new()),
             public_only: None,
+            saved: None,
+            saved_digest: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Saves every assignment applied into `saved` and, at start, resumes
+    /// the one saved there (see the module docs).
+    pub fn with_saved_assignment(mut self, saved: SavedAssignment) -> Link {
+        self.saved = Some(saved);
+        self
     }
 
     /// Lets assignments tighten the engine's address policy: `switch` is the
@@ -238,7 +266,11 @@ impl Link {
     ) -> Result<(), LinkError> {
         let mut endpoint = endpoint(&self.identity, &self.config)?;
         let (res_tx, res_rx) = mpsc::channel(1024);
-        let scheduler = Scheduler::spawn(Vec::new(), executor, self.config.max_in_flight, res_tx)?;
+        // Restored before the scheduler exists: its public-only flag is set
+        // before any check can run, and its monitors start at their phases.
+        let restored = self.restore();
+        let resumed = !restored.is_empty();
+        let scheduler = Scheduler::spawn(restored, executor, self.config.max_in_flight, res_tx)?;
         let probe = scheduler.probe();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
@@ -257,12 +289,21 @@ impl Link {
         let grace = self.config.shutdown_grace;
         let owner = {
             let mut stop_rx = stop_rx.clone();
+            // The first set of a starting agent keeps its phases (no burst);
+            // after that (or after a restored set) new and changed monitors
+            // run at once.
+            let mut first = if resumed {
+                FirstRun::Now
+            } else {
+                FirstRun::AtPhase
+            };
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         m = mon_rx.recv() => match m {
                             Some(monitors) => {
-                                if let Err(e) = scheduler.update(monitors).await {
+                                let when = std::mem::replace(&mut first, FirstRun::Now);
+                                if let Err(e) = scheduler.update_with(monitors, when).await {
                                     tracing::error!(error = %e, "applying the assignment failed");
                                 }
                             }
@@ -571,9 +612,31 @@ impl Link {
         classify_status(s)
     }
 
-    /// Builds monitors from the assignment (skipping, logging and counting
-    /// specs this agent cannot run) and hands them to the scheduler.
+    /// Builds monitors from the assignment, hands them to the scheduler, and
+    /// saves the assignment (when it is kept) for a restart.
     async fn apply_assignment(&self, a: pb::Assignment, mon_tx: &mpsc::Sender<Vec<Monitor>>) {
+        let (monitors, bad) = self.monitors_of(&a);
+        tracing::info!(
+            version = a.version,
+            monitors = monitors.len(),
+            skipped = bad,
+            "assignment received"
+        );
+        let count = monitors.len();
+        let _ = mon_tx.send(monitors).await;
+        self.status.send_modify(|s| {
+            s.assignment_version = a.version;
+            s.monitors = count;
+            s.bad_monitors += bad;
+            s.restored = false;
+        });
+        self.save(a).await;
+    }
+
+    /// The monitors of an assignment, and how many of its specs this agent
+    /// cannot run (skipped and logged). Sets the public-only switch when the
+    /// assignment says so; none at all when that switch is missing.
+    fn monitors_of(&self, a: &pb::Assignment) -> (Vec<Monitor>, u64) {
         if a.public_only {
             match &self.public_only {
                 Some(switch) => {
@@ -589,8 +652,7 @@ impl Link {
                     tracing::error!(
                         "the collector says this agent is a public location, but this link cannot enforce the public address policy: no checks run"
                     );
-                    let _ = mon_tx.send(Vec::new()).await;
-                    return;
+                    return (Vec::new(), 0);
                 }
             }
         }
@@ -615,19 +677,78 @@ impl Link {
                 }
             }
         }
+        (monitors, bad)
+    }
+
+    /// The saved assignment's monitors, to run from the start (empty when
+    /// none is kept, none was saved, or it cannot be read).
+    fn restore(&self) -> Vec<Monitor> {
+        let Some(saved) = &self.saved else {
+            return Vec::new();
+        };
+        let a = match saved.load() {
+            Ok(Some(a)) => a,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "the saved assignment cannot be read: ignored, no checks run until the collector sends one"
+                );
+                return Vec::new();
+            }
+        };
+        let (monitors, bad) = self.monitors_of(&a);
         tracing::info!(
             version = a.version,
             monitors = monitors.len(),
             skipped = bad,
-            "assignment received"
+            public_only = a.public_only,
+            "saved assignment resumed until the collector is reached"
         );
+        *self
+            .saved_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(digest(&a));
         let count = monitors.len();
-        let _ = mon_tx.send(monitors).await;
         self.status.send_modify(|s| {
             s.assignment_version = a.version;
             s.monitors = count;
             s.bad_monitors += bad;
+            s.restored = true;
         });
+        monitors
+    }
+
+    /// Saves `a` for a restart, unless it is the one saved already; a failure
+    /// is logged (the agent runs on; a restart would resume an older one).
+    async fn save(&self, a: pb::Assignment) {
+        let Some(saved) = self.saved.clone() else {
+            return;
+        };
+        let d = digest(&a);
+        if self
+            .saved_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            == Some(&d)
+        {
+            return;
+        }
+        let version = a.version;
+        match tokio::task::spawn_blocking(move || saved.save(&a)).await {
+            Ok(Ok(())) => {
+                tracing::debug!(version, "assignment saved");
+                *self
+                    .saved_digest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(version, error = %e, "saving the assignment failed")
+            }
+            Err(e) => tracing::error!(version, error = %e, "saving the assignment failed"),
+        }
     }
 
     /// The next batches to send (at most `count`): buffered records after
@@ -750,6 +871,13 @@ impl Drop for StopOnDrop {
 /// Resolves once the flag is true (or its sender is gone).
 async fn flag_set(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+/// SHA-256 of an assignment's encoding: equal assignments, equal digests.
+fn digest(a: &pb::Assignment) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, &a.encode_to_vec())
+        .as_ref()
+        .to_vec()
 }
 
 fn agent_msg(msg: pb::agent_message::Msg) -> pb::AgentMessage {

@@ -19,10 +19,21 @@
 //!   is not started again: that slot counts as `skipped_overlap`. Every check is
 //!   bounded by its own timeout in the Engine, so a slot is never held forever.
 //! - **Live updates.** [`SchedulerHandle::update`] takes the full desired set:
-//!   new monitors start at their phase, removed ones stop (a run in flight still
-//!   completes and reports; re-adding the id while it runs does not wait for
-//!   it), a changed spec is used from the next run on, and a monitor keeps its
-//!   phase unless its own interval group changed.
+//!   removed monitors stop (a run in flight still completes and reports;
+//!   re-adding the id while it runs does not wait for it), and a monitor keeps
+//!   its phase unless its own interval group changed.
+//! - **New and changed monitors run at once.** A monitor an update adds, or
+//!   whose spec it changes, runs right away (someone just asked about it: its
+//!   first result must not wait most of an interval), then on its phase grid.
+//!   Never twice back to back: its next run is the first grid slot at least
+//!   half an interval after the immediate one, the rule every rescheduled
+//!   monitor follows, so its first two runs are 0.5 to 1.5 intervals apart.
+//!   A changed spec whose previous run is still in flight skips the immediate
+//!   run (`skipped_overlap`) and is used from the next run on.
+//! - **A whole set arriving at once keeps its phases.** The set given at
+//!   spawn, and an update made with [`FirstRun::AtPhase`] (the agent's first
+//!   assignment, or one restored from disk at start), run each monitor first
+//!   at its phase, as ever: 10,000 monitors must not all fire in one burst.
 //! - **Clean shutdown.** [`SchedulerHandle::shutdown`] stops starting checks
 //!   (queued runs are dropped), waits for the ones in flight up to a bound so
 //!   their results are sent, then aborts the rest.
@@ -31,10 +42,14 @@
 //! millisecond (offsets are whole milliseconds, the timer wheel's resolution).
 
 mod lateness;
+mod phase;
 #[cfg(test)]
 mod tests;
 
 pub use lateness::LatenessSummary;
+pub use phase::{assign_offsets, stable_hash};
+
+use phase::first_due_at_or_after;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
@@ -132,11 +147,24 @@ pub struct SchedulerStats {
     pub lateness: LatenessSummary,
 }
 
+/// When the monitors an update adds, or whose spec it changes, run first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstRun {
+    /// Right away, then at their phase: monitors added to a running schedule.
+    Now,
+    /// At their phase, as at spawn: a whole set that arrives at once (a
+    /// starting agent's first assignment) must not run as one burst.
+    AtPhase,
+}
+
 /// What an update did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpdateSummary {
     pub added: usize,
     pub removed: usize,
+    /// Added or changed monitors run right away ([`FirstRun::Now`]); also
+    /// counted as added, kept or rescheduled.
+    pub run_now: usize,
     /// Kept their interval and phase (their spec may have been replaced).
     pub kept: usize,
     /// Moved to a new phase or interval: their own interval changed, or their
@@ -204,7 +232,9 @@ impl Scheduler {
             next_gen: 0,
             runs: JoinSet::new(),
         };
-        core.apply(monitors);
+        // As of the origin itself: a moment later, a monitor of phase 0 would
+        // find its first slot already past and wait a whole interval.
+        core.apply(monitors, FirstRun::AtPhase, origin);
         let task = tokio::spawn(core.run(cmd_rx));
         Ok(SchedulerHandle {
             cmds: cmd_tx,
@@ -224,12 +254,23 @@ pub struct SchedulerHandle {
 
 impl SchedulerHandle {
     /// Replaces the monitor set with `monitors` (the full desired set) without
-    /// restarting. Returns once the timer loop has applied it.
+    /// restarting; new and changed monitors run right away. Returns once the
+    /// timer loop has applied it.
     pub async fn update(&self, monitors: Vec<Monitor>) -> Result<UpdateSummary, ScheduleError> {
+        self.update_with(monitors, FirstRun::Now).await
+    }
+
+    /// [`update`](SchedulerHandle::update), saying when new and changed
+    /// monitors run first.
+    pub async fn update_with(
+        &self,
+        monitors: Vec<Monitor>,
+        first: FirstRun,
+    ) -> Result<UpdateSummary, ScheduleError> {
         validate(&monitors)?;
         let (ack, done) = oneshot::channel();
         self.cmds
-            .send(Command::Update(monitors, ack))
+            .send(Command::Update(monitors, first, ack))
             .await
             .map_err(|_| ScheduleError::Stopped)?;
         done.await.map_err(|_| ScheduleError::Stopped)
@@ -302,7 +343,7 @@ impl SchedulerHandle {
 }
 
 enum Command {
-    Update(Vec<Monitor>, oneshot::Sender<UpdateSummary>),
+    Update(Vec<Monitor>, FirstRun, oneshot::Sender<UpdateSummary>),
     Offsets(oneshot::Sender<HashMap<String, Duration>>),
     Shutdown(Duration, oneshot::Sender<ShutdownReport>),
 }
@@ -318,83 +359,6 @@ fn validate(monitors: &[Monitor]) -> Result<(), ScheduleError> {
         }
     }
     Ok(())
-}
-
-/// A stable 64-bit hash of a monitor id: FNV-1a with a murmur3 finalizer.
-/// Fixed constants, so it is the same in every process and every release
-/// (std's `DefaultHasher` is randomly keyed and may change between releases).
-/// The finalizer scatters ids that differ only in their last byte (`db-1`, `db-2`).
-pub fn stable_hash(id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// Each monitor's offset within its interval.
-///
-/// Monitors are grouped by interval; within a group of `n`, they are ordered by
-/// [`stable_hash`] of the id (ties by id) and the one of rank `r` gets
-/// `r * interval / n`, rounded down to a whole millisecond.
-///
-/// Why rank and not `hash % interval`: hashing alone is only even on average.
-/// With 1,000 monitors in ten 1 s buckets, each bucket holds 100 ± 9.5
-/// (binomial), so some bucket is 15% over the mean about two times in three:
-/// a herd by bad luck. Ranks are exactly even for any set of ids. The hash
-/// still decides the order, so monitors of one host (`db-1`, `db-2`, ...) are
-/// not run back to back, and the result depends only on the set (not on the
-/// order it arrives in), so a restart with the same set gives the same phases.
-///
-/// The price: when a group gains or loses a member, the others' offsets move,
-/// each by at most `interval / n` (adding one to a group of n-1: rank r of n-1
-/// becomes r or r+1 of n, and `|r'/n - r/(n-1)| <= 1/n`). Monitors in other
-/// interval groups never move. A moved monitor is rescheduled no sooner than
-/// half an interval after its last run, so it is never run twice in a row.
-pub fn assign_offsets(monitors: &[Monitor]) -> HashMap<&str, Duration> {
-    let mut groups: HashMap<Duration, Vec<(u64, &str)>> = HashMap::new();
-    for m in monitors {
-        groups
-            .entry(m.interval)
-            .or_default()
-            .push((stable_hash(&m.id), m.id.as_str()));
-    }
-    let mut out = HashMap::with_capacity(monitors.len());
-    for (interval, mut members) in groups {
-        members.sort_unstable();
-        let n = members.len() as u128;
-        let interval_ms = interval.as_nanos() / 1_000_000;
-        for (rank, (_, id)) in members.into_iter().enumerate() {
-            let ms = rank as u128 * interval_ms / n;
-            out.insert(
-                id,
-                Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
-            );
-        }
-    }
-    out
-}
-
-/// The first due time `origin + offset + k * interval` (k >= 0) at or after `t`.
-fn first_due_at_or_after(
-    origin: Instant,
-    offset: Duration,
-    interval: Duration,
-    t: Instant,
-) -> Instant {
-    let base = origin + offset;
-    if t <= base {
-        return base;
-    }
-    let since = (t - base).as_nanos();
-    let step = interval.as_nanos();
-    let k = since.div_ceil(step);
-    base + Duration::from_nanos(u64::try_from(k * step).unwrap_or(u64::MAX))
 }
 
 /// State shared by the timer loop, the runs and the handle.
@@ -442,6 +406,9 @@ struct Due {
     at: Instant,
     generation: u64,
     slot: usize,
+    /// An immediate run off the grid (a new or changed monitor): the next one
+    /// goes back to the grid instead of `at + interval`.
+    off_grid: bool,
 }
 
 impl Ord for Due {
@@ -484,8 +451,8 @@ impl Core {
                 // Commands first: a shutdown must win over a due slot.
                 biased;
                 cmd = cmds.recv() => match cmd {
-                    Some(Command::Update(monitors, ack)) => {
-                        let _ = ack.send(self.apply(monitors));
+                    Some(Command::Update(monitors, first, ack)) => {
+                        let _ = ack.send(self.apply(monitors, first, Instant::now()));
                     }
                     Some(Command::Offsets(ack)) => {
                         let _ = ack.send(self.offsets());
@@ -548,7 +515,14 @@ impl Core {
                 self.runs.spawn(run.go());
             }
             let mut next = due.at + slot.interval;
-            if next <= now {
+            if due.off_grid {
+                next = first_due_at_or_after(
+                    self.shared.origin,
+                    slot.offset,
+                    slot.interval,
+                    due.at + slot.interval / 2,
+                );
+            } else if next <= now {
                 // More than an interval behind (the runtime was blocked): skip
                 // to the grid instead of firing a burst of catch-up runs.
                 let resumed =
@@ -570,13 +544,13 @@ impl Core {
                 at: next,
                 generation: self.next_gen,
                 slot: due.slot,
+                off_grid: false,
             });
         }
     }
 
-    /// Makes `monitors` the current set; see [`SchedulerHandle::update`].
-    fn apply(&mut self, monitors: Vec<Monitor>) -> UpdateSummary {
-        let now = Instant::now();
+    /// Makes `monitors` the current set as of `now`; see [`SchedulerHandle::update`].
+    fn apply(&mut self, monitors: Vec<Monitor>, first: FirstRun, now: Instant) -> UpdateSummary {
         let origin = self.shared.origin;
         let offsets: HashMap<String, Duration> = assign_offsets(&monitors)
             .into_iter()
@@ -592,31 +566,48 @@ impl Core {
                         continue;
                     };
                     wanted.insert(Arc::clone(&slot.id));
+                    let changed = *slot.spec != *m.spec;
                     slot.spec = m.spec;
-                    if slot.interval == m.interval && slot.offset == offset {
-                        summary.kept += 1;
-                        continue;
-                    }
+                    let moved = slot.interval != m.interval || slot.offset != offset;
                     slot.interval = m.interval;
                     slot.offset = offset;
-                    // Never closer than half an interval to the last run: a small
-                    // phase shift must not run the monitor twice back to back.
-                    let earliest = slot.last_due.map_or(now, |d| (d + m.interval / 2).max(now));
-                    let at = first_due_at_or_after(origin, offset, m.interval, earliest);
+                    if moved {
+                        summary.rescheduled += 1;
+                    } else {
+                        summary.kept += 1;
+                    }
+                    let run_now = changed && first == FirstRun::Now;
+                    let at = if run_now {
+                        summary.run_now += 1;
+                        now
+                    } else if moved {
+                        // Never closer than half an interval to the last run: a small
+                        // phase shift must not run the monitor twice back to back.
+                        let earliest = slot.last_due.map_or(now, |d| (d + m.interval / 2).max(now));
+                        first_due_at_or_after(origin, offset, m.interval, earliest)
+                    } else {
+                        continue;
+                    };
                     self.next_gen += 1;
                     slot.generation = self.next_gen;
                     self.heap.push(Due {
                         at,
                         generation: self.next_gen,
                         slot: idx,
+                        off_grid: run_now,
                     });
-                    summary.rescheduled += 1;
                 }
                 None => {
                     let id: Arc<str> = Arc::from(m.id.as_str());
                     wanted.insert(Arc::clone(&id));
                     self.next_gen += 1;
-                    let at = first_due_at_or_after(origin, offset, m.interval, now);
+                    let off_grid = first == FirstRun::Now;
+                    let at = if off_grid {
+                        summary.run_now += 1;
+                        now
+                    } else {
+                        first_due_at_or_after(origin, offset, m.interval, now)
+                    };
                     let slot = Slot {
                         id: Arc::clone(&id),
                         interval: m.interval,
@@ -641,6 +632,7 @@ impl Core {
                         at,
                         generation: self.next_gen,
                         slot: idx,
+                        off_grid,
                     });
                     summary.added += 1;
                 }

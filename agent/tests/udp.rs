@@ -4,9 +4,6 @@
 //! (echo, wrong DNS IDs).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
@@ -14,7 +11,7 @@ use portwatch_agent::check::{CheckSpec, Host, Protocol, Target, UdpMode, compile
 use portwatch_agent::probe::Engine;
 use portwatch_agent::resolve::Resolver;
 use portwatch_agent::result::{CheckResult, Reason, Status};
-use portwatch_harness as h;
+use portwatch_harness::{self as h, UdpResponder};
 
 const TIMEOUT: Duration = Duration::from_millis(600);
 
@@ -44,63 +41,6 @@ async fn run(spec: &CheckSpec) -> CheckResult {
 
 fn dns(name: &str) -> UdpMode {
     UdpMode::Dns { name: name.into() }
-}
-
-/// A UDP responder thread on loopback: `answer` maps each datagram to the replies
-/// to send back. Stops on drop; bounded in time and datagrams either way.
-struct Responder {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Vec<u8>>>>,
-}
-
-impl Responder {
-    fn start(ip: &str, answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static) -> Responder {
-        let sock = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = sock.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let until = std::time::Instant::now() + Duration::from_secs(30);
-            let mut buf = [0u8; 2048];
-            while !stop2.load(Ordering::Relaxed)
-                && std::time::Instant::now() < until
-                && seen.len() < 100
-            {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                seen.push(buf[..n].to_vec());
-                for reply in answer(&buf[..n]) {
-                    let _ = sock.send_to(&reply, from);
-                }
-            }
-            seen
-        });
-        Responder {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the thread and returns every datagram it received.
-    fn received(mut self) -> Vec<Vec<u8>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A DNS answer to `query` with `rcode`, the ID xored with `id_xor` (0 keeps it).
@@ -141,7 +81,7 @@ async fn dns_noerror_and_nxdomain_are_up() {
 #[tokio::test]
 async fn dns_servfail_and_refused_are_down_with_the_rcode() {
     // An upstream that answers SERVFAIL to everything; dnsmasq passes it on.
-    let upstream = Responder::start("127.0.0.1", |q| {
+    let upstream = UdpResponder::start("127.0.0.1", |q| {
         vec![dns_answer(q, ResponseCode::ServFail, 0)]
     });
     let dir = h::temp_dir();
@@ -179,7 +119,7 @@ async fn dns_servfail_and_refused_are_down_with_the_rcode() {
 #[tokio::test]
 async fn dns_replies_with_another_id_are_ignored() {
     // First a reply with the wrong ID, then the right one: the check keeps reading.
-    let both = Responder::start("127.0.0.1", |q| {
+    let both = UdpResponder::start("127.0.0.1", |q| {
         vec![
             dns_answer(q, ResponseCode::ServFail, 0x5555),
             dns_answer(q, ResponseCode::NoError, 0),
@@ -190,7 +130,7 @@ async fn dns_replies_with_another_id_are_ignored() {
     assert_eq!(r.details.dns_rcode.as_deref(), Some("NOERROR"));
 
     // Only wrong IDs: no reply, and the message says replies were ignored.
-    let wrong = Responder::start("127.0.0.1", |q| {
+    let wrong = UdpResponder::start("127.0.0.1", |q| {
         vec![dns_answer(q, ResponseCode::NoError, 1)]
     });
     let r = run(&spec("127.0.0.1", wrong.addr.port(), dns("ok.test"))).await;
@@ -199,14 +139,16 @@ async fn dns_replies_with_another_id_are_ignored() {
         (Status::Down, Reason::NoReply),
         "{r:?}"
     );
+    // Each of the three sends drew one.
     assert!(
-        r.message.contains("1 reply to another request was ignored"),
+        r.message
+            .contains("to 3 sends (3 replies to other requests were ignored)"),
         "{}",
         r.message
     );
 
     // Garbage with our ID is an unexpected reply, quoted safely.
-    let junk = Responder::start("127.0.0.1", |q| {
+    let junk = UdpResponder::start("127.0.0.1", |q| {
         vec![[&q[..2], b"\xff\x00junk\n".as_slice()].concat()]
     });
     let r = run(&spec("127.0.0.1", junk.addr.port(), dns("ok.test"))).await;
@@ -261,7 +203,7 @@ async fn ntp_against_chrony_reports_stratum_and_offset() {
 #[tokio::test]
 async fn ntp_ignores_replies_to_other_requests() {
     // A server that answers with a valid packet but a wrong origin timestamp.
-    let liar = Responder::start("127.0.0.1", |q| {
+    let liar = UdpResponder::start("127.0.0.1", |q| {
         let mut p = vec![0u8; 48];
         p[0] = 0x24;
         p[1] = 2;
@@ -347,7 +289,7 @@ async fn silence_is_no_reply_and_up_only_when_asked() {
 #[tokio::test]
 async fn generic_payload_with_regex_on_v4_and_v6() {
     for ip in ["127.0.0.1", "::1"] {
-        let echo = Responder::start(ip, |q| vec![[b"ECHO ".as_slice(), q].concat()]);
+        let echo = UdpResponder::start(ip, |q| vec![[b"ECHO ".as_slice(), q].concat()]);
         let port = echo.addr.port();
 
         let mode = UdpMode::Generic {
@@ -396,7 +338,7 @@ async fn generic_payload_with_regex_on_v4_and_v6() {
 
 #[tokio::test]
 async fn syslog_is_up_without_icmp_error_and_refused_when_closed() {
-    let listener = Responder::start("127.0.0.1", |_| vec![]);
+    let listener = UdpResponder::start("127.0.0.1", |_| vec![]);
     let started = std::time::Instant::now();
     let mut s = spec("127.0.0.1", listener.addr.port(), UdpMode::Syslog);
     s.timeout = Duration::from_secs(3);

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use portwatch_agent::check::spec_from_proto;
 use portwatch_agent::probe::{AddressPolicy, Engine, PublicOnly, Registry};
 use portwatch_agent::resolve::Resolver;
-use portwatch_agent::scheduler::{Monitor as Scheduled, ScheduledResult, Scheduler};
+use portwatch_agent::scheduler::{FirstRun, Monitor as Scheduled, ScheduledResult, Scheduler};
 use portwatch_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
@@ -117,6 +117,9 @@ pub async fn run(
         Ok(_) => 0,
         Err(e) => return Err(format!("reading the public location's watermark: {e}")),
     };
+    // The whole set at start keeps its phases (no burst); monitors added or
+    // changed later run once at once.
+    let mut first = FirstRun::AtPhase;
     tracing::info!(location = %location, "public probes running");
     let mut pending: Vec<(u64, pb::CheckResult)> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -128,7 +131,7 @@ pub async fn run(
                     break;
                 }
                 let set = scheduled(&monitors, &config.region);
-                match scheduler.update(set).await {
+                match scheduler.update_with(set, std::mem::replace(&mut first, FirstRun::Now)).await {
                     Ok(s) => tracing::info!(location = %location, added = s.added, removed = s.removed, kept = s.kept, "public monitors updated"),
                     Err(e) => tracing::error!(location = %location, error = %e, "updating public monitors failed"),
                 }

@@ -13,6 +13,27 @@
 //! only foreign replies left are stale or forged answers to other requests: the
 //! DNS and NTP presets recognise those (ID, origin timestamp), ignore them and keep
 //! reading. Syslog expects no reply at all: only an ICMP error can fail it.
+//!
+//! **Retransmits.** One lost datagram (the request or the reply) must not fail
+//! a check, so, as stub resolvers do, a request nobody answered is sent again:
+//! [`UDP_SENDS`] sends spread evenly over the time the check has left (at 0, 1
+//! and 2 s of a 3 s timeout), and a reply to any of them counts.
+//! - DNS and generic checks resend the same datagram (the same query ID), so a
+//!   late answer to an earlier send is still ours. Which send it answers cannot
+//!   be told, so `first_byte` is measured from the latest send before the
+//!   reply: on a lossy path that is the round trip that worked, not the time
+//!   lost waiting for the one that did not (Karn's rule, as TCP measures).
+//! - NTP sends a fresh transmit timestamp each time (its offset arithmetic
+//!   needs the T1 of the request that was answered, and the reply names it in
+//!   its origin field): a reply to any of them counts and `first_byte` is
+//!   measured from exactly the send it answers.
+//! - Syslog is sent once: it expects no reply, so silence is already up and a
+//!   resend could not rescue anything; it would only write a second line into
+//!   the server's log.
+//!
+//! An ICMP port unreachable after any send still ends the check at once
+//! (`refused`), and a silent server still ends it at the deadline. A result
+//! that needed a resend says so in its message (`after 1 resend`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +53,11 @@ use crate::result::{CheckResult, Details, Reason, Status, escape_excerpt, micros
 /// would not change, only the check would get slower.
 pub const SYSLOG_ERROR_WAIT: Duration = Duration::from_secs(1);
 
+/// How often a request is sent at most when nothing answers it, the first send
+/// included. Three sends over the wait: a path that loses 1 % of datagrams
+/// fails a check about once in 10^5 instead of once in 50.
+pub const UDP_SENDS: usize = 3;
+
 pub struct UdpProber;
 
 impl Prober for UdpProber {
@@ -47,11 +73,12 @@ impl Prober for UdpProber {
 /// The request of one check and what its answer must be.
 enum Exchange<'a> {
     Dns(DnsQuery),
-    /// `t1` is set right before sending: it is both the salt the reply must echo
-    /// and the first of the four NTP timestamps.
+    /// Each send's `t1` is set right before sending: it is both the salt the
+    /// reply must echo and the first of the four NTP timestamps.
     Ntp {
         max_offset: Duration,
-        t1: NtpTime,
+        /// The transmit timestamp of each send so far, in order.
+        sent: Vec<NtpTime>,
     },
     Syslog,
     Generic {
@@ -69,6 +96,8 @@ enum Judged {
         status: Status,
         reason: Reason,
         message: String,
+        /// Which send the reply answers, when the reply says so (NTP).
+        answers: Option<usize>,
     },
 }
 
@@ -77,6 +106,7 @@ fn fail(status: Status, reason: Reason, message: impl Into<String>) -> Judged {
         status,
         reason,
         message: message.into(),
+        answers: None,
     }
 }
 
@@ -89,7 +119,7 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
         },
         UdpMode::Ntp { max_offset } => Exchange::Ntp {
             max_offset: *max_offset,
-            t1: NtpTime(0),
+            sent: Vec::with_capacity(UDP_SENDS),
         },
         UdpMode::Syslog => Exchange::Syslog,
         UdpMode::Generic { payload, expect } => Exchange::Generic {
@@ -97,64 +127,55 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
             expect: expect.as_ref(),
         },
     };
-    let io_fail = |what: &str, e: std::io::Error| {
-        let reason = Reason::from_io(&e);
-        let message = match reason {
-            Reason::Refused => format!("udp {addr}: port unreachable (icmp), nothing listens"),
-            _ => format!("udp {addr}: {what}: {e}"),
-        };
-        CheckResult::new(Status::Down, reason, message)
-    };
     let sock = match connected_socket(addr).await {
         Ok(s) => s,
-        Err(e) => return io_fail("connect", e),
+        Err(e) => return io_fail(addr, "connect", &e),
     };
 
-    let request = match &mut exchange {
-        Exchange::Dns(q) => q.bytes.clone(),
-        Exchange::Ntp { t1, .. } => {
-            *t1 = NtpTime::from_system(SystemTime::now()).salted(rand::random());
-            ntp::build_request(*t1).to_vec()
-        }
-        Exchange::Syslog => syslog_message(SystemTime::now(), &local_hostname()).into_bytes(),
-        Exchange::Generic { payload, .. } => payload.to_vec(),
-    };
-    let sent_at = Instant::now();
-    match tokio::time::timeout_at(ctx.deadline, sock.send(&request)).await {
-        Err(_) => {
-            return CheckResult::new(
-                Status::Down,
-                Reason::Timeout,
-                format!("udp {addr}: timed out sending"),
-            );
-        }
-        Ok(Err(e)) => return io_fail("send", e),
-        Ok(Ok(_)) => {}
+    // When each send left; the first one starts the wait.
+    let mut sends: Vec<Instant> = Vec::with_capacity(UDP_SENDS);
+    if let Err(r) = send_next(&sock, &mut exchange, &ctx, &mut sends).await {
+        return r;
     }
-
-    let wait_until = match exchange {
-        Exchange::Syslog => ctx.deadline.min(sent_at + SYSLOG_ERROR_WAIT),
-        _ => ctx.deadline,
+    let first = sends[0];
+    let (wait_until, most_sends) = match exchange {
+        Exchange::Syslog => (ctx.deadline.min(first + SYSLOG_ERROR_WAIT), 1),
+        _ => (ctx.deadline, UDP_SENDS),
     };
+    // Resends evenly over the wait: send k at first + k * wait / UDP_SENDS.
+    let wait = wait_until.saturating_duration_since(first);
+    let resend_at = |k: usize| first + wait.mul_f64(k as f64 / UDP_SENDS as f64);
     let mut r = CheckResult::new(Status::Up, Reason::Ok, "");
     let mut ignored = 0u32;
     let mut buf = vec![0u8; MAX_REPLY_BYTES];
     loop {
-        let n = match tokio::time::timeout_at(wait_until, sock.recv(&mut buf)).await {
-            Err(_) => {
+        let resend = (sends.len() < most_sends).then(|| resend_at(sends.len()));
+        let got = tokio::select! {
+            got = tokio::time::timeout_at(wait_until, sock.recv(&mut buf)) => Some(got),
+            () = tokio::time::sleep_until(resend.unwrap_or(wait_until)), if resend.is_some() => None,
+        };
+        let n = match got {
+            None => {
+                if let Err(r) = send_next(&sock, &mut exchange, &ctx, &mut sends).await {
+                    return r;
+                }
+                continue;
+            }
+            Some(Err(_)) => {
                 silence(
                     &exchange,
                     ctx.spec.no_reply_is_up,
-                    wait_until.saturating_duration_since(sent_at),
+                    wait_until.saturating_duration_since(first),
+                    sends.len(),
                     ignored,
                     &mut r,
                 );
                 return r;
             }
-            Ok(Err(e)) => return io_fail("receive", e),
-            Ok(Ok(n)) => n,
+            Some(Ok(Err(e))) => return io_fail(addr, "receive", &e),
+            Some(Ok(Ok(n))) => n,
         };
-        let rtt = sent_at.elapsed();
+        let received = Instant::now();
         let reply = &buf[..n];
         match judge(&exchange, reply, &mut r.details) {
             Judged::NotOurs => {
@@ -164,15 +185,85 @@ async fn probe_udp(ctx: ProbeCtx<'_>) -> CheckResult {
             Judged::Final {
                 status,
                 reason,
-                message,
+                mut message,
+                answers,
             } => {
-                r.phases.first_byte = Some(micros(rtt));
+                // The send this reply answers when it says so, else the latest.
+                let sent = answers
+                    .and_then(|i| sends.get(i))
+                    .or(sends.last())
+                    .copied()
+                    .unwrap_or(first);
+                r.phases.first_byte = Some(micros(received.saturating_duration_since(sent)));
+                if let Some(note) = resend_note(sends.len()) {
+                    if message.is_empty() {
+                        message = note;
+                    } else {
+                        message = format!("{message} ({note})");
+                    }
+                }
                 r.status = status;
                 r.reason = reason;
                 r.message = message;
                 return r;
             }
         }
+    }
+}
+
+/// A socket error as the check's verdict.
+fn io_fail(addr: SocketAddr, what: &str, e: &std::io::Error) -> CheckResult {
+    let reason = Reason::from_io(e);
+    let message = match reason {
+        Reason::Refused => format!("udp {addr}: port unreachable (icmp), nothing listens"),
+        _ => format!("udp {addr}: {what}: {e}"),
+    };
+    CheckResult::new(Status::Down, reason, message)
+}
+
+/// Sends the exchange's request (a fresh one for NTP) and notes when; the
+/// verdict instead when sending fails (an ICMP error reported on a resend
+/// included: a closed port still fails fast).
+async fn send_next(
+    sock: &UdpSocket,
+    exchange: &mut Exchange<'_>,
+    ctx: &ProbeCtx<'_>,
+    sends: &mut Vec<Instant>,
+) -> Result<(), CheckResult> {
+    let request = match exchange {
+        Exchange::Dns(q) => q.bytes.clone(),
+        Exchange::Ntp { sent, .. } => {
+            let t1 = NtpTime::from_system(SystemTime::now()).salted(rand::random());
+            sent.push(t1);
+            ntp::build_request(t1).to_vec()
+        }
+        Exchange::Syslog => syslog_message(SystemTime::now(), &local_hostname()).into_bytes(),
+        Exchange::Generic { payload, .. } => payload.to_vec(),
+    };
+    let at = Instant::now();
+    match tokio::time::timeout_at(ctx.deadline, sock.send(&request)).await {
+        Err(_) => Err(CheckResult::new(
+            Status::Down,
+            Reason::Timeout,
+            format!("udp {}: timed out sending", ctx.addr),
+        )),
+        Ok(Err(e)) => Err(io_fail(ctx.addr, "send", &e)),
+        Ok(Ok(_)) => {
+            if !sends.is_empty() {
+                tracing::debug!(address = %ctx.addr, send = sends.len() + 1, "no udp reply yet, request sent again");
+            }
+            sends.push(at);
+            Ok(())
+        }
+    }
+}
+
+/// "after N resend(s)" when the request had to be sent more than once.
+fn resend_note(sends: usize) -> Option<String> {
+    match sends {
+        0 | 1 => None,
+        2 => Some("after 1 resend".to_owned()),
+        n => Some(format!("after {} resends", n - 1)),
     }
 }
 
@@ -217,9 +308,19 @@ fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged
                 }
             }
         },
-        Exchange::Ntp { max_offset, t1 } => {
+        Exchange::Ntp { max_offset, sent } => {
             let t4 = NtpTime::from_system(SystemTime::now());
-            match ntp::judge_reply(reply, *t1, t4) {
+            // The reply echoes the T1 of the send it answers; the newest first,
+            // the likeliest after a loss.
+            let Some((answers, verdict)) = sent.iter().enumerate().rev().find_map(|(i, t1)| {
+                match ntp::judge_reply(reply, *t1, t4) {
+                    NtpReply::NotOurs => None,
+                    other => Some((i, other)),
+                }
+            }) else {
+                return Judged::NotOurs;
+            };
+            let judged = match verdict {
                 NtpReply::NotOurs => Judged::NotOurs,
                 NtpReply::NotNtp(why) => unexpected(why),
                 NtpReply::Rejected(why) => fail(Status::Down, Reason::UnexpectedReply, why),
@@ -243,6 +344,20 @@ fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged
                         fail(Status::Up, Reason::Ok, "")
                     }
                 }
+            };
+            match judged {
+                Judged::Final {
+                    status,
+                    reason,
+                    message,
+                    ..
+                } => Judged::Final {
+                    status,
+                    reason,
+                    message,
+                    answers: Some(answers),
+                },
+                other => other,
             }
         }
         // A syslog server has nothing to say; one that answers is at least listening.
@@ -262,11 +377,13 @@ fn judge(exchange: &Exchange<'_>, reply: &[u8], details: &mut Details) -> Judged
     }
 }
 
-/// The verdict when nothing (of ours) came back before `waited` ran out.
+/// The verdict when nothing (of ours) came back to `sends` requests before
+/// `waited` ran out.
 fn silence(
     exchange: &Exchange<'_>,
     no_reply_is_up: bool,
     waited: Duration,
+    sends: usize,
     ignored: u32,
     r: &mut CheckResult,
 ) {
@@ -287,7 +404,14 @@ fn silence(
         r.message = format!("open|filtered: no reply{ignored_note}");
     } else {
         r.status = Status::Down;
-        r.message = format!("no reply within {} ms{ignored_note}", waited.as_millis());
+        let to = match sends {
+            0 | 1 => String::new(),
+            n => format!(" to {n} sends"),
+        };
+        r.message = format!(
+            "no reply within {} ms{to}{ignored_note}",
+            waited.as_millis()
+        );
     }
 }
 

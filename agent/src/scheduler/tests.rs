@@ -423,6 +423,206 @@ async fn live_updates_take_effect_and_unrelated_monitors_keep_their_phase() {
     handle.shutdown(SEC).await;
 }
 
+/// `monitor(n, interval)` with another timeout: the same check, changed.
+fn changed(n: u16, interval: Duration) -> Monitor {
+    let mut m = monitor(n, interval);
+    let mut spec = (*m.spec).clone();
+    spec.timeout = 2 * SEC;
+    m.spec = Arc::new(spec);
+    m
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_monitor_runs_at_once_then_on_its_grid_never_twice_back_to_back() {
+    let interval = 60 * SEC;
+    let exec = Recorder::new(10 * MS);
+    let (handle, _results) = start(monitors(10, interval), &exec, 10);
+    let (origin, _) = handle.origin();
+    // Offsets depend only on the set: where m11 will sit once it is added.
+    let mut with_m11 = monitors(10, interval);
+    with_m11.push(monitor(11, interval));
+    let offset = assign_offsets(&with_m11)["m11"];
+
+    // Case 1: its phase slot is far (more than half an interval) away: it
+    // runs now and at that slot. Case 2 (m12, below): the slot is near, so
+    // the slot is skipped and the one after is its second run.
+    let far = origin + interval + offset - 40 * SEC;
+    let far = if far > origin { far } else { far + interval };
+    sleep_until(far).await;
+    let summary = handle.update(with_m11.clone()).await.unwrap();
+    assert_eq!((summary.added, summary.run_now), (1, 1), "{summary:?}");
+    sleep_until(far + 5 * interval).await;
+    let starts = exec.starts_of(11);
+    assert_eq!(starts[0], far, "the first check runs at once: {starts:?}");
+    let grid: Vec<Instant> = starts[1..].to_vec();
+    assert!(!grid.is_empty());
+    for t in &grid {
+        let since = *t - (origin + offset);
+        assert_eq!(
+            since.as_millis() % interval.as_millis(),
+            0,
+            "then on its phase grid: {starts:?}"
+        );
+    }
+    assert_eq!(starts[1] - starts[0], 40 * SEC, "the far slot is kept");
+    assert!(grid.windows(2).all(|w| w[1] - w[0] == interval));
+
+    let mut with_m12 = with_m11.clone();
+    with_m12.push(monitor(12, interval));
+    let offset12 = assign_offsets(&with_m12)["m12"];
+    // The next m12 slot 10 s after the update: within half an interval.
+    let slot = first_due_after(origin, offset12, interval, Instant::now() + 20 * SEC);
+    let near = slot - 10 * SEC;
+    sleep_until(near).await;
+    handle.update(with_m12).await.unwrap();
+    sleep_until(near + 3 * interval).await;
+    let starts = exec.starts_of(12);
+    assert_eq!(starts[0], near, "{starts:?}");
+    assert_eq!(
+        starts[1],
+        slot + interval,
+        "the slot 10 s after the immediate run is skipped: {starts:?}"
+    );
+    for w in exec.starts_of(11).windows(2).chain(starts.windows(2)) {
+        assert!(w[1] - w[0] >= interval / 2, "twice back to back: {w:?}");
+    }
+    // The others were never disturbed beyond the rank shift of their group.
+    assert_eq!(handle.stats().skipped_overlap, 0);
+    handle.shutdown(SEC).await;
+}
+
+/// The first `origin + offset + k * interval` strictly after `t`.
+fn first_due_after(origin: Instant, offset: Duration, interval: Duration, t: Instant) -> Instant {
+    let mut at = origin + offset;
+    while at <= t {
+        at += interval;
+    }
+    at
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_spec_runs_at_once_an_unchanged_one_keeps_its_slot() {
+    let interval = 30 * SEC;
+    let exec = Recorder::new(10 * MS);
+    let (handle, _results) = start(monitors(3, interval), &exec, 10);
+    let (origin, _) = handle.origin();
+    let offsets = handle.offsets().await.unwrap();
+    sleep_until(origin + 45 * SEC).await;
+    let before = exec.starts().len();
+
+    // The same set again, built anew (new Arcs, equal specs): nothing runs.
+    let summary = handle.update(monitors(3, interval)).await.unwrap();
+    assert_eq!((summary.kept, summary.run_now), (3, 0), "{summary:?}");
+    sleep(MS).await;
+    assert_eq!(
+        exec.starts().len(),
+        before,
+        "an unchanged spec waits for its slot"
+    );
+
+    // m2's timeout changes: m2 runs now, m1 and m3 do not.
+    let changed_at = Instant::now();
+    let summary = handle
+        .update(vec![
+            monitor(1, interval),
+            changed(2, interval),
+            monitor(3, interval),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((summary.kept, summary.run_now), (3, 1), "{summary:?}");
+    sleep_until(origin + 150 * SEC).await;
+    let m2 = exec.starts_of(2);
+    assert!(m2.contains(&changed_at), "m2 ran at the change: {m2:?}");
+    for n in [1u16, 3] {
+        let offset = offsets[&format!("m{n}")];
+        for (k, t) in exec.starts_of(n).iter().enumerate() {
+            assert_eq!(*t, origin + offset + interval * k as u32, "m{n} disturbed");
+        }
+    }
+    for w in m2.windows(2) {
+        assert!(w[1] - w[0] >= interval / 2, "m2 twice back to back: {m2:?}");
+    }
+
+    // FirstRun::AtPhase: the change is used from the next slot on, no extra run.
+    let runs = exec.starts_of(1).len();
+    let at = Instant::now();
+    handle
+        .update_with(
+            vec![
+                changed(1, interval),
+                changed(2, interval),
+                monitor(3, interval),
+            ],
+            FirstRun::AtPhase,
+        )
+        .await
+        .unwrap();
+    sleep(MS).await;
+    assert_eq!(exec.starts_of(1).len(), runs);
+    assert!(exec.starts_of(1).iter().all(|t| *t < at));
+    handle.shutdown(SEC).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_spec_still_in_flight_skips_the_immediate_run() {
+    let exec = Recorder::new(5 * SEC);
+    let (handle, results) = start(monitors(1, 20 * SEC), &exec, 10);
+    let (origin, _) = handle.origin();
+    sleep_until(origin + SEC).await;
+    assert_eq!(handle.stats().in_flight, 1);
+    handle.update(vec![changed(1, 20 * SEC)]).await.unwrap();
+    sleep_until(origin + 19 * SEC).await;
+    assert_eq!(
+        exec.starts_of(1),
+        vec![origin],
+        "no overlap with the old run"
+    );
+    assert_eq!(handle.stats().skipped_overlap, 1);
+    sleep_until(origin + 21 * SEC).await;
+    assert_eq!(exec.starts_of(1), vec![origin, origin + 20 * SEC]);
+    assert_eq!(results.lock().unwrap().len(), 1);
+    handle.shutdown(10 * SEC).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_monitors_arriving_at_once_keep_their_phases() {
+    // An agent starting: the scheduler is spawned empty and its first set
+    // (restored or the collector's first assignment) comes at phase.
+    let interval = 60 * SEC;
+    let exec = Recorder::new(Duration::ZERO);
+    let (handle, _results) = start(Vec::new(), &exec, 256);
+    let (origin, _) = handle.origin();
+    sleep_until(origin + 2 * SEC).await;
+    let set = monitors(10_000, interval);
+    let offsets: HashMap<String, Duration> = assign_offsets(&set)
+        .into_iter()
+        .map(|(id, o)| (id.to_owned(), o))
+        .collect();
+    let at = Instant::now();
+    let summary = handle.update_with(set, FirstRun::AtPhase).await.unwrap();
+    assert_eq!((summary.added, summary.run_now), (10_000, 0), "{summary:?}");
+    sleep_until(at + SEC).await;
+    let first_second = exec.starts().len();
+    assert!(
+        first_second <= 10_000 / 60 + 1,
+        "{first_second} checks in the first second: a burst"
+    );
+    sleep_until(at + interval).await;
+    let starts = exec.starts();
+    assert_eq!(starts.len(), 10_000, "each once in its first interval");
+    for (n, t) in starts {
+        let offset = offsets[&format!("m{n}")];
+        let since = t - (origin + offset);
+        assert_eq!(
+            since.as_nanos() % interval.as_nanos(),
+            0,
+            "m{n} off its phase"
+        );
+    }
+    handle.shutdown(SEC).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_starts_nothing_new_and_delivers_the_runs_in_flight() {
     // 10 monitors 100 ms apart, 3 slots, 2 s checks: at 1.55 s m1-m3 run, the rest wait.
@@ -575,6 +775,8 @@ async fn real_engine_against_a_local_listener() {
         .collect();
     let (tx, mut rx) = mpsc::channel(256);
     let handle = Scheduler::spawn(set, engine, 8, tx).unwrap();
+    let (_, origin_wall) = handle.origin();
+    let offsets = handle.offsets().await.unwrap();
 
     let mut results = Vec::new();
     let until = Instant::now() + SEC;
@@ -617,6 +819,13 @@ async fn real_engine_against_a_local_listener() {
     }
     assert_eq!(by_monitor.len(), 5);
     for (id, rs) in &by_monitor {
+        // The first run is on the first slot of its phase, even for phase 0
+        // on a real clock (the set is applied as of the origin).
+        assert_eq!(
+            rs[0].scheduled_at,
+            origin_wall + offsets[*id],
+            "{id}'s first run is not its first slot"
+        );
         // Due times come from the monotonic grid: consecutive ones are exactly one interval apart.
         for w in rs.windows(2) {
             assert_eq!(

@@ -177,6 +177,69 @@ pub fn free_port_both() -> u16 {
     })
 }
 
+/// A UDP responder thread on `ip` (a port the kernel picks): `answer` maps
+/// each datagram to the replies to send back (none: it stays silent). Stops
+/// on drop; bounded either way (30 s, 100 datagrams).
+pub struct UdpResponder {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl UdpResponder {
+    pub fn start(
+        ip: &str,
+        answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> UdpResponder {
+        use std::sync::atomic::Ordering;
+        let sock = UdpSocket::bind((ip.parse::<IpAddr>().expect("an IP address"), 0))
+            .expect("bind the responder");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("read timeout");
+        let addr = sock.local_addr().expect("local addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut buf = [0u8; 2048];
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < until && seen.len() < 100 {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                seen.push(buf[..n].to_vec());
+                for reply in answer(&buf[..n]) {
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+            seen
+        });
+        UdpResponder {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread and returns every datagram it received.
+    pub fn received(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("the responder thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for UdpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A fresh temporary directory, removed on drop.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

@@ -167,3 +167,30 @@ pub fn drop_nth_syn(port: u16, every: u32) -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+/// The INPUT rule that drops every `every`-th UDP datagram to `port`: with
+/// `every` 2 and one client at a time, each request's first send is lost and
+/// only a resend can be answered (replies come from `port`, so they pass).
+/// Use with [`Netns::rule`].
+pub fn drop_nth_udp(port: u16, every: u32) -> Vec<String> {
+    let (port, every) = (port.to_string(), every.to_string());
+    [
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        &port,
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        &every,
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
+    ]
+    .map(String::from)
+    .to_vec()
+}
