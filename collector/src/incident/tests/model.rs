@@ -226,8 +226,7 @@ fn run(w: &World, rng: &mut Rng) -> Vec<Outbound> {
         r.engine.step(T0 + now);
         now += 100;
     }
-    let sent = std::mem::take(&mut *r.sent.0.lock().unwrap());
-    sent
+    std::mem::take(&mut *r.sent.0.lock().unwrap())
 }
 
 /// The episode an incident belongs to: the one its failing began in.
