@@ -145,27 +145,7 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, prefix: u8) {
 /// 1 s retransmit sets the handshake time; with 4, one connect in four
 /// waits 1 s, never two in a row. Use with [`Netns::rule`].
 pub fn drop_nth_syn(port: u16, every: u32) -> Vec<String> {
-    let (port, every) = (port.to_string(), every.to_string());
-    [
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        &port,
-        "--syn",
-        "-m",
-        "statistic",
-        "--mode",
-        "nth",
-        "--every",
-        &every,
-        "--packet",
-        "0",
-        "-j",
-        "DROP",
-    ]
-    .map(String::from)
-    .to_vec()
+    drop_nth(&["-p", "tcp", "--dport", &port.to_string(), "--syn"], every)
 }
 
 /// The INPUT rule that drops every `every`-th UDP datagram to `port`: with
@@ -173,13 +153,15 @@ pub fn drop_nth_syn(port: u16, every: u32) -> Vec<String> {
 /// only a resend can be answered (replies come from `port`, so they pass).
 /// Use with [`Netns::rule`].
 pub fn drop_nth_udp(port: u16, every: u32) -> Vec<String> {
-    let (port, every) = (port.to_string(), every.to_string());
-    [
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        &port,
+    drop_nth(&["-p", "udp", "--dport", &port.to_string()], every)
+}
+
+/// INPUT, the packets `matching` selects, then DROP every `every`-th of them.
+fn drop_nth(matching: &[&str], every: u32) -> Vec<String> {
+    let every = every.to_string();
+    let mut rule = vec!["INPUT"];
+    rule.extend_from_slice(matching);
+    rule.extend_from_slice(&[
         "-m",
         "statistic",
         "--mode",
@@ -190,7 +172,6 @@ pub fn drop_nth_udp(port: u16, every: u32) -> Vec<String> {
         "0",
         "-j",
         "DROP",
-    ]
-    .map(String::from)
-    .to_vec()
+    ]);
+    rule.into_iter().map(String::from).collect()
 }
